@@ -1,0 +1,62 @@
+"""The composition root: settings in, a running iobot out. The only place that wires parts together."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from contextlib import AsyncExitStack
+
+from adapters.console import ConsoleAdapter
+from core.client import IOClient
+from core.emulator import Emulator
+from core.quotas import QuotaTable, load_quota_table
+from core.service import Service, ServiceConfig
+from core.settings import Settings, SettingsError
+
+from .http import make_http_app, start_http_server
+
+log = logging.getLogger("iobot")
+
+EMULATOR_KEY = "emulator-key"
+
+
+async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitStack, *, emulator: bool) -> IOClient:
+    """The API client, pointed at io.net or at an in-process emulator."""
+    if emulator:
+        emu = Emulator(quotas, api_key=EMULATOR_KEY)
+        await emu.start("127.0.0.1", 0)
+        stack.push_async_callback(emu.stop)
+        base_url, key = emu.base_url, EMULATOR_KEY
+        log.info("serving the API from the built-in emulator at %s", base_url)
+    else:
+        if settings.api_key is None:
+            raise SettingsError("IOINTELLIGENCE_API_KEY is not set: set it, or run with --emulator")
+        base_url, key = settings.base_url, settings.api_key.get_secret_value()
+    client = IOClient(base_url, key, timeout=settings.api_timeout, max_retries=settings.max_retries)
+    stack.push_async_callback(client.aclose)
+    return client
+
+
+def make_service(settings: Settings, client: IOClient, quotas: QuotaTable) -> Service:
+    for name in (settings.model, settings.vision_model, *settings.fallback_models):
+        if name not in quotas:
+            log.warning("model %s is not in the quota table: its daily quota is not enforced", name)
+    config = ServiceConfig(
+        model=settings.model,
+        vision_model=settings.vision_model,
+        fallback_models=tuple(settings.fallback_models),
+        max_tokens=settings.max_tokens,
+    )
+    return Service(client, quotas, config)
+
+
+async def run(settings: Settings, *, emulator: bool) -> None:
+    """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set."""
+    quotas = load_quota_table(settings.quota_file)
+    async with AsyncExitStack() as stack:
+        client = await open_client(settings, quotas, stack, emulator=emulator)
+        service = make_service(settings, client, quotas)
+        runner = await start_http_server(make_http_app(), settings.host, settings.port)
+        stack.push_async_callback(runner.cleanup)
+        log.info("HTTP server on %s:%d", settings.host, settings.port)
+        await ConsoleAdapter(service, user=getpass.getuser()).run()

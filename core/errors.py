@@ -1,0 +1,112 @@
+"""One exception hierarchy for everything that can go wrong between iobot and the IO Intelligence API.
+
+Every error carries `user_message`: a short sentence safe to show in a chat (no secrets, no raw
+bodies). `str(error)` carries the detail for operators' logs, with the API key scrubbed.
+"""
+
+from __future__ import annotations
+
+
+class IOIntelligenceError(Exception):
+    """Base class: the API could not give an answer."""
+
+    user_message = "The AI service could not answer. Please try again later."
+    retryable = False
+
+    def __init__(self, detail: str = "", *, status: int | None = None) -> None:
+        super().__init__(detail or self.user_message)
+        self.detail = detail
+        self.status = status
+
+
+class APIStatusError(IOIntelligenceError):
+    """The API answered with an error status."""
+
+
+class BadRequestError(APIStatusError):
+    user_message = "The AI service refused the request as malformed."
+
+
+class ContextLengthError(BadRequestError):
+    """The prompt plus the requested completion exceed the model's context length."""
+
+    user_message = "That is too long for the model: please shorten it."
+
+
+class AuthenticationError(APIStatusError):
+    user_message = "The bot's API key was refused. An operator needs to check it."
+
+
+class PaymentRequiredError(APIStatusError):
+    user_message = "This model needs a higher plan than the bot has."
+
+
+class PermissionDeniedError(APIStatusError):
+    user_message = "The bot's API key may not use this model."
+
+
+class NotFoundError(APIStatusError):
+    user_message = "The AI service does not know that model or endpoint."
+
+
+class UnprocessableEntityError(APIStatusError):
+    user_message = "The AI service could not process the request."
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests, or the account's quota for the period is spent."""
+
+    user_message = "The AI service is busy or this model's quota is spent. Please try again in a minute."
+    retryable = True
+
+    def __init__(self, detail: str = "", *, status: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(detail, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    user_message = "The AI service is having trouble. Please try again in a minute."
+    retryable = True
+
+
+class APITimeoutError(IOIntelligenceError):
+    user_message = "The AI service took too long to answer. Please try again."
+
+
+class APIConnectionError(IOIntelligenceError):
+    user_message = "The AI service cannot be reached right now. Please try again later."
+    retryable = True
+
+
+class StreamInterruptedError(IOIntelligenceError):
+    """A streamed answer stopped before its end."""
+
+    user_message = "The answer was cut off by the AI service. Please try again."
+
+
+class UnexpectedResponseError(IOIntelligenceError):
+    """A 2xx answer whose body is not what the API contract says."""
+
+    user_message = "The AI service sent an answer the bot could not read."
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: PaymentRequiredError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(status: int, detail: str, retry_after: float | None = None) -> APIStatusError:
+    """The named error for an HTTP error status."""
+    if status == 429:
+        return RateLimitError(detail, status=status, retry_after=retry_after)
+    if status >= 500:
+        return ServerError(detail, status=status)
+    if status == 400 and "context length" in detail.lower():
+        return ContextLengthError(detail, status=status)
+    return _BY_STATUS.get(status, APIStatusError)(detail, status=status)

@@ -1,0 +1,119 @@
+"""Results as text people read, in a neutral markdown each adapter converts for its platform.
+
+The neutral form: `**bold**`, `` `code` ``, fenced code blocks, `• ` bullets. Tables are code blocks so
+they line up everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from .client import AgentInfo
+from .quotas import QuotaTable
+from .workflows import (
+    Classification,
+    CustomResult,
+    Entities,
+    Moderation,
+    Reasoning,
+    Sentiment,
+    Summary,
+    Translation,
+    WorkflowResult,
+)
+
+ENTITY_TITLES = {
+    "persons": "People",
+    "organizations": "Organizations",
+    "locations": "Places",
+    "dates": "Dates",
+    "events": "Events",
+}
+
+
+def render_result(result: WorkflowResult) -> str:
+    match result:
+        case Summary(summary, key_points):
+            text = f"**Summary**\n{summary}"
+            if key_points:
+                text += "\n\n**Key points**\n" + bullets(key_points)
+            return text
+        case Sentiment(label, score):
+            return f"**Sentiment:** {label} (score {score:.2f})"
+        case Entities(groups):
+            if not groups:
+                return "No people, organizations, places, dates or events found."
+            return "\n".join(
+                f"**{ENTITY_TITLES.get(kind, kind.replace('_', ' ').capitalize())}:** {', '.join(names)}"
+                for kind, names in groups.items()
+            )
+        case Moderation():
+            return _moderation(result)
+        case Translation(text, language):
+            return f"**{language.capitalize()}:** {text}"
+        case Classification(label, labels):
+            return f"**Label:** {label} (out of {', '.join(labels)})"
+        case Reasoning(text) | CustomResult(text):
+            return text
+    raise TypeError(f"no rendering for {type(result).__name__}")
+
+
+def _moderation(result: Moderation) -> str:
+    flagged = result.flagged
+    rows = [(name.replace("_", " "), f"{score:.2f}", "over" if name in flagged else "") for name, score in result.scores.items()]
+    table = code_table(("category", "score", f"≥ {result.threshold:.2f}"), rows)
+    if flagged:
+        verdict = "**Flagged:** " + ", ".join(name.replace("_", " ") for name in flagged)
+    else:
+        verdict = f"**Nothing crossed the threshold** ({result.threshold:.2f})."
+    return f"{verdict}\n{table}"
+
+
+def render_agents(agents: dict[str, AgentInfo]) -> str:
+    if not agents:
+        return "The service lists no agents right now."
+    lines = ["**Agents**"]
+    for agent in agents.values():
+        description = f": {agent.description}" if agent.description else ""
+        lines.append(f"• **{agent.name}** (`{agent.key}`){description}")
+    return "\n".join(lines)
+
+
+def render_models(quotas: QuotaTable) -> str:
+    rows = [
+        (
+            short_model_name(row.name),
+            f"{row.api_daily_tokens:,}" if row.api_daily_tokens is not None else "n/a",
+            f"{row.context_length:,}" if row.context_length else "n/a",
+            "yes" if row.images else "",
+        )
+        for row in quotas.chat_models()
+    ]
+    return "**Models**\n" + code_table(("model", "API tokens/day", "context", "images"), rows)
+
+
+def to_plain(text: str) -> str:
+    """Neutral markdown without its bold markers, for terminals and logs."""
+    return re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+
+
+def bullets(items: Iterable[str]) -> str:
+    return "\n".join(f"• {item}" for item in items)
+
+
+def code_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A monospace table in a fenced code block: columns padded, numbers right-aligned."""
+    rows = [tuple(header)] + [tuple(row) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+    def cell(value: str, width: int) -> str:
+        numeric = value.replace(",", "").replace(".", "").replace("%", "").isdigit()
+        return value.rjust(width) if numeric else value.ljust(width)
+
+    lines = ["  ".join(cell(value, width) for value, width in zip(row, widths)).rstrip() for row in rows]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def short_model_name(model: str) -> str:
+    return model.rsplit("/", 1)[-1]

@@ -1,0 +1,150 @@
+"""Every setting of iobot, read from the environment and an optional `.env` file.
+
+Only `bots/` calls `load_settings()`; the rest of the code receives what it needs as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_FALLBACK_MODELS = (
+    "meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8,"
+    "Qwen/Qwen3-235B-A22B-FP8,"
+    "mistralai/Mistral-Large-Instruct-2411,"
+    "Qwen/Qwen2-VL-7B-Instruct"
+)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _env(name: str, **kwargs):
+    """A field read from the environment variable `name` (case-insensitive)."""
+    return Field(validation_alias=AliasChoices(name), **kwargs)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False)
+
+    api_key: SecretStr | None = _env("IOINTELLIGENCE_API_KEY", default=None)
+    base_url: str = _env("IOINTELLIGENCE_BASE_URL", default="https://api.intelligence.io.solutions/api/v1")
+    model: str = _env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
+    vision_model: str = _env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
+    fallback_models: CommaList = _env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
+    database_url: str = _env("IOBOT_DATABASE_URL", default="sqlite:///iobot.sqlite3")
+    user_daily_tokens: int = _env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
+    quota_file: Path | None = _env("IOBOT_QUOTA_FILE", default=None)
+    max_tokens: int = _env("IOBOT_MAX_TOKENS", default=1024, gt=0)
+    api_timeout: float = _env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
+    max_retries: int = _env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
+    host: str = _env("IOBOT_HOST", default="0.0.0.0")
+    port: int = _env("IOBOT_PORT", default=3000, ge=0, le=65535)
+    log_level: str = _env("IOBOT_LOG_LEVEL", default="INFO")
+
+    slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN", default=None)
+    slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET", default=None)
+    slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN", default=None)
+    slack_api_url: str = _env("SLACK_API_URL", default="https://slack.com/api/")
+    slack_file_hosts: CommaList = _env("SLACK_FILE_HOSTS", default="files.slack.com")
+
+    discord_bot_token: SecretStr | None = _env("DISCORD_BOT_TOKEN", default=None)
+    discord_api_url: str = _env("DISCORD_API_URL", default="https://discord.com/api/v10")
+    discord_gateway_url: str = _env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
+
+    @field_validator("fallback_models", "slack_file_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("base_url", "slack_api_url", "discord_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError("must be a sqlite:///path URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @model_validator(mode="after")
+    def _slack_pairs(self) -> Settings:
+        if self.slack_bot_token and not (self.slack_signing_secret or self.slack_app_token):
+            raise ValueError("SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET nor SLACK_APP_TOKEN is")
+        if (self.slack_signing_secret or self.slack_app_token) and not self.slack_bot_token:
+            raise ValueError("SLACK_BOT_TOKEN is required when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set")
+        return self
+
+    @property
+    def database_path(self) -> str:
+        return self.database_url.removeprefix("sqlite:///")
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def discord_enabled(self) -> bool:
+        return self.discord_bot_token is not None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and `.env`; a clear `SettingsError` naming the variable otherwise."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        variable = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if not variable:
+            problems.append(message)
+        elif variable in _secret_variables():
+            problems.append(f"{variable}: {message}")  # never echo a secret
+        else:
+            problems.append(f"{variable}: {message} (got {error.get('input')!r})")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def _secret_variables() -> set[str]:
+    return {
+        str(info.validation_alias.choices[0])
+        for info in Settings.model_fields.values()
+        if isinstance(info.validation_alias, AliasChoices) and "SecretStr" in str(info.annotation)
+    }

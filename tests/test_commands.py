@@ -1,0 +1,81 @@
+"""The command grammar: every command, the question fallback, usage lines for bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.commands import COMMANDS, Command, UsageError, help_text, parse_command
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("ask why is the sky blue?", Command("ask", text="why is the sky blue?")),
+        ("why is the sky blue?", Command("ask", text="why is the sky blue?")),
+        ("Summarize 20 Long text here.", Command("summarize", text="Long text here.", max_words=20)),
+        ("summarize Long text here.", Command("summarize", text="Long text here.")),
+        ("translate french Good morning", Command("translate", text="Good morning", language="french")),
+        ("sentiment I love it", Command("sentiment", text="I love it")),
+        ("classify bug,feature,question The app crashes", Command("classify", text="The app crashes", labels=("bug", "feature", "question"))),
+        ("moderate some text", Command("moderate", text="some text")),
+        ("entities Ada met Charles", Command("entities", text="Ada met Charles")),
+        ("reason 2 trains leave at noon", Command("reason", text="2 trains leave at noon")),
+        ("vision https://x.test/a.png", Command("vision", image="https://x.test/a.png", text="What is in this image?")),
+        ("vision https://x.test/a.png how many cats?", Command("vision", image="https://x.test/a.png", text="how many cats?")),
+        ("agents", Command("agents")),
+        ("models", Command("models")),
+        ("usage", Command("usage")),
+        ("help", Command("help")),
+        ("help translate", Command("help", topic="translate")),
+        ("", Command("help")),
+        ("   ", Command("help")),
+    ],
+)
+def test_each_command_parses(line, expected):
+    assert parse_command(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["help me write a haiku", "usage of semicolons in English?", "models of the atom: which is right?", "agents of change"],
+)
+def test_a_command_word_that_takes_no_text_starts_a_question(line):
+    assert parse_command(line) == Command("ask", text=line)
+
+
+def test_text_keeps_its_line_breaks_and_code():
+    text = "summarize 30\nFirst paragraph.\n\n```\ncode  block\n```"
+    assert parse_command(text) == Command("summarize", text="First paragraph.\n\n```\ncode  block\n```", max_words=30)
+
+
+@pytest.mark.parametrize(
+    ("line", "usage"),
+    [
+        ("translate", "translate <language> <text>"),
+        ("translate french", "translate <language> <text>"),
+        ("summarize -5", "summarize [max_words] <text>"),
+        ("summarize -5 some text", "summarize [max_words] <text>"),
+        ("summarize 0 some text", "summarize [max_words] <text>"),
+        ("summarize 20", "summarize [max_words] <text>"),
+        ("summarize", "summarize [max_words] <text>"),
+        ("classify spam some text", "classify <label,label,...> <text>"),
+        ("classify a,b", "classify <label,label,...> <text>"),
+        ("ask", "ask <question>"),
+        ("sentiment", "sentiment <text>"),
+        ("moderate", "moderate <text>"),
+        ("entities", "entities <text>"),
+        ("reason", "reason <problem>"),
+        ("vision", "vision <image-url> [question]"),
+    ],
+)
+def test_missing_or_malformed_arguments_give_the_usage_line(line, usage):
+    with pytest.raises(UsageError) as caught:
+        parse_command(line)
+    assert str(caught.value) == f"Usage: {usage}"
+
+
+def test_help_lists_every_command_with_its_usage():
+    text = help_text()
+    for spec in COMMANDS.values():
+        assert f"`{spec.usage}`" in text
+    assert help_text("translate").startswith("`translate <language> <text>`")
