@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from adapters.console import ConsoleAdapter
 from core.client import IOClient
 from core.emulator import Emulator
+from core.ledger import Ledger, SQLiteLedger
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import Settings, SettingsError
@@ -37,7 +38,14 @@ async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitSt
     return client
 
 
-def make_service(settings: Settings, client: IOClient, quotas: QuotaTable) -> Service:
+async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool) -> SQLiteLedger:
+    """The ledger file; `owner=False` for commands that run beside the service (reads and limits only)."""
+    ledger = await SQLiteLedger.open(settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner)
+    stack.push_async_callback(ledger.close)
+    return ledger
+
+
+def make_service(settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable) -> Service:
     for name in (settings.model, settings.vision_model, *settings.fallback_models):
         if name not in quotas:
             log.warning("model %s is not in the quota table: its daily quota is not enforced", name)
@@ -47,15 +55,16 @@ def make_service(settings: Settings, client: IOClient, quotas: QuotaTable) -> Se
         fallback_models=tuple(settings.fallback_models),
         max_tokens=settings.max_tokens,
     )
-    return Service(client, quotas, config)
+    return Service(client, ledger, quotas, config)
 
 
 async def run(settings: Settings, *, emulator: bool) -> None:
     """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set."""
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
+        ledger = await open_ledger(settings, stack, owner=True)
         client = await open_client(settings, quotas, stack, emulator=emulator)
-        service = make_service(settings, client, quotas)
+        service = make_service(settings, client, ledger, quotas)
         runner = await start_http_server(make_http_app(), settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, settings.port)

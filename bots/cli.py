@@ -1,17 +1,20 @@
-"""`iobot`: the command line. Subcommands: run, emulator, models, agents."""
+"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from contextlib import AsyncExitStack
+from datetime import date
 
 from core.emulator import Emulator
 from core.errors import IOIntelligenceError
+from core.ledger import LedgerError
 from core.quotas import QuotaFileError, load_quota_table
-from core.render import render_agents, render_models, to_plain
+from core.render import render_agents, render_models, text_table, to_plain
 from core.settings import Settings, SettingsError, load_settings
 
 from . import app
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         logging.getLogger("httpx").setLevel(logging.WARNING)
         return asyncio.run(args.handler(args, settings)) or 0
-    except (SettingsError, QuotaFileError, OSError) as exc:
+    except (SettingsError, QuotaFileError, LedgerError, OSError) as exc:
         print(f"iobot: {exc}", file=sys.stderr)
         return 2
     except IOIntelligenceError as exc:
@@ -50,7 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--delay", type=float, default=0.0, help="seconds every answer takes")
     emulator.set_defaults(handler=_emulator)
 
-    models = commands.add_parser("models", help="the per-model daily quota table")
+    usage = commands.add_parser("usage", help="who used what, against which limit")
+    usage.add_argument("--day", type=date.fromisoformat, help="a UTC day, YYYY-MM-DD (default: today)")
+    usage.add_argument("--user", help="one person, e.g. slack:T123:U456, discord:123, console:ana")
+    usage.add_argument("--json", action="store_true", help="one JSON array of rows, for scripts")
+    usage.set_defaults(handler=_usage)
+
+    limits = commands.add_parser("limits", help="set, clear or list per-person daily budgets")
+    limits.add_argument("user", nargs="?", help="the person (without it: list every override)")
+    limits.add_argument("tokens", nargs="?", type=int, help="their daily budget in tokens")
+    limits.add_argument("--clear", action="store_true", help="go back to IOBOT_USER_DAILY_TOKENS")
+    limits.set_defaults(handler=_limits)
+
+    models = commands.add_parser("models", help="the per-model daily quota table, with today's use")
     models.set_defaults(handler=_models)
 
     agents = commands.add_parser("agents", help="the API's predefined agents")
@@ -73,9 +88,52 @@ async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
         await emulator.stop()
 
 
+async def _usage(args: argparse.Namespace, settings: Settings) -> None:
+    async with AsyncExitStack() as stack:
+        ledger = await app.open_ledger(settings, stack, owner=False)
+        rows = await ledger.usage(day=args.day, user=args.user)
+        limits = {row.user: await ledger.user_limit(row.user) for row in rows}
+    if args.json:
+        print(json.dumps([{**row.as_json(), "user_limit": limits[row.user]} for row in rows]))
+        return
+    if not rows:
+        print(f"No usage recorded on {(args.day or date.today()).isoformat()}.")
+        return
+    table = [
+        (row.day.isoformat(), row.user, row.model, f"{row.requests:,}", f"{row.total_tokens:,}",
+         f"{row.estimated_tokens:,}", f"{limits[row.user]:,}")
+        for row in rows
+    ]
+    header = ("day", "user", "model", "requests", "tokens", "estimated", "user limit/day")
+    print(text_table(header, table))
+
+
+async def _limits(args: argparse.Namespace, settings: Settings) -> int:
+    async with AsyncExitStack() as stack:
+        ledger = await app.open_ledger(settings, stack, owner=False)
+        if args.user is None:
+            overrides = await ledger.user_limits()
+            print(f"Default daily budget: {settings.user_daily_tokens:,} tokens (IOBOT_USER_DAILY_TOKENS).")
+            for user, tokens in overrides.items():
+                print(f"{user}: {tokens:,}")
+            return 0
+        if args.clear == (args.tokens is not None):
+            print("iobot: give either a number of tokens or --clear", file=sys.stderr)
+            return 2
+        if args.tokens is not None and args.tokens < 0:
+            print("iobot: a budget cannot be negative", file=sys.stderr)
+            return 2
+        await ledger.set_user_limit(args.user, None if args.clear else args.tokens)
+        print(f"{args.user}: {await ledger.user_limit(args.user):,} tokens a day")
+        return 0
+
+
 async def _models(args: argparse.Namespace, settings: Settings) -> None:
     quotas = load_quota_table(settings.quota_file)
-    print(to_plain(render_models(quotas)))
+    async with AsyncExitStack() as stack:
+        ledger = await app.open_ledger(settings, stack, owner=False)
+        used = await ledger.model_totals()
+    print(to_plain(render_models(quotas, used)))
 
 
 async def _agents(args: argparse.Namespace, settings: Settings) -> None:

@@ -80,7 +80,7 @@ class ModelQuotaExceeded(QuotaExceeded):
         name = model.rsplit("/", 1)[-1]
         super().__init__(
             f"{name} has used {used:,} of its {limit:,} tokens for today; this request needs about {needed:,} "
-            f"more. It resets at 00:00 UTC ({_in(resets_at - now)}).",
+            f"more. It resets at 00:00 UTC ({time_until(resets_at - now)}).",
             used=used, limit=limit, needed=needed, resets_at=resets_at,
         )
         self.model = model
@@ -93,7 +93,7 @@ class BudgetExceeded(QuotaExceeded):
         resets_at = next_reset(now)
         super().__init__(
             f"You have used {used:,} of your {limit:,} tokens today; this request needs about {needed:,} more. "
-            f"Your budget resets at 00:00 UTC ({_in(resets_at - now)}).",
+            f"Your budget resets at 00:00 UTC ({time_until(resets_at - now)}).",
             used=used, limit=limit, needed=needed, resets_at=resets_at,
         )
         self.user = user
@@ -208,7 +208,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _in(delta: timedelta) -> str:
+def time_until(delta: timedelta) -> str:
     """'in 3 h 12 min', rounding up so that a person never retries too early."""
     minutes = math.ceil(delta.total_seconds() / 60)
     hours, minutes = divmod(minutes, 60)

@@ -7,7 +7,7 @@ they line up everywhere.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .client import AgentInfo
 from .quotas import QuotaTable
@@ -80,17 +80,24 @@ def render_agents(agents: dict[str, AgentInfo]) -> str:
     return "\n".join(lines)
 
 
-def render_models(quotas: QuotaTable) -> str:
-    rows = [
-        (
-            short_model_name(row.name),
-            f"{row.api_daily_tokens:,}" if row.api_daily_tokens is not None else "n/a",
-            f"{row.context_length:,}" if row.context_length else "n/a",
-            "yes" if row.images else "",
+def render_models(quotas: QuotaTable, used: Mapping[str, int]) -> str:
+    """The chat models with their daily API quota, what was used of it today, and what is left."""
+    rows = []
+    for row in quotas.chat_models():
+        spent = used.get(row.name, 0)
+        limit = row.api_daily_tokens
+        rows.append(
+            (
+                short_model_name(row.name),
+                f"{limit:,}" if limit is not None else "n/a",
+                f"{spent:,}",
+                f"{max(0, limit - spent):,}" if limit is not None else "n/a",
+                f"{row.context_length:,}" if row.context_length else "n/a",
+                "yes" if row.images else "",
+            )
         )
-        for row in quotas.chat_models()
-    ]
-    return "**Models**\n" + code_table(("model", "API tokens/day", "context", "images"), rows)
+    header = ("model", "API tokens/day", "used today", "left", "context", "images")
+    return "**Models** (quotas reset at 00:00 UTC)\n" + code_table(header, rows)
 
 
 def to_plain(text: str) -> str:
@@ -102,8 +109,8 @@ def bullets(items: Iterable[str]) -> str:
     return "\n".join(f"• {item}" for item in items)
 
 
-def code_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A monospace table in a fenced code block: columns padded, numbers right-aligned."""
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A monospace table: columns padded, numbers right-aligned."""
     rows = [tuple(header)] + [tuple(row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
 
@@ -111,8 +118,12 @@ def code_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
         numeric = value.replace(",", "").replace(".", "").replace("%", "").isdigit()
         return value.rjust(width) if numeric else value.ljust(width)
 
-    lines = ["  ".join(cell(value, width) for value, width in zip(row, widths)).rstrip() for row in rows]
-    return "```\n" + "\n".join(lines) + "\n```"
+    return "\n".join("  ".join(cell(value, width) for value, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def code_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table in a fenced code block, so it lines up on every platform."""
+    return "```\n" + text_table(header, rows) + "\n```"
 
 
 def short_model_name(model: str) -> str:

@@ -1,7 +1,8 @@
 """The core service: one request from any platform in, one reply out.
 
 Adapters turn a platform event into a `Request` and render the `Reply`; everything in between
-(grammar, routing to the right model, calling the API, turning failures into short messages) is here.
+(grammar, routing to a model that has quota and the right capability, charging the person in the
+ledger, calling the API, turning failures into short messages) is here.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from .client import ChatResult, IOClient, Message, Usage, vision_message
 from .commands import Command, UsageError, help_text, parse_command
-from .errors import IOIntelligenceError
-from .quotas import QuotaTable
-from .render import render_agents, render_models, render_result
+from .errors import IOIntelligenceError, RateLimitError
+from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
+from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
+from .render import code_table, render_agents, render_models, render_result, short_model_name
+from .tokens import InputTooLong, estimate_message_tokens, estimate_text_tokens, fit_to_context
+from .workflows import WorkflowResult
 
 log = logging.getLogger("iobot.service")
 
@@ -26,6 +31,10 @@ SYSTEM_PROMPT = (
     "Use Markdown sparingly: short paragraphs, lists and code blocks."
 )
 MODERATION_THRESHOLD = 0.5
+# The agents wrap the text in their own instructions and answer in a few hundred tokens at most;
+# a workflow answer carries no usage, so these make its (high) estimate.
+WORKFLOW_PROMPT_OVERHEAD = 600
+WORKFLOW_ANSWER_TOKENS = 400
 UNEXPECTED_FAILURE = "Something went wrong on our side while answering. It has been logged; please try again."
 
 
@@ -37,17 +46,17 @@ class Request:
     text: str  # what they wrote, without the bot's mention
     command: Command | None = None  # set when the platform parsed it already (typed slash commands)
     history: Sequence[Message] = ()  # earlier turns of the conversation, oldest first
-    request_id: str | None = None  # the platform's event or interaction id
+    request_id: str | None = None  # the platform's event or interaction id: a retry is not run twice
 
 
 @dataclass(frozen=True)
 class Reply:
     text: str  # neutral markdown (see render.py)
-    outcome: str = "ok"  # ok | usage | refused | error
+    outcome: str = "ok"  # ok | usage | refused | duplicate | error
     private: bool = False  # only for the person who asked (ephemeral where the platform has it)
     model: str | None = None  # the model that answered, if one did
     usage: Usage | None = None
-    notes: tuple[str, ...] = field(default=())  # remarks for the person, e.g. about their images
+    notes: tuple[str, ...] = field(default=())  # remarks for the person, e.g. which model stood in
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,9 @@ class ServiceConfig:
 
 
 class Service:
-    def __init__(self, client: IOClient, quotas: QuotaTable, config: ServiceConfig) -> None:
+    def __init__(self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig) -> None:
         self.client = client
+        self.ledger = ledger
         self.quotas = quotas
         self.config = config
 
@@ -72,6 +82,10 @@ class Service:
             return await self._dispatch(request, command, progress)
         except UsageError as exc:
             return Reply(str(exc), outcome="usage", private=True)
+        except DuplicateRequest:
+            return Reply("This request is already being answered.", outcome="duplicate", private=True)
+        except (QuotaExceeded, InputTooLong) as exc:
+            return Reply(str(exc), outcome="refused", private=True)
         except IOIntelligenceError as exc:
             log.warning("API call for %s failed: %s", request.user, exc)
             return Reply(exc.user_message, outcome="error")
@@ -86,45 +100,68 @@ class Service:
             case "agents":
                 return Reply(render_agents(await self.client.agents()), private=True)
             case "models":
-                return Reply(render_models(self.quotas), private=True)
+                return Reply(render_models(self.quotas, await self.ledger.model_totals()), private=True)
+            case "usage":
+                return Reply(await self._usage(request.user), private=True)
             case "ask":
-                messages = self._conversation(request.history, {"role": "user", "content": command.text})
-                return await self._chat(self.config.model, messages, progress)
+                message = {"role": "user", "content": command.text}
+                return await self._chat(request, message, images=False, progress=progress)
             case "vision":
                 message = vision_message(command.text, [command.image])
-                messages = self._conversation(request.history, message)
-                return await self._chat(self.config.vision_model, messages, progress)
+                return await self._chat(request, message, images=True, progress=progress)
             case _:
-                return await self._workflow(command)
+                return await self._workflow(request, command)
 
-    async def _workflow(self, command: Command) -> Reply:
-        match command.name:
-            case "summarize":
-                result = await self.client.run_workflow("summarize_text", command.text, max_words=command.max_words)
-            case "translate":
-                result = await self.client.run_workflow("translate_text", command.text, target_language=command.language)
-            case "sentiment":
-                result = await self.client.run_workflow("sentiment", command.text)
-            case "classify":
-                result = await self.client.run_workflow("classify", command.text, classify_by=list(command.labels))
-            case "moderate":
-                result = await self.client.run_workflow("moderation", command.text, threshold=MODERATION_THRESHOLD)
-            case "entities":
-                result = await self.client.run_workflow("extract_categorized_entities", command.text)
-            case "reason":
-                result = await self.client.run_workflow("solve_with_reasoning", command.text)
-            case other:
-                raise ValueError(f"no handler for command {other!r}")
-        return Reply(render_result(result))
+    # --- chat, with fallback ---------------------------------------------------------------
 
-    def _conversation(self, history: Sequence[Message], message: Message) -> list[Message]:
-        return [{"role": "system", "content": self.config.system_prompt}, *history, message]
+    def candidates(self, images: bool) -> list[str]:
+        """The configured model first, then the fallbacks that can take the request."""
+        first = self.config.vision_model if images else self.config.model
+        models = [first]
+        for name in self.config.fallback_models:
+            row = self.quotas.get(name)
+            capable = row is not None and row.kind == "chat" and (row.images or not images)
+            if capable and name not in models:
+                models.append(name)
+        return models
 
-    async def _chat(self, model: str, messages: list[Message], progress: Progress | None) -> Reply:
-        result = await self._complete(model, messages, progress)
-        if not result.content:
-            return Reply("The model gave an empty answer. Please rephrase and try again.", outcome="error", model=result.model)
-        return Reply(result.content, model=result.model, usage=result.usage)
+    async def _chat(self, request: Request, message: Message, *, images: bool, progress: Progress | None) -> Reply:
+        """Answer with the first model that has quota, moving on when one is spent or rate limited."""
+        messages = [{"role": "system", "content": self.config.system_prompt}, *request.history, message]
+        key = request.request_id
+        passed_over: list[str] = []
+        failures: list[Exception] = []
+        for model in self.candidates(images):
+            row = self.quotas.get(model)
+            try:
+                fitted = fit_to_context(messages, row.context_tokens if row else DEFAULT_CONTEXT_LENGTH, self.config.max_tokens, model)
+                estimate = estimate_message_tokens(fitted) + self.config.max_tokens
+                reservation = await self.ledger.reserve(
+                    user=request.user, model=model, tokens=estimate,
+                    model_limit=row.api_daily_tokens if row else None, idempotency_key=key,
+                )
+            except (ModelQuotaExceeded, InputTooLong) as exc:
+                failures.append(exc)
+                passed_over.append(model)
+                continue
+            key = None  # the key is spent once a reservation holds it; a fallback reserves without it
+            try:
+                result = await self._complete(model, fitted, progress)
+            except RateLimitError as exc:
+                await self.ledger.release(reservation)
+                log.info("%s is rate limited; trying the next model", model)
+                failures.append(exc)
+                passed_over.append(model)
+                continue
+            except BaseException:
+                await self.ledger.release(reservation)
+                raise
+            usage = await self._settle(reservation, result.usage, fitted, result.content)
+            if not result.content:
+                return Reply("The model gave an empty answer. Please rephrase and try again.", outcome="error", model=model)
+            notes = (_stood_in(model, passed_over),) if passed_over else ()
+            return Reply(result.content, model=model, usage=usage, notes=notes)
+        raise failures[0]
 
     async def _complete(self, model: str, messages: list[Message], progress: Progress | None) -> ChatResult:
         """One completion: streamed when someone watches its progress, plain otherwise."""
@@ -137,3 +174,84 @@ class Service:
                 await progress(answer)
         assert stream.result is not None  # set once iteration ends without error
         return stream.result
+
+    async def _settle(self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str) -> Usage:
+        """Charge what the API reported, or an estimate (flagged as such) when it reported nothing."""
+        estimated = usage is None
+        if usage is None:
+            prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
+            usage = Usage(prompt, completion, prompt + completion)
+        await self.ledger.settle(
+            reservation, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, estimated=estimated
+        )
+        return usage
+
+    # --- agents ----------------------------------------------------------------------------
+
+    async def _workflow(self, request: Request, command: Command) -> Reply:
+        """Run an agent task, charged to the chat model at an estimate (workflow answers carry no usage)."""
+        task, args = _workflow_task(command)
+        model = self.config.model
+        row = self.quotas.get(model)
+        prompt = estimate_text_tokens(command.text) + WORKFLOW_PROMPT_OVERHEAD
+        answer_room = max(WORKFLOW_ANSWER_TOKENS, 2 * command.max_words) if task == "summarize_text" else WORKFLOW_ANSWER_TOKENS
+        context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
+        if prompt + answer_room > context:
+            raise InputTooLong(prompt + answer_room, context, model)
+        reservation = await self.ledger.reserve(
+            user=request.user, model=model, tokens=prompt + answer_room,
+            model_limit=row.api_daily_tokens if row else None, idempotency_key=request.request_id,
+        )
+        try:
+            result: WorkflowResult = await self.client.run_workflow(task, command.text, **args)
+        except BaseException:
+            await self.ledger.release(reservation)
+            raise
+        text = render_result(result)
+        await self.ledger.settle(
+            reservation, prompt_tokens=prompt, completion_tokens=estimate_text_tokens(text), estimated=True
+        )
+        return Reply(text)
+
+    # --- accounting views ------------------------------------------------------------------
+
+    async def _usage(self, user: str) -> str:
+        rows = await self.ledger.usage(user=user)
+        used = await self.ledger.used_today(user=user)
+        limit = await self.ledger.user_limit(user)
+        now = datetime.now(UTC)
+        lines = [f"**Your use today** ({now.date().isoformat()}, UTC)"]
+        if rows:
+            table = [(short_model_name(r.model), f"{r.requests:,}", f"{r.total_tokens:,}") for r in rows]
+            lines.append(code_table(("model", "requests", "tokens"), table))
+        left = max(0, limit - used)
+        lines.append(
+            f"Used {used:,} of your {limit:,} tokens; {left:,} left. "
+            f"Resets at 00:00 UTC ({time_until(next_reset(now) - now)})."
+        )
+        return "\n".join(lines)
+
+
+def _workflow_task(command: Command) -> tuple[str, dict]:
+    """The API task type and its arguments for an agent command."""
+    match command.name:
+        case "summarize":
+            return "summarize_text", {"max_words": command.max_words}
+        case "translate":
+            return "translate_text", {"target_language": command.language}
+        case "sentiment":
+            return "sentiment", {}
+        case "classify":
+            return "classify", {"classify_by": list(command.labels)}
+        case "moderate":
+            return "moderation", {"threshold": MODERATION_THRESHOLD}
+        case "entities":
+            return "extract_categorized_entities", {}
+        case "reason":
+            return "solve_with_reasoning", {}
+    raise ValueError(f"no handler for command {command.name!r}")
+
+
+def _stood_in(model: str, passed_over: list[str]) -> str:
+    names = ", ".join(short_model_name(name) for name in passed_over)
+    return f"Answered by {short_model_name(model)}: {names} had no quota left, was busy or could not fit the conversation."

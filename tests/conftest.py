@@ -20,3 +20,12 @@ async def emulator():
 async def client(emulator):
     async with IOClient(emulator.base_url, API_KEY, timeout=5, backoff_base=0.01, backoff_max=0.05) as io:
         yield io
+
+
+@pytest.fixture
+async def ledger(tmp_path):
+    from core.ledger import SQLiteLedger
+
+    opened = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=50_000)
+    yield opened
+    await opened.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -26,18 +29,31 @@ LINES = [
 ]
 
 
-def iobot(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-    environment.update({"IOBOT_PORT": "0", "IOBOT_HOST": "127.0.0.1", **(env or {})})
+IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
+
+
+def environment(workdir: Path, **extra: str) -> dict:
+    """A clean environment: no settings from the machine, the ledger in `workdir`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+    env.update({"IOBOT_PORT": "0", "IOBOT_HOST": "127.0.0.1", "IOBOT_DATABASE_URL": f"sqlite:///{workdir / 'ledger.sqlite3'}"})
+    env.update(extra)
+    return env
+
+
+def iobot(workdir: Path, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())", *args],
-        input=stdin, capture_output=True, text=True, timeout=60, env=environment,
+        [*IOBOT, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=workdir, env=environment(workdir, **env)
     )
 
 
 @pytest.fixture(scope="module")
-def console_run(tmp_path_factory):
-    return iobot("run", "--emulator", stdin="\n".join(LINES) + "\n", env={"PWD": str(tmp_path_factory.mktemp("run"))})
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("iobot")
+
+
+@pytest.fixture(scope="module")
+def console_run(workdir):
+    return iobot(workdir, "run", "--emulator", stdin="\n".join(LINES) + "\n", USER="ana", LOGNAME="ana")
 
 
 def test_console_answers_every_line_and_exits_0(console_run):
@@ -64,23 +80,65 @@ def test_console_answers_every_line_and_exits_0(console_run):
     assert "**" not in out, "piped output is plain text"
 
 
-def test_run_without_a_key_or_emulator_says_what_to_set():
-    result = iobot("run", stdin="ask hi\n")
+def test_run_without_a_key_or_emulator_says_what_to_set(tmp_path):
+    result = iobot(tmp_path, "run", stdin="ask hi\n")
     assert result.returncode == 2
     assert "IOINTELLIGENCE_API_KEY" in result.stderr and "--emulator" in result.stderr
 
 
-def test_malformed_setting_is_named():
-    result = iobot("models", env={"IOBOT_PORT": "not-a-port"})
+def test_malformed_setting_is_named(tmp_path):
+    result = iobot(tmp_path, "models", IOBOT_PORT="not-a-port")
     assert result.returncode == 2 and "IOBOT_PORT" in result.stderr
 
 
-def test_models_prints_the_quota_table():
-    result = iobot("models")
+def test_usage_json_shows_what_the_console_run_spent(console_run, workdir):
+    result = iobot(workdir, "usage", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    by_model = {row["model"]: row for row in rows}
+    chat = by_model["meta-llama/Llama-3.3-70B-Instruct"]
+    assert chat["user"] == "console:ana" and chat["requests"] == 9  # 2 questions + 7 agent tasks
+    assert chat["total_tokens"] == chat["prompt_tokens"] + chat["completion_tokens"] > chat["estimated_tokens"] > 0
+    assert {"day", "user", "model", "prompt_tokens", "completion_tokens", "total_tokens", "requests", "estimated_tokens"} <= set(chat)
+    assert iobot(workdir, "usage", "--json", "--user", "console:nobody").stdout.strip() == "[]"
+    assert iobot(workdir, "usage", "--json", "--day", "2000-01-01").stdout.strip() == "[]"
+    table = iobot(workdir, "usage").stdout
+    assert "console:ana" in table and "50,000" in table
+
+
+def test_models_prints_the_quota_table_with_todays_use(console_run, workdir):
+    result = iobot(workdir, "models")
     assert result.returncode == 0
-    assert "Llama-3.3-70B-Instruct" in result.stdout and "500,000" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Llama-3.3-70B-Instruct"))
+    assert "500,000" in line
+    used = json.loads(iobot(workdir, "usage", "--json").stdout)[0]["total_tokens"]
+    assert f"{used:,}" in line
 
 
-def test_agents_from_the_emulator():
-    result = iobot("agents", "--emulator")
+def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
+    service = subprocess.Popen(
+        [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
+    )
+    try:
+        service.stdin.write("ask first question\n")
+        service.stdin.flush()
+        assert "first question" in service.stdout.readline()
+        limit = iobot(tmp_path, "limits", "console:bo", "100")  # beside the running service
+        assert limit.returncode == 0 and "100 tokens a day" in limit.stdout
+        assert "console:bo: 100" in iobot(tmp_path, "limits").stdout
+        time.sleep(1.2)  # the service re-reads limits at most once a second
+        service.stdin.write("ask second question\n")
+        service.stdin.flush()
+        service.stdin.close()
+        rest = service.stdout.read()
+        assert "of your 100 tokens" in rest and "00:00 UTC" in rest
+        assert service.wait(timeout=30) == 0
+    finally:
+        service.kill()
+    assert iobot(tmp_path, "limits", "console:bo", "--clear").stdout.strip() == "console:bo: 50,000 tokens a day"
+
+
+def test_agents_from_the_emulator(tmp_path):
+    result = iobot(tmp_path, "agents", "--emulator")
     assert result.returncode == 0 and "summary_agent" in result.stdout

@@ -13,8 +13,9 @@ VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
 
 
 @pytest.fixture
-def service(client):
-    return Service(client, load_quota_table(), ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=256))
+def service(client, ledger):
+    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=256)
+    return Service(client, ledger, load_quota_table(), config)
 
 
 def ask(text: str, **kwargs) -> Request:
