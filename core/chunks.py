@@ -1,0 +1,82 @@
+"""Long answers as several chat messages, and streamed answers as throttled message edits.
+
+Both chat platforms cap a message's length and rate-limit edits; these are the platform-free halves
+of dealing with that. Adapters pass their own limits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+FENCE = re.compile(r"^\s*```")
+CLOSE = "\n```"
+FENCE_ROOM = 40  # a reopened fence line such as "```python" plus a closing one, with room to spare
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Split `text` into pieces of at most `limit` characters, at line breaks where possible.
+
+    A code block cut in two is closed at the end of one piece and reopened (with its language) at
+    the start of the next, so every piece renders on its own.
+    """
+    if limit < 4 * FENCE_ROOM:
+        raise ValueError(f"limit must be at least {4 * FENCE_ROOM}")
+    if len(text) <= limit:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0  # of "\n".join(current) plus one
+    fence: str | None = None  # the opening line of the code block we are in, if any
+    for line in _lines_within(text, limit - FENCE_ROOM):
+        # Always leave room for a closing fence, in case the piece ends inside a code block.
+        if current and size + len(line) + len(CLOSE) > limit:
+            pieces.append("\n".join(current) + (CLOSE if fence else ""))
+            current = [fence] if fence else []
+            size = len(fence) + 1 if fence else 0
+        current.append(line)
+        size += len(line) + 1
+        if FENCE.match(line):
+            fence = None if fence else line.strip()
+    pieces.append("\n".join(current))
+    return [piece for piece in pieces if piece.strip()]
+
+
+def _lines_within(text: str, width: int) -> list[str]:
+    """The lines of `text`, any line longer than `width` cut at spaces (or hard, if it has none)."""
+    lines = []
+    for line in text.split("\n"):
+        while len(line) > width:
+            cut = line.rfind(" ", 0, width)
+            cut = cut if cut > width // 2 else width
+            lines.append(line[:cut])
+            line = line[cut:].lstrip(" ")
+        lines.append(line)
+    return lines
+
+
+class ThrottledEdits:
+    """Streams an answer into one message: `update` edits at most once per `interval`, `finish` always lands.
+
+    Use `update` as the service's progress callback; call `finish` with the whole answer at the end.
+    """
+
+    def __init__(self, edit: Callable[[str], Awaitable[None]], interval: float = 1.0) -> None:
+        self._edit = edit
+        self._interval = interval
+        self._last_edit = float("-inf")
+        self._shown = ""
+
+    async def update(self, text: str) -> None:
+        if time.monotonic() - self._last_edit >= self._interval and text != self._shown:
+            await self._show(text)
+
+    async def finish(self, text: str) -> None:
+        if text != self._shown:
+            await self._show(text)
+
+    async def _show(self, text: str) -> None:
+        self._last_edit = time.monotonic()
+        self._shown = text
+        await self._edit(text)

@@ -1,0 +1,62 @@
+"""Long answers split into valid messages; streamed answers edited at a bounded rate."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.chunks import ThrottledEdits, split_message
+
+CODE = "```python\n" + "\n".join(f"print('line {i}')  # a comment to make it longer" for i in range(60)) + "\n```"
+ANSWER = "Intro paragraph. " * 40 + "\n\n" + CODE + "\n\n" + "Closing words. " * 80
+
+
+def fences_balanced(piece: str) -> bool:
+    return sum(1 for line in piece.split("\n") if line.strip().startswith("```")) % 2 == 0
+
+
+@pytest.mark.parametrize("limit", [200, 2000, 3900])
+def test_pieces_fit_the_limit_and_code_blocks_stay_valid(limit):
+    pieces = split_message(ANSWER, limit)
+    assert len(pieces) > 1
+    assert all(len(piece) <= limit for piece in pieces)
+    assert all(fences_balanced(piece) for piece in pieces)
+    code_pieces = [piece for piece in pieces if "print(" in piece]
+    assert all("```python" in piece for piece in code_pieces), "a cut block reopens with its language"
+
+
+def test_nothing_is_lost_but_the_added_fences():
+    pieces = split_message(ANSWER, 500)
+    rejoined = "\n".join(pieces)
+    for line in ANSWER.split("\n"):
+        for word in line.split():
+            assert word in rejoined
+    assert sum(piece.count("print(") for piece in pieces) == 60
+
+
+def test_short_text_is_one_piece_and_a_long_line_is_cut_at_spaces():
+    assert split_message("hello", 2000) == ["hello"]
+    pieces = split_message("word " * 1000, 2000)
+    assert all(len(piece) <= 2000 for piece in pieces) and all(not piece.startswith(" ") for piece in pieces)
+    assert sum(piece.count("word") for piece in pieces) == 1000
+    assert all(len(piece) <= 300 for piece in split_message("x" * 1000, 300)), "a line without spaces is cut hard"
+
+
+async def test_edits_are_throttled_and_the_final_text_always_lands():
+    shown: list[str] = []
+
+    async def edit(text: str) -> None:
+        shown.append(text)
+
+    edits = ThrottledEdits(edit, interval=0.2)
+    text = ""
+    for i in range(30):  # 30 pieces over about 0.6 s
+        text += f"piece {i} "
+        await edits.update(text)
+        await asyncio.sleep(0.02)
+    await edits.finish(text)
+    assert 2 <= len(shown) <= 6
+    assert shown[-1] == text
+    await edits.finish(text)
+    assert len(shown) <= 6, "finishing twice with the same text edits nothing more"
