@@ -38,7 +38,7 @@ class ConsoleAdapter:
                 break
             if not line.strip():
                 continue
-            request = Request(user=self.user, text=line.strip(), history=tuple(self.history))
+            request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
             reply = await self.service.handle(request)
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
                 self.history.extend(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import getpass
 import logging
+
+import httpx
 from contextlib import AsyncExitStack
 
 from adapters.console import ConsoleAdapter
 from core.client import IOClient
 from core.emulator import Emulator
+from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
@@ -45,7 +48,9 @@ async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool)
     return ledger
 
 
-def make_service(settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable) -> Service:
+def make_service(
+    settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable, http: httpx.AsyncClient
+) -> Service:
     for name in (settings.model, settings.vision_model, *settings.fallback_models):
         if name not in quotas:
             log.warning("model %s is not in the quota table: its daily quota is not enforced", name)
@@ -54,8 +59,10 @@ def make_service(settings: Settings, client: IOClient, ledger: Ledger, quotas: Q
         vision_model=settings.vision_model,
         fallback_models=tuple(settings.fallback_models),
         max_tokens=settings.max_tokens,
+        image_limits=ImageLimits(target_side=settings.image_max_side),
+        allow_loopback_images=settings.image_allow_loopback,
     )
-    return Service(client, ledger, quotas, config)
+    return Service(client, ledger, quotas, config, http)
 
 
 async def run(settings: Settings, *, emulator: bool) -> None:
@@ -64,7 +71,9 @@ async def run(settings: Settings, *, emulator: bool) -> None:
     async with AsyncExitStack() as stack:
         ledger = await open_ledger(settings, stack, owner=True)
         client = await open_client(settings, quotas, stack, emulator=emulator)
-        service = make_service(settings, client, ledger, quotas)
+        # Downloads of images and files: no credential by default, no redirects followed.
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
+        service = make_service(settings, client, ledger, quotas, http)
         runner = await start_http_server(make_http_app(), settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, settings.port)

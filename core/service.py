@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+import httpx
+
 from .client import ChatResult, IOClient, Message, Usage, vision_message
-from .commands import Command, UsageError, help_text, parse_command
+from .commands import DEFAULT_VISION_QUESTION, Command, UsageError, help_text, parse_command
 from .errors import IOIntelligenceError, RateLimitError
+from .images import ImageError, ImageLimits, fetch_public_image, prepare_images, read_local_image
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
 from .render import code_table, render_agents, render_models, render_result, short_model_name
@@ -47,6 +50,8 @@ class Request:
     command: Command | None = None  # set when the platform parsed it already (typed slash commands)
     history: Sequence[Message] = ()  # earlier turns of the conversation, oldest first
     request_id: str | None = None  # the platform's event or interaction id: a retry is not run twice
+    images: Sequence[tuple[str, bytes]] = ()  # attached images, downloaded by the adapter: (file name, bytes)
+    local_files: bool = False  # `vision <path>` may read a local file (the console only)
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,22 @@ class ServiceConfig:
     fallback_models: tuple[str, ...] = ()
     max_tokens: int = 1024
     system_prompt: str = SYSTEM_PROMPT
+    image_limits: ImageLimits = ImageLimits()
+    allow_loopback_images: bool = False  # tests serve `vision <url>` images from 127.0.0.1
+
+
+INFORMATIONAL = ("help", "agents", "models", "usage")
 
 
 class Service:
-    def __init__(self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig) -> None:
+    def __init__(
+        self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig, http: httpx.AsyncClient
+    ) -> None:
         self.client = client
         self.ledger = ledger
         self.quotas = quotas
         self.config = config
+        self.http = http  # for images at public URLs: never carries a credential
 
     async def handle(self, request: Request, progress: Progress | None = None) -> Reply:
         """Answer a request. Never raises: every failure becomes a short reply."""
@@ -86,6 +99,8 @@ class Service:
             return Reply("This request is already being answered.", outcome="duplicate", private=True)
         except (QuotaExceeded, InputTooLong) as exc:
             return Reply(str(exc), outcome="refused", private=True)
+        except ImageError as exc:
+            return Reply(str(exc), outcome="refused")
         except IOIntelligenceError as exc:
             log.warning("API call for %s failed: %s", request.user, exc)
             return Reply(exc.user_message, outcome="error")
@@ -94,6 +109,8 @@ class Service:
             return Reply(UNEXPECTED_FAILURE, outcome="error")
 
     async def _dispatch(self, request: Request, command: Command, progress: Progress | None) -> Reply:
+        if command.name == "vision" or (request.images and command.name not in INFORMATIONAL):
+            return await self._vision(request, command, progress)
         match command.name:
             case "help":
                 return Reply(help_text(command.topic), private=True)
@@ -106,11 +123,32 @@ class Service:
             case "ask":
                 message = {"role": "user", "content": command.text}
                 return await self._chat(request, message, images=False, progress=progress)
-            case "vision":
-                message = vision_message(command.text, [command.image])
-                return await self._chat(request, message, images=True, progress=progress)
             case _:
                 return await self._workflow(request, command)
+
+    async def _vision(self, request: Request, command: Command, progress: Progress | None) -> Reply:
+        """Images (attached, at a URL or, in the console, in a file) checked, normalised, then asked about."""
+        items = list(request.images)
+        if command.name == "vision":
+            question = command.text
+            if command.image.startswith(("http://", "https://")) or not request.local_files:
+                limits, loopback = self.config.image_limits, self.config.allow_loopback_images
+                items.insert(0, await fetch_public_image(self.http, command.image, limits=limits, allow_loopback=loopback))
+            else:
+                items.insert(0, read_local_image(command.image, self.config.image_limits))
+        else:
+            question = request.text.strip() or DEFAULT_VISION_QUESTION  # the whole message is the question
+        prepared, refusals = await prepare_images(items, self.config.image_limits)
+        if not prepared:
+            return Reply("\n".join(refusals), outcome="refused")
+        log.info(
+            "%d image(s) for %s: %d bytes sent, %d saved by normalising",
+            len(prepared), request.user, sum(len(image.data) for image in prepared), sum(image.saved_bytes for image in prepared),
+        )
+        message = vision_message(question, [image.data_url for image in prepared])
+        reply = await self._chat(request, message, images=True, progress=progress)
+        notes = (*refusals, *(note for image in prepared for note in image.notes))
+        return replace(reply, notes=(*notes, *reply.notes))
 
     # --- chat, with fallback ---------------------------------------------------------------
 

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_tokens: int = _env("IOBOT_MAX_TOKENS", default=1024, gt=0)
     api_timeout: float = _env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
     max_retries: int = _env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
+    image_max_side: int = _env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
+    image_allow_loopback: bool = _env("IOBOT_IMAGE_ALLOW_LOOPBACK", default=False)
     host: str = _env("IOBOT_HOST", default="0.0.0.0")
     port: int = _env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = _env("IOBOT_LOG_LEVEL", default="INFO")

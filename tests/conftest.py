@@ -29,3 +29,38 @@ async def ledger(tmp_path):
     opened = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=50_000)
     yield opened
     await opened.close()
+
+
+def png_bytes(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+async def image_server():
+    """Images at http://127.0.0.1:PORT/<name>: `cat.png` (64x48) and `not-an-image.png`."""
+    from aiohttp import web
+
+    files = {"cat.png": (png_bytes(), "image/png"), "not-an-image.png": (b"%PDF-1.4 not an image", "image/png")}
+
+    async def serve(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in files:
+            raise web.HTTPNotFound()
+        body, content_type = files[name]
+        return web.Response(body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from core.emulator import Fault
@@ -44,8 +45,10 @@ QUOTAS = parse_quota_table(
 
 
 def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL) -> Service:
-    config = ServiceConfig(model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=200)
-    return Service(client, ledger, QUOTAS, config)
+    config = ServiceConfig(
+        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=200, allow_loopback_images=True
+    )
+    return Service(client, ledger, QUOTAS, config, httpx.AsyncClient())
 
 
 def ask(text: str, **kwargs) -> Request:
@@ -122,18 +125,18 @@ async def test_every_model_spent_tells_the_person_when_it_resets(client, ledger,
     assert chat_calls(emulator) == []
 
 
-async def test_vision_falls_back_to_a_vision_model_only(client, ledger, emulator):
+async def test_vision_falls_back_to_a_vision_model_only(client, ledger, emulator, image_server):
     await spend(ledger, VISION, 499_990)
-    reply = await make_service(client, ledger).handle(ask("vision https://example.com/cat.png what is it?"))
+    reply = await make_service(client, ledger).handle(ask(f"vision {image_server}/cat.png what is it?"))
     assert reply.model == SMALL_VISION
     assert [r.body["model"] for r in chat_calls(emulator)] == [SMALL_VISION]
 
 
-async def test_vision_never_falls_back_to_a_text_only_model(client, ledger, emulator):
+async def test_vision_never_falls_back_to_a_text_only_model(client, ledger, emulator, image_server):
     await spend(ledger, VISION, 499_990)
     service = make_service(client, ledger, fallbacks=(FALLBACK, MODEL))
     assert service.candidates(images=True) == [VISION]
-    reply = await service.handle(ask("vision https://example.com/cat.png what is it?"))
+    reply = await service.handle(ask(f"vision {image_server}/cat.png what is it?"))
     assert reply.outcome == "refused" and "Llama-3.2-90B-Vision-Instruct" in reply.text
     assert chat_calls(emulator) == []
 

@@ -142,3 +142,14 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
 def test_agents_from_the_emulator(tmp_path):
     result = iobot(tmp_path, "agents", "--emulator")
     assert result.returncode == 0 and "summary_agent" in result.stdout
+
+
+def test_an_operator_quota_file_replaces_the_table(tmp_path):
+    quota_file = tmp_path / "quotas.toml"
+    quota_file.write_text('[[model]]\nname = "acme/model-x"\napi_daily_tokens = 1_234\ncontext_length = 4_096\n')
+    result = iobot(tmp_path, "models", IOBOT_QUOTA_FILE=str(quota_file))
+    assert result.returncode == 0 and "model-x" in result.stdout and "1,234" in result.stdout
+    assert "Llama-3.3-70B-Instruct" not in result.stdout
+    quota_file.write_text('[[model]]\nname = "acme/model-x"\napi_daily_tokens = "lots"\n')
+    result = iobot(tmp_path, "models", IOBOT_QUOTA_FILE=str(quota_file))
+    assert result.returncode == 2 and "api_daily_tokens" in result.stderr and str(quota_file) in result.stderr

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from core.emulator import Fault
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
+
+from .conftest import png_bytes
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
@@ -14,8 +17,8 @@ VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
 
 @pytest.fixture
 def service(client, ledger):
-    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=256)
-    return Service(client, ledger, load_quota_table(), config)
+    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=256, allow_loopback_images=True)
+    return Service(client, ledger, load_quota_table(), config, httpx.AsyncClient())
 
 
 def ask(text: str, **kwargs) -> Request:
@@ -75,12 +78,53 @@ async def test_summarize_passes_max_words(service, emulator):
     assert body["args"] == {"type": "summarize_text", "max_words": 20} and body["agent_names"] == ["summary_agent"]
 
 
-async def test_vision_url_goes_to_the_vision_model(service, emulator):
-    reply = await service.handle(ask("vision https://example.com/cat.jpg how many cats?"))
-    assert reply.model == VISION_MODEL
+async def test_vision_url_is_fetched_normalised_and_sent_as_a_data_url(service, emulator, image_server):
+    reply = await service.handle(ask(f"vision {image_server}/cat.png how many cats?"))
+    assert reply.outcome == "ok" and reply.model == VISION_MODEL
+    assert "64x48" in reply.text, "the emulator saw the real image"
     content = emulator.requests[-1].body["messages"][-1]["content"]
     assert content[0] == {"type": "text", "text": "how many cats?"}
-    assert content[1]["image_url"]["url"] == "https://example.com/cat.jpg"
+    assert content[1]["image_url"]["url"].startswith("data:image/")
+
+
+async def test_attached_images_go_to_the_vision_model_with_the_message_as_question(service, emulator):
+    images = [("a.png", png_bytes(64, 48)), ("b.png", png_bytes(32, 32))]
+    reply = await service.handle(ask("summarize what these show", images=images))
+    assert reply.model == VISION_MODEL and "64x48" in reply.text and "32x32" in reply.text
+    content = emulator.requests[-1].body["messages"][-1]["content"]
+    assert content[0]["text"] == "summarize what these show"
+    assert [part["type"] for part in content] == ["text", "image_url", "image_url"]
+
+
+async def test_refused_images_are_named_and_the_good_ones_still_answered(service, emulator):
+    images = [("good.png", png_bytes()), ("report.png", b"%PDF-1.4 renamed")]
+    reply = await service.handle(ask("what is this?", images=images))
+    assert reply.outcome == "ok" and any("report.png" in note for note in reply.notes)
+    assert len(emulator.requests[-1].body["messages"][-1]["content"]) == 2
+
+
+async def test_only_bad_images_is_a_clear_refusal_with_no_call(service, emulator, image_server):
+    reply = await service.handle(ask(f"vision {image_server}/not-an-image.png"))
+    assert reply.outcome == "refused" and "not-an-image.png" in reply.text
+    reply = await service.handle(ask("vision ftp://example.com/cat.png"))
+    assert reply.outcome == "refused"
+    assert not [r for r in emulator.requests if r.path == "/chat/completions"]
+
+
+async def test_private_addresses_are_refused_for_vision_urls(client, ledger, emulator):
+    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL)  # loopback not allowed, as in production
+    service = Service(client, ledger, load_quota_table(), config, httpx.AsyncClient())
+    reply = await service.handle(ask("vision http://127.0.0.1:9/cat.png"))
+    assert reply.outcome == "refused" and emulator.requests == []
+
+
+async def test_local_files_only_when_the_adapter_allows(service, emulator, tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(png_bytes(20, 10))
+    reply = await service.handle(ask(f"vision {path} what is it?", local_files=True))
+    assert reply.outcome == "ok" and "20x10" in reply.text
+    reply = await service.handle(ask(f"vision {path} what is it?"))
+    assert reply.outcome == "refused"
 
 
 @pytest.mark.parametrize(("line", "heading"), [("help", "**Commands**"), ("agents", "**Agents**"), ("models", "**Models**")])

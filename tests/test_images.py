@@ -1,0 +1,658 @@
+"""core.images: the corpus is generated here with Pillow (nothing is downloaded), and downloads go
+to a small aiohttp server on 127.0.0.1 started by the tests themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+from PIL import ExifTags, Image, ImageStat
+
+from core import images
+from core.images import (
+    ImageError,
+    ImageLimits,
+    PreparedImage,
+    download_image,
+    fetch_public_image,
+    prepare_image,
+    prepare_images,
+    read_local_image,
+)
+
+LIMITS = ImageLimits()
+MB = 1024 * 1024
+
+
+# --- The corpus ----------------------------------------------------------------------------------
+
+
+def encode(image: Image.Image, format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def photo(width: int, height: int) -> Image.Image:
+    """Photo-like: smooth gradients plus sensor-like noise, so it has thousands of colours."""
+    return Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize((width, height)),
+            Image.radial_gradient("L").resize((width, height)),
+            Image.effect_noise((width, height), 24),
+        ),
+    )
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of `width` x `height` black pixels, built chunk by chunk.
+
+    Pillow cannot make a 30000x30000 image cheaply (it would allocate 900 MB first), but a real
+    bomb is exactly this: huge dimensions, a body that zlib squeezes to almost nothing.
+    """
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then the packed bits
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def big_photo_jpeg() -> bytes:
+    return encode(photo(6000, 4000), "JPEG", quality=90)
+
+
+def opened(prepared: PreparedImage) -> Image.Image:
+    image = Image.open(io.BytesIO(prepared.data))
+    image.load()
+    return image
+
+
+def assert_sendable(prepared: PreparedImage, limits: ImageLimits = LIMITS) -> Image.Image:
+    """What every accepted image must be: within the limits, and exactly what it says it is."""
+    assert 0 < len(prepared.data) <= limits.max_bytes
+    assert max(prepared.width, prepared.height) <= min(limits.target_side, limits.max_side)
+    image = opened(prepared)
+    assert image.size == (prepared.width, prepared.height)
+    assert prepared.mime == {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[image.format]
+    assert image.mode in ("L", "RGB", "RGBA")
+    return image
+
+
+def refusal(data: bytes, name: str, limits: ImageLimits = LIMITS) -> str:
+    with pytest.raises(ImageError) as caught:
+        prepare_image(data, name, limits)
+    assert name in str(caught.value)
+    return str(caught.value)
+
+
+# --- Accepted and normalised ---------------------------------------------------------------------
+
+
+def test_rgba_png_keeps_its_transparency() -> None:
+    image = Image.new("RGBA", (300, 200), (200, 30, 30, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 150, 200))
+    prepared = prepare_image(encode(image, "PNG"), "logo.png")
+    result = assert_sendable(prepared)
+    assert prepared.mime == "image/png" and result.mode == "RGBA"
+    assert result.getpixel((10, 10))[3] == 0
+    assert result.getpixel((290, 10)) == (200, 30, 30, 255)
+
+
+def test_opaque_rgba_png_drops_the_alpha_channel_and_shrinks() -> None:
+    data = encode(photo(640, 480).convert("RGBA"), "PNG")
+    prepared = prepare_image(data, "shot.png")
+    result = assert_sendable(prepared)
+    assert result.mode == "RGB" and prepared.mime == "image/jpeg"
+    assert prepared.saved_bytes > len(data) // 2
+
+
+def test_palette_gif_becomes_an_exact_png() -> None:
+    source = Image.new("RGB", (64, 64), "white")
+    source.paste((255, 0, 0), (0, 0, 32, 32))
+    source.paste((0, 0, 255), (32, 32, 64, 64))
+    gif = source.quantize(4)
+    prepared = prepare_image(encode(gif, "GIF"), "chart.gif")
+    result = assert_sendable(prepared)
+    assert prepared.mime == "image/png" and prepared.notes == ()
+    assert list(result.convert("RGB").get_flattened_data()) == list(gif.convert("RGB").get_flattened_data())
+
+
+def test_cmyk_jpeg_becomes_rgb_with_the_same_colours() -> None:
+    source = photo(800, 600)
+    prepared = prepare_image(encode(source.convert("CMYK"), "JPEG", quality=90), "print.jpg")
+    result = assert_sendable(prepared)
+    assert result.mode == "RGB"
+    expected = ImageStat.Stat(source.convert("CMYK").convert("RGB")).mean
+    assert all(abs(a - b) < 3 for a, b in zip(ImageStat.Stat(result).mean, expected))
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped() -> None:
+    source = Image.new("I;16", (4, 1))
+    source.putdata([0, 256, 32768, 65535])
+    prepared = prepare_image(encode(source, "PNG"), "scan.png")
+    result = assert_sendable(prepared)
+    assert result.mode == "L" and prepared.mime == "image/png"
+    assert list(result.get_flattened_data()) == [0, 1, 128, 255]  # clipping would give 0, 255, 255, 255
+
+
+def test_greyscale_photos_go_jpeg_and_greyscale_drawings_png() -> None:
+    grey_photo = prepare_image(encode(photo(640, 480).convert("L"), "PNG"), "x-ray.png")
+    assert assert_sendable(grey_photo).mode == "L" and grey_photo.mime == "image/jpeg"
+    drawing = Image.new("L", (640, 480), 255)
+    drawing.paste(0, (100, 100, 300, 110))
+    grey_drawing = prepare_image(encode(drawing, "JPEG", quality=95), "sketch.jpg")
+    assert assert_sendable(grey_drawing).mode == "L" and grey_drawing.mime == "image/png"
+
+
+def test_webp_photo_is_accepted() -> None:
+    data = encode(photo(640, 480), "WEBP", quality=80)
+    prepared = prepare_image(data, "holiday.webp")
+    assert_sendable(prepared)
+    assert prepared.mime in ("image/webp", "image/jpeg")
+    assert len(prepared.data) <= len(data)
+
+
+def test_exif_rotated_jpeg_is_turned_upright() -> None:
+    stored = Image.new("RGB", (300, 200), (220, 0, 0))
+    stored.paste((0, 0, 220), (150, 0, 300, 200))  # red left half, blue right half, as stored
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # "rotate 90 degrees clockwise to display"
+    prepared = prepare_image(encode(stored, "JPEG", exif=exif), "phone.jpg")
+    result = assert_sendable(prepared)
+    assert result.size == (200, 300)
+    red, blue = result.getpixel((100, 60)), result.getpixel((100, 240))
+    assert red[0] > 180 and red[2] < 60
+    assert blue[2] > 180 and blue[0] < 60
+    # The tag went with the rotation: a client applying it again would turn the image sideways.
+    assert result.getexif().get(ExifTags.Base.Orientation, 1) == 1
+
+
+def test_large_photo_is_scaled_down_and_saves_bytes(big_photo_jpeg: bytes) -> None:
+    prepared = prepare_image(big_photo_jpeg, "photo.jpg")
+    assert_sendable(prepared)
+    assert (prepared.width, prepared.height) == (2048, 1365)
+    assert prepared.mime == "image/jpeg"
+    assert prepared.notes == ("photo.jpg was scaled down from 6000x4000 to 2048x1365.",)
+    assert prepared.original_bytes == len(big_photo_jpeg)
+    assert prepared.saved_bytes == len(big_photo_jpeg) - len(prepared.data) > 0
+
+
+def test_the_downscaling_bound_is_configurable(big_photo_jpeg: bytes) -> None:
+    limits = ImageLimits(target_side=512)
+    prepared = prepare_image(big_photo_jpeg, "photo.jpg", limits)
+    assert_sendable(prepared, limits)
+    assert (prepared.width, prepared.height) == (512, 341)
+
+
+def test_animated_gif_sends_its_first_frame_and_says_so() -> None:
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ("red", "lime", "blue")]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    prepared = prepare_image(data, "cat.gif")
+    result = assert_sendable(prepared)
+    assert result.convert("RGB").getpixel((20, 20)) == (255, 0, 0)
+    assert prepared.notes == ("cat.gif is animated: only its first frame was used.",)
+
+
+def test_mpo_photo_is_one_picture_not_an_animation() -> None:
+    main, depth_map = photo(320, 240), Image.new("RGB", (320, 240), "gray")
+    data = encode(main, "MPO", save_all=True, append_images=[depth_map])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    prepared = prepare_image(data, "portrait.jpg")
+    result = assert_sendable(prepared)
+    assert prepared.mime == "image/jpeg" and prepared.notes == ()
+    assert result.getpixel((0, 0))[1] != 128  # the photo, not the grey depth map
+
+
+def test_format_comes_from_the_content_not_the_name() -> None:
+    prepared = prepare_image(encode(photo(320, 240), "JPEG"), "really-a-jpeg.png")
+    assert_sendable(prepared)
+    assert prepared.mime == "image/jpeg"
+
+
+def test_an_original_fit_to_send_is_sent_untouched() -> None:
+    data = encode(photo(640, 480), "JPEG", quality=60, optimize=True)  # re-encoding at 85 would grow it
+    prepared = prepare_image(data, "small.jpg")
+    assert prepared.data is data
+    assert prepared.saved_bytes == 0 and prepared.notes == ()
+    assert (prepared.mime, prepared.width, prepared.height) == ("image/jpeg", 640, 480)
+
+
+def test_reencoding_never_goes_over_max_bytes() -> None:
+    noise = Image.merge("RGB", [Image.effect_noise((600, 600), 100) for _ in range(3)])
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 3  # upside down: the original cannot be sent as it is
+    data = encode(noise, "JPEG", quality=30, exif=exif)
+    limits = ImageLimits(max_bytes=len(data) + 1000)
+    assert len(encode(noise, "JPEG", quality=85)) > limits.max_bytes  # a plain re-encode would not fit
+    prepared = prepare_image(data, "noise.jpg", limits)
+    assert_sendable(prepared, limits)
+    assert prepared.width < 600
+    assert prepared.notes == (f"noise.jpg was scaled down from 600x600 to {prepared.width}x{prepared.height}.",)
+
+
+def test_data_url_carries_the_uploaded_bytes() -> None:
+    prepared = prepare_image(encode(Image.new("RGB", (8, 8), "red"), "PNG"), "dot.png")
+    prefix = "data:image/png;base64,"
+    assert prepared.data_url.startswith(prefix)
+    assert base64.b64decode(prepared.data_url[len(prefix) :]) == prepared.data
+
+
+# --- Refused -------------------------------------------------------------------------------------
+
+
+def test_a_25_mb_file_is_refused_before_decoding() -> None:
+    data = b"\x89PNG\r\n\x1a\n" + bytes(25 * MB)
+    assert refusal(data, "huge.png") == "huge.png is over the 20 MB limit for images."
+
+
+def test_a_30000_by_30000_bomb_is_refused() -> None:
+    bomb = png_of_zeros(30000, 30000)
+    assert len(bomb) < 200_000
+    assert refusal(bomb, "bomb.png") == "bomb.png has too many pixels to process safely (over 67 megapixels)."
+
+
+def test_a_bomb_under_pillows_own_limit_is_refused_by_ours() -> None:
+    bomb = png_of_zeros(9000, 9000)  # 81 MP: Pillow itself would decode it without a warning
+    with Image.open(io.BytesIO(bomb)) as image:
+        assert image.size == (9000, 9000)
+    assert "too many pixels" in refusal(bomb, "big.png")
+    # Under a higher bound the very same file is accepted, so the refusal was the pixel bound.
+    limits = ImageLimits(max_pixels=100_000_000)
+    assert_sendable(prepare_image(bomb, "big.png", limits), limits)
+
+
+def test_a_truncated_png_is_refused() -> None:
+    data = encode(photo(400, 300), "PNG")
+    assert refusal(data[: len(data) * 2 // 3], "cut.png") == "cut.png could not be read: the file is damaged or incomplete."
+
+
+def test_a_truncated_jpeg_is_refused() -> None:
+    data = encode(photo(400, 300), "JPEG")
+    assert "damaged or incomplete" in refusal(data[: len(data) // 2], "cut.jpg")
+
+
+def test_a_pdf_renamed_png_is_refused() -> None:
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    assert refusal(pdf, "report.png") == "report.png is not a JPEG, PNG, WEBP or GIF image."
+
+
+def test_an_image_in_another_format_is_refused() -> None:
+    assert "is not a JPEG, PNG, WEBP or GIF image" in refusal(encode(photo(64, 64), "BMP"), "old.bmp")
+
+
+def test_an_empty_file_is_refused() -> None:
+    assert refusal(b"", "nothing.png") == "nothing.png is empty."
+
+
+def test_limits_are_checked_when_made() -> None:
+    with pytest.raises(ValueError):
+        ImageLimits(target_side=5000)
+    with pytest.raises(ValueError):
+        ImageLimits(max_bytes=0)
+
+
+# --- Several images at once ----------------------------------------------------------------------
+
+
+async def test_prepare_images_keeps_order_and_collects_refusals() -> None:
+    items = [
+        ("a.png", encode(Image.new("RGB", (10, 10), "red"), "PNG")),
+        ("b.png", b""),
+        ("c.pdf", b"%PDF-1.4"),
+        ("d.png", encode(Image.new("RGB", (10, 10), "blue"), "PNG")),
+    ]
+    prepared, refusals = await prepare_images(items, LIMITS)
+    assert [image.name for image in prepared] == ["a.png", "d.png"]
+    assert refusals == ["b.png is empty.", "c.pdf is not a JPEG, PNG, WEBP or GIF image."]
+
+
+async def test_images_beyond_ten_are_skipped_by_name() -> None:
+    colours = [(i * 20, 0, 0) for i in range(12)]
+    items = [(f"p{i}.png", encode(Image.new("RGB", (16, 16), c), "PNG")) for i, c in enumerate(colours)]
+    prepared, refusals = await prepare_images(items, LIMITS)
+    assert [image.name for image in prepared] == [f"p{i}.png" for i in range(10)]
+    # Run in parallel threads, yet each result is its own image.
+    assert [opened(image).convert("RGB").getpixel((0, 0)) for image in prepared] == colours[:10]
+    assert refusals == ["At most 10 images are taken per request, so these were skipped: p10.png, p11.png."]
+
+
+async def test_images_are_decoded_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten people posting at once must not mean ten decodes at once (memory)."""
+    lock, running, peak = threading.Lock(), [0], [0]
+    real_prepare = images.prepare_image
+
+    def counting_prepare(data: bytes, name: str, limits: ImageLimits) -> PreparedImage:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        try:
+            return real_prepare(data, name, limits)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "prepare_image", counting_prepare)
+    items = [(f"{i}.png", encode(Image.new("RGB", (8, 8)), "PNG")) for i in range(4)]
+    results = await asyncio.gather(*(prepare_images(items, LIMITS) for _ in range(3)))
+    assert [len(prepared) for prepared, _ in results] == [4, 4, 4]
+    assert peak[0] == 1
+
+
+def test_prepare_image_is_thread_safe() -> None:
+    colours = [(i * 40, 255 - i * 40, 90) for i in range(6)]
+    photos = [encode(photo(800, 600), "PNG")] * 6  # many colours: these go through JPEG
+    items = [encode(Image.new("RGB", (700, 500), c), "PNG") for c in colours] + photos
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda data: prepare_image(data, "x.png", ImageLimits(target_side=600)), items))
+    alone = [prepare_image(data, "x.png", ImageLimits(target_side=600)) for data in items]
+    assert together == alone
+    assert [opened(p).convert("RGB").getpixel((5, 5)) for p in together[:6]] == colours
+
+
+# --- Local files ---------------------------------------------------------------------------------
+
+
+def test_read_local_image(tmp_path: Path) -> None:
+    data = encode(Image.new("RGB", (8, 8)), "PNG")
+    (tmp_path / "dot.png").write_bytes(data)
+    assert read_local_image(tmp_path / "dot.png", LIMITS) == ("dot.png", data)
+
+
+def test_read_local_image_refuses_missing_files_and_directories(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="does not exist"):
+        read_local_image(tmp_path / "nope.png", LIMITS)
+    with pytest.raises(ImageError, match="is not a file"):
+        read_local_image(tmp_path, LIMITS)
+
+
+def test_read_local_image_refuses_a_big_file_without_opening_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "huge.jpg"
+    with big.open("wb") as file:
+        file.truncate(25 * MB)  # sparse: costs no disk
+
+    def no_open(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file was opened")
+
+    monkeypatch.setattr(Path, "open", no_open)
+    with pytest.raises(ImageError, match="huge.jpg is over the 20 MB limit"):
+        read_local_image(big, LIMITS)
+
+
+# --- Downloads from a local server ---------------------------------------------------------------
+
+CAT = encode(Image.new("RGB", (32, 32), "orange"), "PNG")
+BIG_BODY = 25 * MB
+
+
+@dataclass
+class Server:
+    base: str
+    port: int
+    hits: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server("", 0)
+
+    async def cat(request: web.Request) -> web.Response:
+        state.hosts.append(request.headers.get("Host", ""))
+        return web.Response(body=CAT, content_type="image/png")
+
+    async def private(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer xoxb-test":
+            return web.Response(status=403)
+        return web.Response(body=CAT, content_type="image/png")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return await stream(request, web.StreamResponse(headers={"Content-Type": "image/png"}))
+
+    async def declared_huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = BIG_BODY
+        return await stream(request, response)
+
+    async def stream(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """25 MB of a 'PNG' in 256 KB pieces, counting what was handed to the socket."""
+        # A small send buffer, so that bytes counted as sent are close to bytes the client took.
+        request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        await response.prepare(request)
+        state.sent[request.path] = 0
+        piece = b"\x89PNG\r\n\x1a\n" + bytes(256 * 1024 - 8)
+        while state.sent[request.path] < BIG_BODY:
+            await response.write(piece)
+            state.sent[request.path] += len(piece)
+            await asyncio.sleep(0.001)
+        return response
+
+    async def short_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = 100_000  # a lie: 1,000 bytes come, then the connection closes
+        await response.prepare(request)
+        await response.write(CAT[:1000])
+        request.transport.close()
+        return response
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        """A valid image, a few bytes every 50 ms: each read is quick, the whole is slow."""
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(CAT)
+        await response.prepare(request)
+        for start in range(0, len(CAT), 4):
+            await response.write(CAT[start : start + 4])
+            await asyncio.sleep(0.05)
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(body=CAT, content_type="image/png")
+
+    async def moved(request: web.Request) -> web.Response:
+        target = f"http://localhost:{state.port}/cat.png?token=secret"
+        return web.Response(status=302, headers={"Location": target})
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html><body>Sign in</body></html>", content_type="text/html")
+
+    async def missing(request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    @web.middleware
+    async def record(request: web.Request, handler: object) -> web.StreamResponse:
+        state.hits.append(request.path)
+        return await handler(request)  # type: ignore[operator]
+
+    app = web.Application(middlewares=[record])
+    app.router.add_get("/cat.png", cat)
+    app.router.add_get("/private.png", private)
+    app.router.add_get("/huge.png", huge)
+    app.router.add_get("/declared-huge.png", declared_huge)
+    app.router.add_get("/short.png", short_body)
+    app.router.add_get("/trickle.png", trickle)
+    app.router.add_get("/slow.png", slow)
+    app.router.add_get("/moved.png", moved)
+    app.router.add_get("/page.png", page)
+    app.router.add_get("/missing.png", missing)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.port = runner.addresses[0][1]
+    state.base = f"http://127.0.0.1:{state.port}"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS) -> str:
+    with pytest.raises(ImageError) as caught:
+        await download_image(http, url, name="x.png", limits=limits)
+    assert "x.png" in str(caught.value)
+    return str(caught.value)
+
+
+async def test_download_returns_the_bytes_and_sends_the_adapters_headers(server: Server, http: httpx.AsyncClient) -> None:
+    url = f"{server.base}/private.png"
+    assert "HTTP 403" in await download_refusal(http, url)
+    data = await download_image(http, url, name="x.png", limits=LIMITS, headers={"Authorization": "Bearer xoxb-test"})
+    assert data == CAT
+
+
+async def test_download_stops_at_the_limit_while_streaming(server: Server, http: httpx.AsyncClient) -> None:
+    message = await download_refusal(http, f"{server.base}/huge.png")
+    assert message == "x.png is over the 20 MB limit for images."
+    await asyncio.sleep(0.1)  # let the server notice the closed connection
+    assert LIMITS.max_bytes < server.sent["/huge.png"] < LIMITS.max_bytes + 2 * MB < BIG_BODY
+
+
+async def test_download_believes_a_content_length_over_the_limit(server: Server, http: httpx.AsyncClient) -> None:
+    assert "over the 20 MB limit" in await download_refusal(http, f"{server.base}/declared-huge.png")
+    await asyncio.sleep(0.1)
+    assert server.sent["/declared-huge.png"] < 2 * MB
+
+
+async def test_download_refuses_a_body_shorter_than_its_content_length(server: Server, http: httpx.AsyncClient) -> None:
+    assert await download_refusal(http, f"{server.base}/short.png") == "Could not download x.png: the connection broke off."
+
+
+async def test_download_reports_http_errors(server: Server, http: httpx.AsyncClient) -> None:
+    assert await download_refusal(http, f"{server.base}/missing.png") == "Could not download x.png: the server answered HTTP 404."
+
+
+async def test_download_does_not_follow_redirects(server: Server, http: httpx.AsyncClient) -> None:
+    message = await download_refusal(http, f"{server.base}/moved.png")
+    assert message == f"Could not download x.png: the link redirects to http://localhost:{server.port}/cat.png."
+    assert server.hits == ["/moved.png"]  # the target was never asked
+
+
+async def test_download_refuses_an_html_page(server: Server, http: httpx.AsyncClient) -> None:
+    message = await download_refusal(http, f"{server.base}/page.png")
+    assert message == "Could not download x.png: an HTML page came back instead of the image."
+
+
+async def test_download_times_out_waiting_for_an_answer(server: Server, http: httpx.AsyncClient) -> None:
+    message = await download_refusal(http, f"{server.base}/slow.png", ImageLimits(timeout=0.3))
+    assert message == "Could not download x.png: it took longer than 0.3 seconds."
+
+
+async def test_download_timeout_covers_the_whole_body(server: Server, http: httpx.AsyncClient) -> None:
+    # Each piece arrives within 50 ms, so only a deadline for the whole download can stop this.
+    message = await download_refusal(http, f"{server.base}/trickle.png", ImageLimits(timeout=0.5))
+    assert message == "Could not download x.png: it took longer than 0.5 seconds."
+
+
+async def test_download_refuses_other_schemes(http: httpx.AsyncClient) -> None:
+    message = await download_refusal(http, "ftp://files.example/x.png")
+    assert message == "Could not download x.png: ftp://files.example/x.png is not an http or https link."
+
+
+async def test_download_reports_an_unreachable_server(http: httpx.AsyncClient) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    message = await download_refusal(http, f"http://127.0.0.1:{port}/x.png")
+    assert message == "Could not download x.png: the server could not be reached."
+
+
+# --- Public URLs (`vision <url>`) ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def watched_http() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Request]]]:
+    """A client that records every request it is about to send."""
+    attempted: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        attempted.append(request)
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}, timeout=1.0) as client:
+        yield client, attempted
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/cat.png",
+        "http://localhost:{port}/cat.png",
+        "http://[::1]:{port}/cat.png",
+        "http://[::ffff:127.0.0.1]:{port}/cat.png",
+        "http://10.1.2.3/cat.png",
+        "http://192.168.0.1/cat.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0:{port}/cat.png",
+        "http://224.0.0.1/cat.png",
+    ],
+)
+async def test_private_addresses_are_refused_without_a_request(
+    url: str, server: Server, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]
+) -> None:
+    client, attempted = watched_http
+    with pytest.raises(ImageError, match="is a private or local address"):
+        await fetch_public_image(client, url.format(port=server.port), limits=LIMITS)
+    assert attempted == [] and server.hits == []
+
+
+async def test_loopback_is_allowed_only_when_asked(server: Server, http: httpx.AsyncClient) -> None:
+    name, data = await fetch_public_image(http, f"{server.base}/cat.png?size=large", limits=LIMITS, allow_loopback=True)
+    assert (name, data) == ("cat.png", CAT)
+    with pytest.raises(ImageError, match="private or local"):
+        await fetch_public_image(http, "http://10.1.2.3/cat.png", limits=LIMITS, allow_loopback=True)
+
+
+async def test_fetch_connects_to_the_checked_address_under_the_original_name() -> None:
+    """The address that passed the check is the one connected to: a second DNS answer cannot differ."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=CAT, headers={"Content-Type": "image/png"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        name, data = await fetch_public_image(client, "http://localhost:8080/pics/", limits=LIMITS, allow_loopback=True)
+    assert (name, data) == ("image", CAT)
+    [request] = seen
+    assert request.url.host == "127.0.0.1" and request.url.path == "/pics/"
+    assert request.headers["Host"] == "localhost:8080"
+    assert request.extensions["sni_hostname"] == "localhost"
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com/cat.png", "file:///etc/passwd", "javascript:alert(1)", "cat.png", "http://"]
+)
+async def test_only_http_links_are_fetched(url: str, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]) -> None:
+    client, attempted = watched_http
+    with pytest.raises(ImageError, match="is not an http or https link"):
+        await fetch_public_image(client, url, limits=LIMITS)
+    assert attempted == []
+
+
+async def test_an_unknown_host_is_reported(http: httpx.AsyncClient) -> None:
+    with pytest.raises(ImageError, match="the host no-such-host.invalid was not found"):
+        await fetch_public_image(http, "https://no-such-host.invalid/cat.png", limits=LIMITS)
