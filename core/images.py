@@ -138,7 +138,8 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     (so truncated or corrupt data is caught here, not by the API), turned upright per its EXIF
     orientation, converted to L, RGB or RGBA, scaled down to `target_side` and re-encoded (see
     `_encodings_for`). When the original was already fit to send and is no bigger than the
-    re-encoded result, the original bytes are sent instead.
+    re-encoded result and carries no metadata (EXIF, XMP, comments), the original bytes are sent
+    instead; re-encoding writes no metadata, so a photo's location never leaves with it.
 
     CPU-bound and thread-safe (it changes no global Pillow setting). From async code, call
     `prepare_images`, which runs it off the event loop with bounded memory.
@@ -153,7 +154,10 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     try:
         # An MPO is a JPEG carrying extra pictures (depth or gain maps), not an animation.
         animated = source_format != "MPO" and bool(getattr(image, "is_animated", False))
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = image.getexif()
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
+        # EXIF can hold where a photo was taken: such an original is re-encoded, which drops it.
+        carries_metadata = bool(exif) or any(key in image.info for key in ("xmp", "comment", "XML:com.adobe.xmp"))
         width, height = image.size
         if orientation in (5, 6, 7, 8):  # turned a quarter: the upright image has its sides swapped
             width, height = height, width
@@ -176,6 +180,7 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
         source_format in _AS_IS_MIMES
         and source_mode in _AS_IS_MODES
         and not animated
+        and not carries_metadata
         and orientation == 1
         and max(width, height) <= bound
     )

@@ -236,6 +236,18 @@ def test_an_original_fit_to_send_is_sent_untouched() -> None:
     assert (prepared.mime, prepared.width, prepared.height) == ("image/jpeg", 640, 480)
 
 
+def test_a_photo_with_its_location_in_exif_is_reencoded_without_it() -> None:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "PhoneCo"
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSLatitude] = (48.0, 51.0, 29.0)
+    data = encode(photo(640, 480), "JPEG", quality=60, optimize=True, exif=exif)  # small enough to send as is
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    prepared = prepare_image(data, "holiday.jpg")
+    assert prepared.data != data
+    sent = opened(prepared)
+    assert not sent.getexif() and "exif" not in sent.info
+
+
 def test_reencoding_never_goes_over_max_bytes() -> None:
     noise = Image.merge("RGB", [Image.effect_noise((600, 600), 100) for _ in range(3)])
     exif = Image.Exif()
