@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from . import metrics
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -111,7 +112,7 @@ class IOClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.retries = 0  # how many times a request was retried, over the client's life
+        self.last_error: tuple[float, str] | None = None  # (unix time, description) of the last failed call
         self._agents_ttl = agents_ttl
         self._agents: dict[str, AgentInfo] | None = None
         self._agents_fetched = 0.0
@@ -211,8 +212,9 @@ class IOClient:
             except httpx.TransportError as exc:
                 error = APIConnectionError(f"{method} /{path}: {type(exc).__name__}")
             else:
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                log.debug("%s /%s -> %d in %.1f ms", method, path, response.status_code, elapsed_ms)
+                elapsed = time.perf_counter() - started
+                metrics.API_LATENCY.labels(path).observe(elapsed)
+                log.debug("%s /%s -> %d in %.1f ms", method, path, response.status_code, elapsed * 1000)
                 if response.is_success:
                     return response
                 await response.aread()
@@ -221,8 +223,9 @@ class IOClient:
                 error = error_for_status(response.status_code, f"{method} /{path}: {detail}", _retry_after(response))
             delay = self._retry_delay(error, attempt)
             if delay is None:
+                self.last_error = (time.time(), f"{type(error).__name__}: {error}")
                 raise error
-            self.retries += 1
+            metrics.API_RETRIES.labels(path).inc()
             log.warning("retrying %s /%s in %.2f s after: %s", method, path, delay, error)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt raises")

@@ -41,7 +41,15 @@ __all__ = [
 
 
 class ImageError(Exception):
-    """An image was refused; `str(error)` is a short sentence fit to show the person (names the file)."""
+    """An image was refused; `str(error)` is a short sentence fit to show the person (names the file).
+
+    `reason` is a short fixed word for metrics: empty, damaged, not_image, too_large, too_many_pixels,
+    too_many_images, download, address or file.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     `prepare_images`, which runs it off the event loop with bounded memory.
     """
     if not data:
-        raise ImageError(f"{name} is empty.")
+        raise ImageError(f"{name} is empty.", "empty")
     if len(data) > limits.max_bytes:
         raise _too_large(name, limits)
     bound = min(limits.target_side, limits.max_side)
@@ -166,7 +174,7 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
         image.draft(image.mode, _fit(image.size, bound))
         image.load()
     except Exception as error:  # Pillow reports damaged data as OSError, SyntaxError, ValueError, ...
-        raise ImageError(f"{name} could not be read: the file is damaged or incomplete.") from error
+        raise ImageError(f"{name} could not be read: the file is damaged or incomplete.", "damaged") from error
 
     if orientation != 1:
         image = ImageOps.exif_transpose(image)
@@ -202,9 +210,9 @@ def _open(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise _too_many_pixels(name, limits) from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{name} is not a JPEG, PNG, WEBP or GIF image.") from error
+        raise ImageError(f"{name} is not a JPEG, PNG, WEBP or GIF image.", "not_image") from error
     except OSError as error:
-        raise ImageError(f"{name} could not be read: the file is damaged or incomplete.") from error
+        raise ImageError(f"{name} could not be read: the file is damaged or incomplete.", "damaged") from error
     if image.width * image.height > limits.max_pixels:
         raise _too_many_pixels(name, limits)
     return image
@@ -258,7 +266,7 @@ def _encode(image: Image.Image, name: str, limits: ImageLimits) -> tuple[bytes, 
             if buffer.tell() <= limits.max_bytes:
                 return buffer.getvalue(), encoding.mime, image
         if min(image.size) < 8:
-            raise ImageError(f"{name} could not be compressed under {_describe_bytes(limits.max_bytes)}.")
+            raise ImageError(f"{name} could not be compressed under {_describe_bytes(limits.max_bytes)}.", "too_large")
         smaller = (image.width * 3 // 4, image.height * 3 // 4)
         image = image.resize(smaller, Image.Resampling.LANCZOS)
 
@@ -274,11 +282,11 @@ def _fit(size: tuple[int, int], bound: int) -> tuple[int, int]:
 
 async def prepare_images(
     items: Sequence[tuple[str, bytes]], limits: ImageLimits = ImageLimits()
-) -> tuple[list[PreparedImage], list[str]]:
+) -> tuple[list[PreparedImage], list[ImageError]]:
     """Prepare `(name, bytes)` pairs on the decoding thread, in order; returns (prepared, refusals).
 
-    Refusals are the `ImageError` messages, in order, then one naming the images beyond
-    `max_images`, which are skipped unread. Any other exception is a bug and propagates.
+    Refusals are the `ImageError`s, in order, then one naming the images beyond `max_images`,
+    which are skipped unread. Any other exception is a bug and propagates.
     """
     kept, skipped = items[: limits.max_images], items[limits.max_images :]
     loop = asyncio.get_running_loop()
@@ -287,17 +295,18 @@ async def prepare_images(
         return_exceptions=True,
     )
     prepared: list[PreparedImage] = []
-    refusals: list[str] = []
+    refusals: list[ImageError] = []
     for result in results:
         if isinstance(result, PreparedImage):
             prepared.append(result)
         elif isinstance(result, ImageError):
-            refusals.append(str(result))
+            refusals.append(result)
         else:
             raise result
     if skipped:
         names = ", ".join(name for name, _ in skipped)
-        refusals.append(f"At most {limits.max_images} images are taken per request, so these were skipped: {names}.")
+        message = f"At most {limits.max_images} images are taken per request, so these were skipped: {names}."
+        refusals.append(ImageError(message, "too_many_images"))
     return prepared, refusals
 
 
@@ -322,7 +331,7 @@ async def download_image(
     try:
         request = http.build_request("GET", url, headers=headers, timeout=limits.timeout)
     except httpx.InvalidURL as error:
-        raise ImageError(f"Could not download {name}: {_shorten(url)} is not a valid link.") from error
+        raise ImageError(f"Could not download {name}: {_shorten(url)} is not a valid link.", "address") from error
     return await _download(http, request, name, limits)
 
 
@@ -336,24 +345,24 @@ async def _download(http: httpx.AsyncClient, request: httpx.Request, name: str, 
             finally:
                 await response.aclose()
     except (TimeoutError, httpx.TimeoutException) as error:
-        raise ImageError(f"{failed}: it took longer than {limits.timeout:g} seconds.") from error
+        raise ImageError(f"{failed}: it took longer than {limits.timeout:g} seconds.", "download") from error
     except httpx.UnsupportedProtocol as error:
-        raise ImageError(f"{failed}: {_shorten(str(request.url))} is not an http or https link.") from error
+        raise ImageError(f"{failed}: {_shorten(str(request.url))} is not an http or https link.", "address") from error
     except httpx.ConnectError as error:
-        raise ImageError(f"{failed}: the server could not be reached.") from error
+        raise ImageError(f"{failed}: the server could not be reached.", "download") from error
     except httpx.HTTPError as error:  # the connection broke, or the server spoke no valid HTTP
-        raise ImageError(f"{failed}: the connection broke off.") from error
+        raise ImageError(f"{failed}: the connection broke off.", "download") from error
 
 
 async def _read_body(response: httpx.Response, name: str, limits: ImageLimits) -> bytes:
     failed = f"Could not download {name}"
     if response.is_redirect or 300 <= response.status_code < 400:
         target = response.url.join(response.headers.get("location", "")).copy_with(query=None, fragment=None)
-        raise ImageError(f"{failed}: the link redirects to {_shorten(str(target))}.")
+        raise ImageError(f"{failed}: the link redirects to {_shorten(str(target))}.", "download")
     if not response.is_success:
-        raise ImageError(f"{failed}: the server answered HTTP {response.status_code}.")
+        raise ImageError(f"{failed}: the server answered HTTP {response.status_code}.", "download")
     if response.headers.get("content-type", "").lower().startswith("text/html"):
-        raise ImageError(f"{failed}: an HTML page came back instead of the image.")
+        raise ImageError(f"{failed}: an HTML page came back instead of the image.", "download")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise _too_large(name, limits)
@@ -380,9 +389,9 @@ async def fetch_public_image(
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as error:
-        raise ImageError(f"{_shorten(url)} is not a valid link.") from error
+        raise ImageError(f"{_shorten(url)} is not a valid link.", "address") from error
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ImageError(f"{_shorten(url)} is not an http or https link.")
+        raise ImageError(f"{_shorten(url)} is not an http or https link.", "address")
     name = parsed.path.rsplit("/", 1)[-1][:100] or "image"
     host = parsed.raw_host.decode("ascii")
     address = await _public_address(host, parsed.port or (443 if parsed.scheme == "https" else 80),
@@ -407,13 +416,13 @@ async def _public_address(host: str, port: int, *, name: str, limits: ImageLimit
         async with asyncio.timeout(limits.timeout):
             found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except TimeoutError as error:
-        raise ImageError(f"Could not download {name}: looking up {host} took too long.") from error
+        raise ImageError(f"Could not download {name}: looking up {host} took too long.", "download") from error
     except (OSError, UnicodeError) as error:
-        raise ImageError(f"Could not download {name}: the host {host} was not found.") from error
+        raise ImageError(f"Could not download {name}: the host {host} was not found.", "address") from error
     # IPv6 link-local addresses come with a zone ("fe80::1%eth0") that ipaddress does not parse.
     addresses = [ipaddress.ip_address(str(sockaddr[0]).split("%")[0]) for *_, sockaddr in found]
     if not addresses or not all(_may_fetch_from(address, allow_loopback) for address in addresses):
-        raise ImageError(f"Could not download {name}: {host} is a private or local address.")
+        raise ImageError(f"Could not download {name}: {host} is a private or local address.", "address")
     return str(min(addresses, key=lambda address: address.version))
 
 
@@ -435,15 +444,15 @@ def read_local_image(path: str | Path, limits: ImageLimits) -> tuple[str, bytes]
     path = Path(path).expanduser()
     try:
         if not path.exists():
-            raise ImageError(f"{path} does not exist.")
+            raise ImageError(f"{path} does not exist.", "file")
         if not path.is_file():
-            raise ImageError(f"{path} is not a file.")
+            raise ImageError(f"{path} is not a file.", "file")
         if path.stat().st_size > limits.max_bytes:
             raise _too_large(path.name, limits)
         with path.open("rb") as file:
             data = file.read(limits.max_bytes + 1)
     except OSError as error:
-        raise ImageError(f"{path} could not be read.") from error
+        raise ImageError(f"{path} could not be read.", "file") from error
     if len(data) > limits.max_bytes:
         raise _too_large(path.name, limits)
     return path.name, data
@@ -453,11 +462,14 @@ def read_local_image(path: str | Path, limits: ImageLimits) -> tuple[str, bytes]
 
 
 def _too_large(name: str, limits: ImageLimits) -> ImageError:
-    return ImageError(f"{name} is over the {_describe_bytes(limits.max_bytes)} limit for images.")
+    return ImageError(f"{name} is over the {_describe_bytes(limits.max_bytes)} limit for images.", "too_large")
 
 
 def _too_many_pixels(name: str, limits: ImageLimits) -> ImageError:
-    return ImageError(f"{name} has too many pixels to process safely (over {limits.max_pixels / 1e6:.0f} megapixels).")
+    return ImageError(
+        f"{name} has too many pixels to process safely (over {limits.max_pixels / 1e6:.0f} megapixels).",
+        "too_many_pixels",
+    )
 
 
 def _describe_bytes(count: int) -> str:

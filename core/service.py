@@ -7,19 +7,24 @@ ledger, calling the API, turning failures into short messages) is here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import httpx
 
+from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
 from .commands import DEFAULT_VISION_QUESTION, Command, UsageError, help_text, parse_command
 from .errors import IOIntelligenceError, RateLimitError
 from .images import ImageError, ImageLimits, fetch_public_image, prepare_images, read_local_image
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
+from .ratelimit import RateLimit, busy_message
 from .render import code_table, render_agents, render_models, render_result, short_model_name
 from .tokens import InputTooLong, estimate_message_tokens, estimate_text_tokens, fit_to_context
 from .workflows import WorkflowResult
@@ -39,6 +44,8 @@ MODERATION_THRESHOLD = 0.5
 WORKFLOW_PROMPT_OVERHEAD = 600
 WORKFLOW_ANSWER_TOKENS = 400
 UNEXPECTED_FAILURE = "Something went wrong on our side while answering. It has been logged; please try again."
+BUSY = "The bot is answering many requests right now. Please try again in a minute."
+SHUTTING_DOWN = "The bot is restarting. Please try again in a minute."
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class ServiceConfig:
     system_prompt: str = SYSTEM_PROMPT
     image_limits: ImageLimits = ImageLimits()
     allow_loopback_images: bool = False  # tests serve `vision <url>` images from 127.0.0.1
+    user_requests_per_minute: int = 20
+    max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
+    queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
 
 
 INFORMATIONAL = ("help", "agents", "models", "usage")
@@ -87,33 +97,104 @@ class Service:
         self.quotas = quotas
         self.config = config
         self.http = http  # for images at public URLs: never carries a credential
+        self.rate_limit = RateLimit(config.user_requests_per_minute)
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._active: set[asyncio.Task] = set()
+        self._closing = False
 
     async def handle(self, request: Request, progress: Progress | None = None) -> Reply:
-        """Answer a request. Never raises: every failure becomes a short reply."""
+        """Answer a request. Never raises (but for cancellation): every failure becomes a short reply."""
+        started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        command, reply = "unparsed", None
+        try:
+            command, reply = await self._answer(request, progress)
+            return reply
+        finally:
+            if task is not None:
+                self._active.discard(task)
+            self._record(request, command, reply, time.perf_counter() - started)
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking requests; let those in flight finish for `grace` seconds, then cancel the rest.
+
+        Cancelled requests release their ledger reservations on the way out. Returns how many were cancelled.
+        """
+        self._closing = True
+        pending = {task for task in self._active if not task.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        return len(pending)
+
+    async def _answer(self, request: Request, progress: Progress | None) -> tuple[str, Reply]:
+        """The command's name and its reply, every failure turned into a short message."""
+        command: Command | None = None
         try:
             command = request.command or parse_command(request.text)
-            return await self._dispatch(request, command, progress)
+            if self._closing:
+                return command.name, Reply(SHUTTING_DOWN, outcome="refused", private=True)
+            if command.name == "help":
+                return command.name, Reply(help_text(command.topic), private=True)
+            wait = self.rate_limit.wait_needed(request.user)
+            if wait:
+                return command.name, Reply(busy_message(wait, self.rate_limit.per_minute), outcome="refused", private=True)
+            try:
+                async with asyncio.timeout(self.config.queue_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                return command.name, Reply(BUSY, outcome="refused", private=True)
+            try:
+                return command.name, await self._dispatch(request, command, progress)
+            finally:
+                self._slots.release()
         except UsageError as exc:
-            return Reply(str(exc), outcome="usage", private=True)
-        except DuplicateRequest:
-            return Reply("This request is already being answered.", outcome="duplicate", private=True)
-        except (QuotaExceeded, InputTooLong) as exc:
-            return Reply(str(exc), outcome="refused", private=True)
-        except ImageError as exc:
-            return Reply(str(exc), outcome="refused")
-        except IOIntelligenceError as exc:
-            log.warning("API call for %s failed: %s", request.user, exc)
-            return Reply(exc.user_message, outcome="error")
-        except Exception:
-            log.exception("unexpected failure answering %s", request.user)
-            return Reply(UNEXPECTED_FAILURE, outcome="error")
+            return exc.spec.name, Reply(str(exc), outcome="usage", private=True)
+        except Exception as exc:
+            return (command.name if command else "unparsed"), self._failure(request, exc)
+
+    def _failure(self, request: Request, exc: Exception) -> Reply:
+        match exc:
+            case DuplicateRequest():
+                return Reply("This request is already being answered.", outcome="duplicate", private=True)
+            case QuotaExceeded() | InputTooLong():
+                return Reply(str(exc), outcome="refused", private=True)
+            case ImageError():
+                metrics.IMAGES_REFUSED.labels(exc.reason).inc()
+                return Reply(str(exc), outcome="refused")
+            case IOIntelligenceError():
+                log.warning("API call for %s failed: %s", request.user, exc)
+                return Reply(exc.user_message, outcome="error")
+        log.error("unexpected failure answering %s", request.user, exc_info=exc)
+        return Reply(UNEXPECTED_FAILURE, outcome="error")
+
+    def _record(self, request: Request, command: str, reply: Reply | None, seconds: float) -> None:
+        """One log line and the counters for each request; never the message's text, unless debugging."""
+        platform = request.user.split(":", 1)[0]
+        outcome = reply.outcome if reply else "cancelled"
+        metrics.REQUESTS.labels(platform, command, outcome).inc()
+        fields = {
+            "request_id": request.request_id or uuid.uuid4().hex[:12],
+            "platform": platform,
+            "user": request.user,
+            "command": command,
+            "model": reply.model if reply else None,
+            "tokens": reply.usage.total_tokens if reply and reply.usage else 0,
+            "outcome": outcome,
+            "ms": round(seconds * 1000),
+        }
+        log.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra={"fields": fields})
+        log.debug("request %s text: %r", fields["request_id"], request.text)
 
     async def _dispatch(self, request: Request, command: Command, progress: Progress | None) -> Reply:
         if command.name == "vision" or (request.images and command.name not in INFORMATIONAL):
             return await self._vision(request, command, progress)
         match command.name:
-            case "help":
-                return Reply(help_text(command.topic), private=True)
             case "agents":
                 return Reply(render_agents(await self.client.agents()), private=True)
             case "models":
@@ -139,15 +220,18 @@ class Service:
         else:
             question = request.text.strip() or DEFAULT_VISION_QUESTION  # the whole message is the question
         prepared, refusals = await prepare_images(items, self.config.image_limits)
+        for refusal in refusals:
+            metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
         if not prepared:
-            return Reply("\n".join(refusals), outcome="refused")
+            return Reply("\n".join(map(str, refusals)), outcome="refused")
         log.info(
             "%d image(s) for %s: %d bytes sent, %d saved by normalising",
             len(prepared), request.user, sum(len(image.data) for image in prepared), sum(image.saved_bytes for image in prepared),
         )
         message = vision_message(question, [image.data_url for image in prepared])
         reply = await self._chat(request, message, images=True, progress=progress)
-        notes = (*refusals, *(note for image in prepared for note in image.notes))
+        metrics.IMAGE_BYTES_SAVED.inc(max(0, sum(image.saved_bytes for image in prepared)))
+        notes = (*map(str, refusals), *(note for image in prepared for note in image.notes))
         return replace(reply, notes=(*notes, *reply.notes))
 
     # --- chat, with fallback ---------------------------------------------------------------
@@ -215,14 +299,17 @@ class Service:
 
     async def _settle(self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str) -> Usage:
         """Charge what the API reported, or an estimate (flagged as such) when it reported nothing."""
-        estimated = usage is None
-        if usage is None:
-            prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
-            usage = Usage(prompt, completion, prompt + completion)
-        await self.ledger.settle(
-            reservation, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, estimated=estimated
-        )
-        return usage
+        if usage is not None:
+            await self._charge(reservation, usage.prompt_tokens, usage.completion_tokens, estimated=False)
+            return usage
+        prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
+        await self._charge(reservation, prompt, completion, estimated=True)
+        return Usage(prompt, completion, prompt + completion)
+
+    async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool) -> None:
+        await self.ledger.settle(reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
+        metrics.TOKENS.labels(reservation.model, "prompt").inc(prompt)
+        metrics.TOKENS.labels(reservation.model, "completion").inc(completion)
 
     # --- agents ----------------------------------------------------------------------------
 
@@ -246,9 +333,7 @@ class Service:
             await self.ledger.release(reservation)
             raise
         text = render_result(result)
-        await self.ledger.settle(
-            reservation, prompt_tokens=prompt, completion_tokens=estimate_text_tokens(text), estimated=True
-        )
+        await self._charge(reservation, prompt, estimate_text_tokens(text), estimated=True)
         return Reply(text)
 
     # --- accounting views ------------------------------------------------------------------

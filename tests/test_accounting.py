@@ -46,7 +46,8 @@ QUOTAS = parse_quota_table(
 
 def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL) -> Service:
     config = ServiceConfig(
-        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=200, allow_loopback_images=True
+        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=200, allow_loopback_images=True,
+        user_requests_per_minute=1_000,  # these tests are about the ledger, not the rate limit
     )
     return Service(client, ledger, QUOTAS, config, httpx.AsyncClient())
 
@@ -160,8 +161,9 @@ async def test_concurrent_requests_never_spend_past_a_budget(client, ledger, emu
     await ledger.set_user_limit(USER, budget)
     replies = await asyncio.gather(*(service.handle(ask("x")) for _ in range(40)))
     answered = sum(reply.outcome == "ok" for reply in replies)
-    refused = sum(reply.outcome == "refused" for reply in replies)
-    assert answered + refused == 40 and 1 <= answered < 40
+    refused = [reply for reply in replies if reply.outcome == "refused"]
+    assert answered + len(refused) == 40 and 1 <= answered < 40
+    assert all("of your" in reply.text for reply in refused), "refused for the budget"
     assert await ledger.used_today(user=USER) <= budget
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from core.client import IOClient, data_url, parse_models, vision_message
 from core.emulator import Emulator, Fault
@@ -193,14 +194,19 @@ async def test_workflow_with_a_missing_argument_is_refused_before_any_call(clien
 # --- faults ---------------------------------------------------------------------------------
 
 
+def retries_counted() -> float:
+    return REGISTRY.get_sample_value("iobot_api_retries_total", {"endpoint": "chat/completions"}) or 0.0
+
+
 async def test_429_with_retry_after_is_honoured_then_succeeds(client, emulator):
+    retried_before = retries_counted()
     emulator.inject(Fault("status", status=429, retry_after="0.3", path="/chat/completions"))
     started = time.monotonic()
     result = await client.chat(MODEL, USER)
     assert result.content
     assert time.monotonic() - started >= 0.3
     assert api_calls(emulator, "/chat/completions") == 2
-    assert client.retries == 1
+    assert retries_counted() == retried_before + 1
 
 
 async def test_429_without_retry_after_backs_off_and_succeeds(client, emulator):
@@ -229,6 +235,7 @@ async def test_retries_are_bounded(client, emulator):
     with pytest.raises(ServerError) as caught:
         await client.chat(MODEL, USER)
     assert caught.value.status == 503
+    assert client.last_error is not None and "ServerError" in client.last_error[1]
     assert api_calls(emulator, "/chat/completions") == client.max_retries + 1
 
 

@@ -334,7 +334,10 @@ async def test_prepare_images_keeps_order_and_collects_refusals() -> None:
     ]
     prepared, refusals = await prepare_images(items, LIMITS)
     assert [image.name for image in prepared] == ["a.png", "d.png"]
-    assert refusals == ["b.png is empty.", "c.pdf is not a JPEG, PNG, WEBP or GIF image."]
+    assert [(str(error), error.reason) for error in refusals] == [
+        ("b.png is empty.", "empty"),
+        ("c.pdf is not a JPEG, PNG, WEBP or GIF image.", "not_image"),
+    ]
 
 
 async def test_images_beyond_ten_are_skipped_by_name() -> None:
@@ -344,7 +347,10 @@ async def test_images_beyond_ten_are_skipped_by_name() -> None:
     assert [image.name for image in prepared] == [f"p{i}.png" for i in range(10)]
     # Run in parallel threads, yet each result is its own image.
     assert [opened(image).convert("RGB").getpixel((0, 0)) for image in prepared] == colours[:10]
-    assert refusals == ["At most 10 images are taken per request, so these were skipped: p10.png, p11.png."]
+    assert [str(error) for error in refusals] == [
+        "At most 10 images are taken per request, so these were skipped: p10.png, p11.png."
+    ]
+    assert refusals[0].reason == "too_many_images"
 
 
 async def test_images_are_decoded_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,106 @@
+"""What keeps one process fair and observable: rate limits, a cap on concurrent work, draining, logs, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from core.emulator import Emulator
+from core.quotas import load_quota_table
+from core.ratelimit import RateLimit
+from core.service import Request, Service, ServiceConfig
+
+MODEL = "meta-llama/Llama-3.3-70B-Instruct"
+
+
+def make_service(client, ledger, **config) -> Service:
+    settings = ServiceConfig(model=MODEL, vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct", **config)
+    return Service(client, ledger, load_quota_table(), settings, httpx.AsyncClient())
+
+
+def test_rate_limit_is_a_sliding_minute_per_person():
+    now = [0.0]
+    limit = RateLimit(3, clock=lambda: now[0])
+    assert [limit.wait_needed("ana") for _ in range(3)] == [0, 0, 0]
+    assert limit.wait_needed("ana") == 60
+    assert limit.wait_needed("bo") == 0, "someone else is not held back"
+    now[0] = 30
+    assert limit.wait_needed("ana") == 30
+    now[0] = 60.5
+    assert limit.wait_needed("ana") == 0
+
+
+async def test_a_person_over_the_rate_limit_is_told_and_others_are_served(client, ledger, emulator):
+    service = make_service(client, ledger, user_requests_per_minute=2)
+    replies = [await service.handle(Request(user="console:ana", text=f"q{i}")) for i in range(3)]
+    assert [reply.outcome for reply in replies] == ["ok", "ok", "refused"]
+    assert "more than 2 requests a minute" in replies[2].text and "Please wait" in replies[2].text
+    assert (await service.handle(Request(user="console:bo", text="hi"))).outcome == "ok"
+    assert (await service.handle(Request(user="console:ana", text="help"))).outcome == "ok", "help is never limited"
+
+
+async def test_a_burst_waits_for_a_slot_and_past_the_queue_timeout_is_told_busy(ledger):
+    async with Emulator(answer_delay=0.3) as slow:
+        async with httpx.AsyncClient() as http:
+            from core.client import IOClient
+
+            async with IOClient(slow.base_url, "key") as client:
+                service = Service(
+                    client, ledger, load_quota_table(),
+                    ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http,
+                )
+                replies = await asyncio.gather(*(service.handle(Request(user=f"console:u{i}", text="hi")) for i in range(6)))
+    outcomes = sorted(reply.outcome for reply in replies)
+    # Two run at once, 0.3 s each: four finish inside the 0.45 s queue timeout, two are told the bot is busy.
+    assert outcomes == ["ok", "ok", "ok", "ok", "refused", "refused"]
+    assert all("many requests" in reply.text for reply in replies if reply.outcome == "refused")
+    assert max(len([r for r in slow.requests if r.path == "/chat/completions"]), 0) == 4
+
+
+async def test_drain_lets_work_finish_then_cancels_and_releases_the_rest(ledger):
+    async with Emulator(answer_delay=5) as slow:
+        from core.client import IOClient
+
+        async with IOClient(slow.base_url, "key") as client:
+            service = make_service(client, ledger)
+            fast = Request(user="console:ana", text="help")
+            tasks = [asyncio.create_task(service.handle(Request(user=f"console:u{i}", text="hi"))) for i in range(5)]
+            await asyncio.sleep(0.2)
+            assert await ledger.used_today() > 0, "the calls hold reservations"
+            cancelled = await service.drain(grace=0.3)
+            assert cancelled == 5
+            assert all(task.cancelled() for task in tasks)
+            assert await ledger.used_today() == 0, "every reservation was released"
+            late = await service.handle(fast)
+            assert late.outcome == "refused" and "restarting" in late.text
+
+
+async def test_one_log_line_per_request_without_the_text(client, ledger, caplog):
+    caplog.set_level(logging.INFO, logger="iobot.service")
+    service = make_service(client, ledger)
+    await service.handle(Request(user="slack:T1:U1", text="my secret plans for tuesday", request_id="Ev42"))
+    lines = [record for record in caplog.records if record.name == "iobot.service"]
+    assert len(lines) == 1
+    fields = lines[0].fields
+    assert fields["request_id"] == "Ev42" and fields["platform"] == "slack" and fields["command"] == "ask"
+    assert fields["model"] == MODEL and fields["tokens"] > 0 and fields["outcome"] == "ok"
+    assert "secret plans" not in lines[0].getMessage()
+
+
+async def test_requests_and_tokens_are_counted(client, ledger):
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_ok = sample("iobot_requests_total", platform="discord", command="ask", outcome="ok")
+    before_usage = sample("iobot_requests_total", platform="discord", command="translate", outcome="usage")
+    before_tokens = sample("iobot_tokens_total", model=MODEL, kind="completion")
+    service = make_service(client, ledger)
+    reply = await service.handle(Request(user="discord:1", text="hello"))
+    await service.handle(Request(user="discord:1", text="translate"))
+    assert sample("iobot_requests_total", platform="discord", command="ask", outcome="ok") == before_ok + 1
+    assert sample("iobot_requests_total", platform="discord", command="translate", outcome="usage") == before_usage + 1
+    assert sample("iobot_tokens_total", model=MODEL, kind="completion") == before_tokens + reply.usage.completion_tokens
