@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import threading
 from collections import deque
 from typing import TextIO
 
@@ -26,15 +27,18 @@ class ConsoleAdapter:
         self.stdout = stdout
         self.interactive = stdin.isatty() and stdout.isatty()
         self.history: deque[Message] = deque(maxlen=HISTORY_MESSAGES)
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def run(self) -> None:
+        """Answer lines until end of input or `stop()`."""
+        self._start_reader(asyncio.get_running_loop())
         if self.interactive:
             self._write("iobot: type a question or a command (`help` lists them); Ctrl-D quits.\n")
         while True:
             if self.interactive:
                 self._write("> ")
-            line = await asyncio.to_thread(self.stdin.readline)
-            if not line:  # EOF
+            line = await self._lines.get()
+            if line is None:  # end of input, or stop()
                 break
             if not line.strip():
                 continue
@@ -45,6 +49,23 @@ class ConsoleAdapter:
                     [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
                 )
             self._write(self.render(reply) + "\n")
+
+    def stop(self) -> None:
+        """Take no more lines; the one being answered, if any, is finished by the caller's drain."""
+        self._lines.put_nowait(None)
+
+    def _start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read stdin on a daemon thread: a blocked read must not keep the process alive at shutdown."""
+
+        def read() -> None:
+            try:
+                for line in self.stdin:
+                    loop.call_soon_threadsafe(self._lines.put_nowait, line)
+                loop.call_soon_threadsafe(self._lines.put_nowait, None)
+            except RuntimeError:  # the loop closed first: the process is exiting
+                pass
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
 
     def render(self, reply: Reply) -> str:
         text = to_terminal(reply.text, bold=self.interactive)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
+import signal
+from contextlib import AsyncExitStack
 
 import httpx
-from contextlib import AsyncExitStack
 
 from adapters.console import ConsoleAdapter
 from core.client import IOClient
@@ -17,7 +19,7 @@ from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import Settings, SettingsError
 
-from .http import make_http_app, start_http_server
+from .http import HealthState, make_http_app, start_http_server
 
 log = logging.getLogger("iobot")
 
@@ -61,12 +63,20 @@ def make_service(
         max_tokens=settings.max_tokens,
         image_limits=ImageLimits(target_side=settings.image_max_side),
         allow_loopback_images=settings.image_allow_loopback,
+        user_requests_per_minute=settings.user_requests_per_minute,
+        max_concurrent=settings.max_concurrent,
+        queue_timeout=settings.queue_timeout,
     )
     return Service(client, ledger, quotas, config, http)
 
 
 async def run(settings: Settings, *, emulator: bool) -> None:
-    """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set."""
+    """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set.
+
+    SIGTERM or SIGINT (or the console's end of input) stops it: no new work is taken, work in flight
+    gets IOBOT_SHUTDOWN_GRACE seconds, what is left is cancelled (releasing its reservations), and
+    the ledger is closed cleanly.
+    """
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
         ledger = await open_ledger(settings, stack, owner=True)
@@ -74,7 +84,28 @@ async def run(settings: Settings, *, emulator: bool) -> None:
         # Downloads of images and files: no credential by default, no redirects followed.
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
         service = make_service(settings, client, ledger, quotas, http)
-        runner = await start_http_server(make_http_app(), settings.host, settings.port)
+        health = HealthState(ledger, client, quotas)
+        web_app = make_http_app(health)
+        runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
-        log.info("HTTP server on %s:%d", settings.host, settings.port)
-        await ConsoleAdapter(service, user=getpass.getuser()).run()
+        log.info("HTTP server on %s:%d", settings.host, port)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        console = ConsoleAdapter(service, user=getpass.getuser())
+        console_task = asyncio.create_task(console.run())
+        console_task.add_done_callback(lambda _: stop.set())
+
+        await stop.wait()
+        health.stopping = True
+        console.stop()
+        log.info("stopping: finishing work in flight (up to %g s)", settings.shutdown_grace)
+        cancelled = await service.drain(settings.shutdown_grace)
+        if cancelled:
+            log.warning("cancelled %d request(s) still running after the grace period", cancelled)
+        await asyncio.gather(console_task, return_exceptions=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")

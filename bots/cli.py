@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from contextlib import AsyncExitStack
 from datetime import date
@@ -18,16 +17,14 @@ from core.render import render_agents, render_models, text_table, to_plain
 from core.settings import Settings, SettingsError, load_settings
 
 from . import app
+from .logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(args.handler(args, settings)) or 0
     except (SettingsError, QuotaFileError, LedgerError, OSError) as exc:
         print(f"iobot: {exc}", file=sys.stderr)

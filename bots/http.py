@@ -1,22 +1,64 @@
-"""The service's HTTP server: `GET /healthz` now; Slack events and metrics mount here too."""
+"""The service's HTTP server: `GET /healthz`, `GET /metrics`, and the Slack adapter's `POST /slack/events`."""
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core import metrics
+from core.client import IOClient
+from core.ledger import Ledger
+from core.quotas import QuotaTable
 
 
-def make_http_app() -> web.Application:
+class HealthState:
+    """What /healthz and /metrics read; `stopping` turns /healthz to 503 so traffic goes elsewhere."""
+
+    def __init__(self, ledger: Ledger, client: IOClient, quotas: QuotaTable) -> None:
+        self.ledger = ledger
+        self.client = client
+        self.quotas = quotas
+        self.stopping = False
+
+
+def make_http_app(state: HealthState) -> web.Application:
     app = web.Application()
+    app["state"] = state
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """Process up, ledger reachable, and the last API error, if any (an API outage is not our ill health)."""
+    state: HealthState = request.app["state"]
+    body: dict = {"status": "ok", "ledger": "ok", "last_api_error": None}
+    try:
+        await state.ledger.used_today()
+    except Exception as exc:  # any failure to read the ledger means we cannot charge anyone
+        body.update(status="failing", ledger=f"unreachable: {type(exc).__name__}")
+    if state.client.last_error is not None:
+        when, what = state.client.last_error
+        body["last_api_error"] = {"seconds_ago": round(time.time() - when), "error": what}
+    if state.stopping:
+        body["status"] = "stopping"
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
-async def start_http_server(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Listen on host:port; raises OSError with a clear message when the port is taken."""
+async def _metrics(request: web.Request) -> web.Response:
+    state: HealthState = request.app["state"]
+    used = await state.ledger.model_totals()
+    for row in state.quotas.chat_models():
+        if row.api_daily_tokens is not None:
+            metrics.QUOTA_REMAINING.labels(row.name).set(max(0, row.api_daily_tokens - used.get(row.name, 0)))
+    metrics.RESERVATIONS_IN_FLIGHT.set(await state.ledger.reservations_in_flight())
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def start_http_server(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen on host:port; returns the runner and the port bound (useful with port 0)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -25,4 +67,4 @@ async def start_http_server(app: web.Application, host: str, port: int) -> web.A
     except OSError as exc:
         await runner.cleanup()
         raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); set IOBOT_HOST / IOBOT_PORT") from None
-    return runner
+    return runner, site._server.sockets[0].getsockname()[1]

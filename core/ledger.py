@@ -189,6 +189,10 @@ class Ledger(Protocol):
         """The overrides only."""
         ...
 
+    async def reservations_in_flight(self) -> int:
+        """Reservations held by calls still running."""
+        ...
+
     async def expire_stale(self) -> int:
         """Free reservations older than the reservation TTL (their caller died or forgot); return how many."""
         ...
@@ -485,6 +489,10 @@ class SQLiteLedger:
             self._charge(reservation, reservation.tokens)
             self._open[reservation.id] = opened
             raise LedgerError(f"could not release the reservation: {exc}") from exc
+
+    async def reservations_in_flight(self) -> int:
+        self._check_owner()
+        return len(self._open)
 
     async def expire_stale(self) -> int:
         self._check_owner()

@@ -6,7 +6,7 @@ Only `bots/` calls `load_settings()`; the rest of the code receives what it need
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,7 @@ DEFAULT_FALLBACK_MODELS = (
 )
 
 CommaList = Annotated[list[str], NoDecode]
+IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,11 @@ class Settings(BaseSettings):
     max_retries: int = _env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
     image_max_side: int = _env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
     image_allow_loopback: bool = _env("IOBOT_IMAGE_ALLOW_LOOPBACK", default=False)
+    user_requests_per_minute: int = _env("IOBOT_USER_REQUESTS_PER_MINUTE", default=20, ge=1)
+    max_concurrent: int = _env("IOBOT_MAX_CONCURRENT", default=64, ge=1)
+    queue_timeout: float = _env("IOBOT_QUEUE_TIMEOUT", default=60.0, gt=0)
+    shutdown_grace: float = _env("IOBOT_SHUTDOWN_GRACE", default=20.0, ge=0)
+    log_format: Literal["text", "json"] = _env("IOBOT_LOG_FORMAT", default="text")
     host: str = _env("IOBOT_HOST", default="0.0.0.0")
     port: int = _env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = _env("IOBOT_LOG_LEVEL", default="INFO")
@@ -59,6 +65,16 @@ class Settings(BaseSettings):
     discord_bot_token: SecretStr | None = _env("DISCORD_BOT_TOKEN", default=None)
     discord_api_url: str = _env("DISCORD_API_URL", default="https://discord.com/api/v10")
     discord_gateway_url: str = _env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
+    # Who may use the Discord bot: empty allow-lists mean everyone, a block always wins.
+    discord_allowed_guilds: IdList = _env("DISCORD_ALLOWED_GUILDS", default="")
+    discord_blocked_guilds: IdList = _env("DISCORD_BLOCKED_GUILDS", default="")
+    discord_allowed_channels: IdList = _env("DISCORD_ALLOWED_CHANNELS", default="")
+    discord_blocked_channels: IdList = _env("DISCORD_BLOCKED_CHANNELS", default="")
+    discord_allowed_roles: IdList = _env("DISCORD_ALLOWED_ROLES", default="")
+    discord_blocked_roles: IdList = _env("DISCORD_BLOCKED_ROLES", default="")
+    discord_allowed_users: IdList = _env("DISCORD_ALLOWED_USERS", default="")
+    discord_blocked_users: IdList = _env("DISCORD_BLOCKED_USERS", default="")
+    discord_allow_dms: bool = _env("DISCORD_ALLOW_DMS", default=True)
 
     @field_validator("fallback_models", "slack_file_hosts", mode="before")
     @classmethod
@@ -66,6 +82,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator(
+        "discord_allowed_guilds", "discord_blocked_guilds", "discord_allowed_channels", "discord_blocked_channels",
+        "discord_allowed_roles", "discord_blocked_roles", "discord_allowed_users", "discord_blocked_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        wrong = [item for item in items if not (item.isascii() and item.isdigit())]
+        if wrong:
+            raise ValueError(f"must be a comma list of numeric Discord ids; not ids: {', '.join(wrong)}")
+        return [int(item) for item in items]
 
     @field_validator("base_url", "slack_api_url", "discord_api_url")
     @classmethod

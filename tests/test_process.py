@@ -1,0 +1,215 @@
+"""Fault injection against a real `iobot run` process and an emulator in another process.
+
+Each fault must end in a clear message to the person, a released reservation, and the process still
+answering the next request. SIGTERM must let work in flight finish (or release it) and exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
+
+
+class Emulator:
+    """`iobot emulator` in its own process, driven through its control endpoints."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.process = subprocess.Popen([*IOBOT, "emulator", "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        self.base_url = re.search(r"http://\S+", line).group(0)
+        self.control = self.base_url.removesuffix("/api/v1") + "/_emulator"
+
+    def inject(self, **fault: object) -> None:
+        httpx.post(f"{self.control}/faults", json=fault, timeout=5).raise_for_status()
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.control}/faults", timeout=5).raise_for_status()
+
+    def chat_requests(self) -> int:
+        requests = httpx.get(f"{self.control}/requests", timeout=5).json()
+        return sum(1 for r in requests if r["path"] == "/chat/completions")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Bot:
+    """`iobot run` on the console, its stdin and stdout piped."""
+
+    def __init__(self, workdir: Path, emulator: Emulator, **env: str) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+        environment.update(
+            IOINTELLIGENCE_API_KEY="io-v2-process-test-key",
+            IOINTELLIGENCE_BASE_URL=emulator.base_url,
+            IOBOT_DATABASE_URL=f"sqlite:///{workdir / 'ledger.sqlite3'}",
+            IOBOT_HOST="127.0.0.1",
+            IOBOT_PORT="0",
+            IOBOT_MAX_RETRIES="1",
+            IOBOT_API_TIMEOUT="2",
+            IOBOT_FALLBACK_MODELS="",
+            USER="tester",
+            LOGNAME="tester",
+        )
+        environment.update(env)
+        self.stderr_path = workdir / "stderr.log"
+        self.process = subprocess.Popen(
+            IOBOT + ["run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
+            text=True, cwd=workdir, env=environment,
+        )
+        self.database = workdir / "ledger.sqlite3"
+
+    def ask(self, line: str) -> str:
+        """Send a line; return the reply (lines up to the blank line that ends it)."""
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        lines = []
+        while (text := self.process.stdout.readline()) not in ("\n", ""):
+            lines.append(text)
+        return "".join(lines)
+
+    def port(self) -> int:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            found = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", self.stderr_path.read_text())
+            if found:
+                return int(found.group(1))
+            time.sleep(0.05)
+        raise AssertionError("the HTTP server never said where it listens")
+
+    def finish(self, timeout: float = 30) -> int:
+        self.process.stdin.close()
+        return self.process.wait(timeout=timeout)
+
+    def ledger(self) -> tuple[list[tuple], int]:
+        """The settled usage rows and the number of reservations still open."""
+        with sqlite3.connect(self.database) as db:
+            usage = db.execute("SELECT user, model, requests FROM usage").fetchall()
+            open_reservations = db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+        return usage, open_reservations
+
+
+@pytest.fixture
+def emulator():
+    emu = Emulator()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def bot(tmp_path, emulator):
+    process = Bot(tmp_path, emulator)
+    yield process
+    if process.process.poll() is None:
+        process.process.kill()
+
+
+FAULTS = [
+    ({"kind": "status", "status": 429, "times": 5}, "busy or this model's quota is spent"),
+    ({"kind": "status", "status": 429, "retry_after": "3600"}, "busy or this model's quota is spent"),
+    ({"kind": "status", "status": 500, "times": 5}, "having trouble"),
+    ({"kind": "status", "status": 503, "times": 5}, "having trouble"),
+    ({"kind": "html", "status": 502, "times": 5}, "having trouble"),
+    ({"kind": "slow", "delay": 4.0}, "took too long"),
+    ({"kind": "cut_stream", "times": 5}, "cannot be reached"),
+    ({"kind": "drop", "times": 5}, "cannot be reached"),
+    ({"kind": "status", "status": 401}, "API key was refused"),
+]
+
+
+def test_every_fault_is_a_clear_message_and_the_next_request_is_served(bot, emulator):
+    for fault, message in FAULTS:
+        emulator.inject(path="/chat/completions", **fault)
+        reply = bot.ask(f"ask during a {fault['kind']} {fault.get('status', '')}")
+        assert message in reply, (fault, reply)
+        emulator.clear()
+        assert 'you asked "next question"' in bot.ask("ask next question"), fault
+    assert bot.finish() == 0
+    usage, open_reservations = bot.ledger()
+    assert open_reservations == 0, "every failed call released its reservation"
+    assert usage == [("console:tester", "meta-llama/Llama-3.3-70B-Instruct", len(FAULTS))], "only answers were charged"
+    assert "io-v2-process-test-key" not in bot.stderr_path.read_text()
+
+
+def test_healthz_and_metrics(bot, emulator):
+    port = bot.port()
+    base = f"http://127.0.0.1:{port}"
+    health = httpx.get(f"{base}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "ledger": "ok", "last_api_error": None}
+    bot.ask("ask hello")
+    emulator.inject(kind="status", status=503, times=5)
+    bot.ask("ask fails")
+    health = httpx.get(f"{base}/healthz", timeout=5).json()
+    assert health["status"] == "ok" and "ServerError" in health["last_api_error"]["error"]
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    assert 'iobot_requests_total{command="ask",outcome="ok",platform="console"} 1.0' in text
+    assert 'iobot_requests_total{command="ask",outcome="error",platform="console"} 1.0' in text
+    assert 'iobot_api_retries_total{endpoint="chat/completions"} 1.0' in text
+    assert "iobot_api_latency_seconds_bucket" in text and "iobot_reservations_in_flight 0.0" in text
+    used = re.search(r'iobot_tokens_total\{kind="prompt",model="meta-llama/Llama-3.3-70B-Instruct"\} (\d+)', text)
+    remaining = re.search(r'iobot_quota_remaining_tokens\{model="meta-llama/Llama-3.3-70B-Instruct"\} ([\d.e+]+)', text)
+    assert used and remaining and float(remaining.group(1)) < 500_000
+    assert bot.finish() == 0
+
+
+def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tmp_path):
+    emulator = Emulator(delay=1.5)
+    try:
+        bot = Bot(tmp_path, emulator, IOBOT_SHUTDOWN_GRACE="10")
+        bot.process.stdin.write("ask a slow question\n")
+        bot.process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while emulator.chat_requests() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        assert bot.process.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        assert 'you asked "a slow question"' in bot.process.stdout.read()
+        usage, open_reservations = bot.ledger()
+        assert [row[2] for row in usage] == [1] and open_reservations == 0
+    finally:
+        emulator.stop()
+
+
+def test_sigterm_past_the_grace_period_releases_and_exits_0(tmp_path):
+    emulator = Emulator(delay=30)
+    try:
+        bot = Bot(tmp_path, emulator, IOBOT_SHUTDOWN_GRACE="0.5", IOBOT_API_TIMEOUT="60")
+        bot.process.stdin.write("ask a question that will not finish\n")
+        bot.process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while emulator.chat_requests() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        bot.process.send_signal(signal.SIGTERM)
+        assert bot.process.wait(timeout=15) == 0
+        assert time.monotonic() - started < 5
+        usage, open_reservations = bot.ledger()
+        assert usage == [] and open_reservations == 0, "the cancelled call was released, not charged"
+        assert "cancelled 1 request" in bot.stderr_path.read_text()
+    finally:
+        emulator.stop()
+
+
+def test_json_logs_carry_one_line_per_request(tmp_path, emulator):
+    bot = Bot(tmp_path, emulator, IOBOT_LOG_FORMAT="json")
+    bot.ask("ask my private question")
+    assert bot.finish() == 0
+    entries = [json.loads(line) for line in bot.stderr_path.read_text().splitlines() if line.startswith("{")]
+    requests = [entry for entry in entries if entry["logger"] == "iobot.service"]
+    assert len(requests) == 1
+    assert requests[0]["command"] == "ask" and requests[0]["outcome"] == "ok" and requests[0]["tokens"] > 0
+    assert "private question" not in bot.stderr_path.read_text()
