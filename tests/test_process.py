@@ -80,6 +80,15 @@ class Bot:
             lines.append(text)
         return "".join(lines)
 
+    def send_until_in_flight(self, line: str, emulator: Emulator) -> None:
+        """Send a line and return once its API call has reached the emulator."""
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while emulator.chat_requests() == 0:
+            assert time.monotonic() < deadline, "the request never reached the API"
+            time.sleep(0.05)
+
     def port(self) -> int:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -168,11 +177,7 @@ def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tmp_path):
     emulator = Emulator(delay=1.5)
     try:
         bot = Bot(tmp_path, emulator, IOBOT_SHUTDOWN_GRACE="10")
-        bot.process.stdin.write("ask a slow question\n")
-        bot.process.stdin.flush()
-        deadline = time.monotonic() + 10
-        while emulator.chat_requests() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        bot.send_until_in_flight("ask a slow question", emulator)
         started = time.monotonic()
         bot.process.send_signal(signal.SIGTERM)
         assert bot.process.wait(timeout=15) == 0
@@ -188,11 +193,7 @@ def test_sigterm_past_the_grace_period_releases_and_exits_0(tmp_path):
     emulator = Emulator(delay=30)
     try:
         bot = Bot(tmp_path, emulator, IOBOT_SHUTDOWN_GRACE="0.5", IOBOT_API_TIMEOUT="60")
-        bot.process.stdin.write("ask a question that will not finish\n")
-        bot.process.stdin.flush()
-        deadline = time.monotonic() + 10
-        while emulator.chat_requests() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        bot.send_until_in_flight("ask a question that will not finish", emulator)
         started = time.monotonic()
         bot.process.send_signal(signal.SIGTERM)
         assert bot.process.wait(timeout=15) == 0
