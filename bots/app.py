@@ -7,10 +7,12 @@ import getpass
 import logging
 import signal
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import httpx
 
 from adapters.console import ConsoleAdapter
+from adapters.discord import DiscordAccess, DiscordAdapter
 from core.client import IOClient
 from core.emulator import Emulator
 from core.images import ImageLimits
@@ -70,12 +72,12 @@ def make_service(
     return Service(client, ledger, quotas, config, http)
 
 
-async def run(settings: Settings, *, emulator: bool) -> None:
+async def run(settings: Settings, *, emulator: bool) -> int:
     """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set.
 
     SIGTERM or SIGINT (or the console's end of input) stops it: no new work is taken, work in flight
     gets IOBOT_SHUTDOWN_GRACE seconds, what is left is cancelled (releasing its reservations), and
-    the ledger is closed cleanly.
+    the ledger is closed cleanly. Returns the exit code: 1 if an adapter failed (a refused token).
     """
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
@@ -94,18 +96,42 @@ async def run(settings: Settings, *, emulator: bool) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        console = ConsoleAdapter(service, user=getpass.getuser())
-        console_task = asyncio.create_task(console.run())
-        console_task.add_done_callback(lambda _: stop.set())
+        # Each adapter runs as a task; one ending (end of input, a refused token) stops the process.
+        tasks: list[asyncio.Task] = []
+        discord_bot: DiscordAdapter | None = None
+        console: ConsoleAdapter | None = None
+        if settings.discord_enabled:
+            discord_bot = DiscordAdapter(
+                service,
+                token=settings.discord_bot_token.get_secret_value(),
+                api_url=settings.discord_api_url,
+                gateway_url=settings.discord_gateway_url,
+                access=DiscordAccess.from_settings(settings),
+                http=http,
+                image_limits=service.config.image_limits,
+                state_dir=Path(settings.database_path).resolve().parent,
+            )
+            tasks.append(asyncio.create_task(discord_bot.start(), name="discord"))
+        if not tasks:
+            console = ConsoleAdapter(service, user=getpass.getuser())
+            tasks.append(asyncio.create_task(console.run(), name="console"))
+        for task in tasks:
+            task.add_done_callback(lambda _: stop.set())
 
         await stop.wait()
         health.stopping = True
-        console.stop()
+        if console is not None:
+            console.stop()
         log.info("stopping: finishing work in flight (up to %g s)", settings.shutdown_grace)
         cancelled = await service.drain(settings.shutdown_grace)
         if cancelled:
             log.warning("cancelled %d request(s) still running after the grace period", cancelled)
-        await asyncio.gather(console_task, return_exceptions=True)
+        if discord_bot is not None:
+            await discord_bot.close()  # after the drain: it lets the last answers be posted
+        failures = [outcome for outcome in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(outcome, Exception)]
+        for failure in failures:
+            log.error("an adapter stopped with an error: %s", failure)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("stopped")
+    return 1 if failures else 0

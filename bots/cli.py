@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    await app.run(settings, emulator=args.emulator)
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    return await app.run(settings, emulator=args.emulator)
 
 
 async def _emulator(args: argparse.Namespace, settings: Settings) -> None:

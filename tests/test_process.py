@@ -214,3 +214,62 @@ def test_json_logs_carry_one_line_per_request(tmp_path, emulator):
     assert len(requests) == 1
     assert requests[0]["command"] == "ask" and requests[0]["outcome"] == "ok" and requests[0]["tokens"] > 0
     assert "private question" not in bot.stderr_path.read_text()
+
+
+async def test_iobot_run_starts_discord_from_its_settings_and_stops_cleanly(tmp_path):
+    """The wiring: DISCORD_* settings alone make `iobot run` answer on Discord, and SIGTERM ends it with 0."""
+    import asyncio
+
+    from tests.standins.discord import TOKEN, DiscordStandIn
+
+    async with DiscordStandIn() as standin:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+        env.update(
+            DISCORD_BOT_TOKEN=TOKEN,
+            DISCORD_API_URL=standin.api_url,
+            DISCORD_GATEWAY_URL=standin.gateway_url,
+            IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+            IOBOT_HOST="127.0.0.1",
+            IOBOT_PORT="0",
+        )
+        bot = await asyncio.create_subprocess_exec(
+            *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=(tmp_path / "stderr.log").open("w"), env=env
+        )
+        try:
+            await standin.wait_for(lambda: standin.identifies, timeout=20)
+            question = await standin.post("<@1000> What is io.net?", mention_bot=True)
+            answer = await standin.wait_for(
+                lambda: [m for m in standin.replies_to(question) if "-# " in m["content"]], timeout=20
+            )
+            assert 'you asked "What is io.net?"' in answer[0]["content"]
+            bot.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(bot.wait(), timeout=20) == 0
+        finally:
+            if bot.returncode is None:
+                bot.kill()
+    assert TOKEN not in (tmp_path / "stderr.log").read_text()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        assert db.execute("SELECT user, requests FROM usage").fetchall() == [(f"discord:{question['author']['id']}", 1)]
+
+
+def test_a_refused_discord_token_is_logged_clearly_and_exits_1(tmp_path):
+    import asyncio
+
+    from tests.standins.discord import DiscordStandIn
+
+    async def main() -> tuple[int, str]:
+        async with DiscordStandIn() as standin:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+            env.update(
+                DISCORD_BOT_TOKEN="not-the-right-token", DISCORD_API_URL=standin.api_url,
+                DISCORD_GATEWAY_URL=standin.gateway_url, IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
+                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+            )
+            bot = await asyncio.create_subprocess_exec(
+                *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+            )
+            _, stderr = await asyncio.wait_for(bot.communicate(), timeout=20)
+            return bot.returncode, stderr.decode()
+
+    code, log = asyncio.run(main())
+    assert code == 1 and "Discord refused DISCORD_BOT_TOKEN" in log and "not-the-right-token" not in log

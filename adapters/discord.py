@@ -1,0 +1,527 @@
+"""Discord: @mentions, DMs, replies to the bot and slash commands, answered by the core service.
+
+discord.py speaks the protocol. This module decides which messages are for the bot and who may use
+it, turns a message (its text without the mention, its images, the reply chain above it) or a slash
+command into a `Request`, and shows the `Reply`: streamed into place while the API answers, split at
+2000 characters without breaking code blocks, and never pinging anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+import httpx
+import yarl
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from core.chunks import FENCE, ThrottledEdits, split_message
+from core.client import Message
+from core.commands import COMMANDS, DEFAULT_SUMMARY_WORDS, DEFAULT_VISION_QUESTION, MAX_SUMMARY_WORDS, Command, UsageError
+from core.images import ImageError, ImageLimits, download_image
+from core.render import short_model_name
+from core.service import INFORMATIONAL, Progress, Reply, Request, Service
+from core.settings import Settings
+
+log = logging.getLogger("iobot.discord")
+
+NO_PINGS = discord.AllowedMentions.none()
+MESSAGE_LIMIT = 2000
+EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate-limits edits per channel
+HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
+CLOSE_GRACE = 5.0  # seconds `close()` waits for answers being posted
+# What the bot needs in a channel: see it, read the reply chain, answer (in threads too).
+PERMISSIONS = discord.Permissions(
+    view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True
+)
+
+
+@dataclass(frozen=True)
+class DiscordAccess:
+    """Who may use the bot, and where. Empty allow-lists mean everyone; a block always wins.
+
+    Roles exist only in servers: in a DM, an allow-list of roles admits just the users on the
+    allow-list of users, and blocked roles cannot be seen (set `allow_dms=False` if that matters).
+    Channel lists apply to server channels (a thread counts as its parent channel too), not DMs.
+    """
+
+    allowed_guilds: frozenset[int] = frozenset()
+    blocked_guilds: frozenset[int] = frozenset()
+    allowed_channels: frozenset[int] = frozenset()
+    blocked_channels: frozenset[int] = frozenset()
+    allowed_roles: frozenset[int] = frozenset()
+    blocked_roles: frozenset[int] = frozenset()
+    allowed_users: frozenset[int] = frozenset()
+    blocked_users: frozenset[int] = frozenset()
+    allow_dms: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DiscordAccess:
+        return cls(
+            allowed_guilds=frozenset(settings.discord_allowed_guilds),
+            blocked_guilds=frozenset(settings.discord_blocked_guilds),
+            allowed_channels=frozenset(settings.discord_allowed_channels),
+            blocked_channels=frozenset(settings.discord_blocked_channels),
+            allowed_roles=frozenset(settings.discord_allowed_roles),
+            blocked_roles=frozenset(settings.discord_blocked_roles),
+            allowed_users=frozenset(settings.discord_allowed_users),
+            blocked_users=frozenset(settings.discord_blocked_users),
+            allow_dms=settings.discord_allow_dms,
+        )
+
+    def permits(
+        self, *, user: int, roles: Collection[int] = (), guild: int | None = None, channels: Collection[int] = ()
+    ) -> bool:
+        """`guild` None means a DM; `channels` holds the channel and, for a thread, its parent."""
+        roles, channels = frozenset(roles), frozenset(channels)
+        if user in self.blocked_users or roles & self.blocked_roles:
+            return False
+        if guild is None:
+            if not self.allow_dms:
+                return False
+        elif guild in self.blocked_guilds or (self.allowed_guilds and guild not in self.allowed_guilds):
+            return False
+        elif channels & self.blocked_channels or (self.allowed_channels and not channels & self.allowed_channels):
+            return False
+        if self.allowed_users or self.allowed_roles:
+            return user in self.allowed_users or bool(roles & self.allowed_roles)
+        return True
+
+
+class DiscordAdapter:
+    """The Discord bot: a discord.py client, its slash commands, and the handlers that feed the service."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        token: str,
+        api_url: str,
+        gateway_url: str,
+        access: DiscordAccess,
+        http: httpx.AsyncClient,
+        image_limits: ImageLimits,
+        state_dir: Path | None = None,
+    ) -> None:
+        # discord.py reads both from class attributes, so they hold for the whole process.
+        Route.BASE = api_url.rstrip("/")
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+        self.service = service
+        self.token = token
+        self.access = access
+        self.http = http  # downloads attachments; Discord's CDN links need no credential
+        self.image_limits = image_limits
+        self.state_dir = state_dir if state_dir is not None else Path(".")
+        self._answering: set[asyncio.Task] = set()  # handlers with an answer to post, for a clean close
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
+        intents = discord.Intents.default()
+        intents.message_content = True  # privileged: switched on in the Developer Portal
+        self.client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
+        self.client.event(self.on_ready)
+        self.client.event(self.on_message)
+        self.tree = app_commands.CommandTree(self.client)
+        for command in slash_commands(self.answer_interaction):
+            self.tree.add_command(command)
+
+    async def start(self) -> None:
+        """Log in, register the slash commands if they changed, then serve until `close()`.
+
+        Raises `discord.LoginFailure` for a wrong token and `discord.PrivilegedIntentsRequired` when
+        the Message Content intent is off in the Developer Portal, after logging how to fix either.
+        """
+        try:
+            await self.client.login(self.token)
+            await self.sync_commands()
+            await self.client.connect()
+        except discord.LoginFailure:
+            log.error("Discord refused DISCORD_BOT_TOKEN: copy it again from the Developer Portal, Bot page")
+            raise
+        except discord.PrivilegedIntentsRequired:
+            log.error(
+                "Discord refused the Message Content intent: turn on 'Message Content Intent' under Bot > "
+                "Privileged Gateway Intents at https://discord.com/developers/applications, then restart"
+            )
+            raise
+        finally:
+            await self.client.close()
+
+    async def close(self) -> None:
+        """Disconnect once the answers being posted are out (waiting at most CLOSE_GRACE seconds).
+
+        Call it after `Service.drain`, so that no API call is still running.
+        """
+        if self._answering:
+            await asyncio.wait(self._answering, timeout=CLOSE_GRACE)
+        await self.client.close()
+
+    async def sync_commands(self) -> None:
+        """Register the slash commands with Discord, but only when their definition changed.
+
+        Registering is rate limited and takes a while to reach every client, so a hash of the
+        definitions (and of the application they belong to) is kept in `state_dir` between runs.
+        """
+        definitions = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        material = json.dumps({"application": self.client.application_id, "commands": definitions}, sort_keys=True)
+        digest = hashlib.sha256(material.encode()).hexdigest()
+        path = self.state_dir / COMMANDS_HASH_FILE
+        if path.is_file() and path.read_text().strip() == digest:
+            return
+        try:
+            await self.tree.sync()
+        except discord.HTTPException as exc:
+            log.warning("could not register the slash commands (%s); mentions and DMs still work", exc)
+            return
+        log.info("registered %d slash commands with Discord", len(definitions))
+        try:
+            path.write_text(digest + "\n")
+        except OSError as exc:
+            log.warning("could not save %s (%s): the slash commands will be registered again at the next start", path, exc)
+
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s, in %d servers", self.client.user, len(self.client.guilds))
+        if not self.client.guilds and self.client.application_id:
+            invite = discord.utils.oauth_url(
+                self.client.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
+            )
+            log.info("the bot is in no server yet; invite it with %s", invite)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Answer a DM, an @mention or a reply to the bot; ignore bots (itself too) and whoever is not allowed."""
+        if message.author.bot or message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        guild = message.guild.id if message.guild else None
+        if not self._permits(message.author, guild, message.channel.id, message.channel):
+            return
+        me = self.client.user
+        assert me is not None  # set at login
+        parent = await self._parent(message)
+        mentioned = any(user.id == me.id for user in message.mentions)
+        if not (guild is None or mentioned or (parent is not None and parent.author.id == me.id)):
+            return
+        self._track()
+
+        async def send(piece: str, previous: discord.Message | None) -> discord.Message:
+            # Each piece replies to the one before, so a reply to the last piece continues the chain.
+            reference = (previous or message).to_reference(fail_if_not_exists=False)  # asker may delete theirs
+            return await message.channel.send(piece, reference=reference, allowed_mentions=NO_PINGS)
+
+        edits = ThrottledEdits(AnswerMessages(send).show, EDIT_INTERVAL)
+        async with message.channel.typing():
+            images, notes = await self._images(message.attachments)
+            if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
+                reply, notes = Reply("\n".join(notes), outcome="refused"), []  # without its images the question is moot
+            else:
+                request = Request(
+                    user=f"discord:{message.author.id}",
+                    text=self._without_mention(message.content),
+                    history=await self._history(parent),
+                    request_id=f"discord:{message.id}",
+                    images=images,
+                )
+                reply = await self.service.handle(request, _progress(edits))
+        if reply.outcome != "duplicate":  # a redelivered event: the first delivery answers
+            await edits.finish(render(reply, notes))
+
+    async def _parent(self, message: discord.Message) -> discord.Message | None:
+        """The message this one replies to: from the event or the client's cache, fetched only when neither has it."""
+        reference = message.reference
+        if message.type is not discord.MessageType.reply or reference is None or reference.message_id is None:
+            return None
+        if reference.cached_message is not None:
+            return reference.cached_message
+        if isinstance(reference.resolved, discord.Message):
+            return reference.resolved
+        if isinstance(reference.resolved, discord.DeletedReferencedMessage):
+            return None
+        try:
+            return await message.channel.fetch_message(reference.message_id)
+        except discord.HTTPException:  # deleted, or out of reach: the conversation starts after it
+            return None
+
+    async def _history(self, parent: discord.Message | None) -> list[Message]:
+        """The reply chain above a message, oldest first: its own conversation and nobody else's."""
+        me = self.client.user
+        turns: list[Message] = []
+        message = parent
+        for _ in range(HISTORY_MESSAGES):
+            if message is None:
+                break
+            if me is not None and message.author.id == me.id:
+                turns.append({"role": "assistant", "content": _without_footer(message.content)})
+            else:
+                turns.append({"role": "user", "content": self._without_mention(message.content)})
+            message = await self._parent(message)
+        history: list[Message] = []
+        for turn in reversed(turns):
+            if not turn["content"]:
+                continue
+            if history and history[-1]["role"] == turn["role"]:  # an answer in several pieces is one turn
+                history[-1] = {"role": turn["role"], "content": history[-1]["content"] + "\n" + turn["content"]}
+            else:
+                history.append(turn)
+        return history
+
+    def _without_mention(self, text: str) -> str:
+        me = self.client.user
+        return re.sub(rf"<@!?{me.id}>", "", text).strip() if me else text.strip()
+
+    # --- slash commands ------------------------------------------------------------------------
+
+    async def answer_interaction(
+        self, interaction: discord.Interaction, command: Command, attachments: Sequence[discord.Attachment] = ()
+    ) -> None:
+        """A slash command: deferred at once (Discord waits 3 seconds at most), answered with follow-ups."""
+        if not self._permits(interaction.user, interaction.guild_id, interaction.channel_id, interaction.channel):
+            await interaction.response.send_message("You are not allowed to use iobot here.", ephemeral=True)
+            return
+        self._track()
+        private = command.name in INFORMATIONAL
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        images, notes = await self._images(attachments)
+        answer = followups(interaction, ephemeral=private)
+        edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
+        if attachments and not images:
+            reply, notes = Reply("\n".join(notes), outcome="refused"), []
+        else:
+            request = Request(
+                user=f"discord:{interaction.user.id}",
+                text=command.text,
+                command=command,
+                request_id=f"discord:{interaction.id}",
+                images=images,
+            )
+            reply = await self.service.handle(request, _progress(edits))
+        if reply.outcome == "duplicate":
+            return
+        if reply.private and not private and not answer.sent:
+            # The "thinking" message is public and cannot turn ephemeral: replace it.
+            await interaction.delete_original_response()
+            answer = followups(interaction, ephemeral=True)
+            edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
+        await edits.finish(render(reply, notes))
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _track(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    def _permits(
+        self, user: discord.User | discord.Member, guild: int | None, channel_id: int | None, channel: object
+    ) -> bool:
+        roles = [role.id for role in getattr(user, "roles", ())]  # a Member in a server, a User in a DM
+        channels = {channel_id, getattr(channel, "parent_id", None)} - {None}  # a thread counts as its parent too
+        return self.access.permits(user=user.id, roles=roles, guild=guild, channels=channels)
+
+    async def _images(self, attachments: Sequence[discord.Attachment]) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """The image attachments' bytes, and notes on what was left out.
+
+        Type, count and size are checked from what Discord says about each file before a byte is
+        downloaded; the image pipeline in the service then checks the bytes themselves.
+        """
+        notes = []
+        others = [a.filename for a in attachments if _content_type(a) not in IMAGE_TYPES]
+        if others:
+            notes.append(f"Only images are read, so these were not: {', '.join(others)}.")
+        wanted = [a for a in attachments if _content_type(a) in IMAGE_TYPES]
+        limit = self.image_limits.max_images
+        if len(wanted) > limit:
+            names = ", ".join(a.filename for a in wanted[limit:])
+            notes.append(f"At most {limit} images are taken per request, so these were skipped: {names}.")
+            wanted = wanted[:limit]
+        megabytes = self.image_limits.max_bytes / (1024 * 1024)
+        for attachment in [a for a in wanted if a.size > self.image_limits.max_bytes]:
+            notes.append(f"{attachment.filename} is over the {megabytes:g} MB limit for images.")
+        wanted = [a for a in wanted if a.size <= self.image_limits.max_bytes]
+
+        async def fetch(attachment: discord.Attachment) -> bytes | ImageError:
+            try:
+                return await download_image(
+                    self.http, attachment.url, name=attachment.filename, limits=self.image_limits
+                )
+            except ImageError as exc:
+                return exc
+
+        images = []
+        for attachment, result in zip(wanted, await asyncio.gather(*(fetch(a) for a in wanted))):
+            if isinstance(result, ImageError):
+                notes.append(str(result))
+            else:
+                images.append((attachment.filename, result))
+        return images, notes
+
+
+class AnswerMessages:
+    """An answer shown as one or more Discord messages, edited in place as it grows."""
+
+    def __init__(self, send: Callable[[str, discord.Message | None], Awaitable[discord.Message]]) -> None:
+        self._send = send  # posts a piece; given the previous piece's message, if any
+        self._shown: list[tuple[discord.Message, str]] = []
+
+    @property
+    def sent(self) -> bool:
+        return bool(self._shown)
+
+    async def show(self, text: str) -> None:
+        """Make the messages show `text`: edit the pieces that changed, post new ones, delete the surplus."""
+        pieces = split_message(text, MESSAGE_LIMIT)
+        for index, piece in enumerate(pieces):
+            if index < len(self._shown):
+                message, shown = self._shown[index]
+                if piece != shown:
+                    await message.edit(content=piece, allowed_mentions=NO_PINGS)
+                    self._shown[index] = (message, piece)
+            else:
+                previous = self._shown[-1][0] if self._shown else None
+                self._shown.append((await self._send(piece, previous), piece))
+        for message, _ in self._shown[len(pieces) :]:
+            await message.delete()
+        del self._shown[len(pieces) :]
+
+
+def followups(interaction: discord.Interaction, *, ephemeral: bool) -> AnswerMessages:
+    async def send(piece: str, _previous: discord.Message | None) -> discord.Message:
+        return await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True)
+
+    return AnswerMessages(send)
+
+
+def render(reply: Reply, notes: Sequence[str] = ()) -> str:
+    """The reply as Discord markdown: its text, then notes and the answering model as small grey lines."""
+    text = reply.text
+    if sum(1 for line in text.split("\n") if FENCE.match(line)) % 2:
+        text += "\n```"  # an answer cut off inside a code block: close it before the footer
+    footer = [*notes, *reply.notes]
+    if reply.model:
+        tokens = f" · {reply.usage.total_tokens:,} tokens" if reply.usage else ""
+        footer.append(short_model_name(reply.model) + tokens)
+    return "\n".join([text, *(f"-# {line}" for line in footer)])
+
+
+def _without_footer(text: str) -> str:
+    lines = text.split("\n")
+    while lines and lines[-1].startswith("-# "):
+        lines.pop()
+    return "\n".join(lines).strip()
+
+
+def _progress(edits: ThrottledEdits) -> Progress:
+    async def progress(text: str) -> None:
+        if text.strip():  # Discord refuses an empty message
+            await edits.update(text)
+
+    return progress
+
+
+def _content_type(attachment: discord.Attachment) -> str:
+    return (attachment.content_type or "").split(";")[0].strip().lower()
+
+
+# --- the grammar as slash commands -------------------------------------------------------------
+
+Answer = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
+
+
+def slash_commands(answer: Answer) -> list[app_commands.Command]:
+    """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`."""
+
+    def describe(name: str) -> str:
+        return COMMANDS[name].description
+
+    @app_commands.command(description=describe("ask"))
+    @app_commands.describe(question="What to ask the model")
+    async def ask(interaction: discord.Interaction, question: str) -> None:
+        await answer(interaction, Command("ask", text=question))
+
+    @app_commands.command(description=describe("summarize"))
+    @app_commands.describe(text="The text to summarize", max_words=f"At most this many words (default {DEFAULT_SUMMARY_WORDS})")
+    async def summarize(
+        interaction: discord.Interaction,
+        text: str,
+        max_words: app_commands.Range[int, 1, MAX_SUMMARY_WORDS] = DEFAULT_SUMMARY_WORDS,
+    ) -> None:
+        await answer(interaction, Command("summarize", text=text, max_words=max_words))
+
+    @app_commands.command(description=describe("translate"))
+    @app_commands.describe(language="The language to translate into", text="The text to translate")
+    async def translate(interaction: discord.Interaction, language: str, text: str) -> None:
+        await answer(interaction, Command("translate", text=text, language=language))
+
+    @app_commands.command(description=describe("sentiment"))
+    @app_commands.describe(text="The text to rate")
+    async def sentiment(interaction: discord.Interaction, text: str) -> None:
+        await answer(interaction, Command("sentiment", text=text))
+
+    @app_commands.command(description=describe("classify"))
+    @app_commands.describe(labels="Two or more labels, separated by commas", text="The text to classify")
+    async def classify(interaction: discord.Interaction, labels: str, text: str) -> None:
+        names = tuple(dict.fromkeys(label.strip() for label in labels.split(",") if label.strip()))
+        if len(names) < 2:
+            await interaction.response.send_message(str(UsageError(COMMANDS["classify"])), ephemeral=True)
+            return
+        await answer(interaction, Command("classify", text=text, labels=names))
+
+    @app_commands.command(description=describe("moderate"))
+    @app_commands.describe(text="The text to score")
+    async def moderate(interaction: discord.Interaction, text: str) -> None:
+        await answer(interaction, Command("moderate", text=text))
+
+    @app_commands.command(description=describe("entities"))
+    @app_commands.describe(text="The text to search")
+    async def entities(interaction: discord.Interaction, text: str) -> None:
+        await answer(interaction, Command("entities", text=text))
+
+    @app_commands.command(description=describe("reason"))
+    @app_commands.describe(problem="The problem to work through")
+    async def reason(interaction: discord.Interaction, problem: str) -> None:
+        await answer(interaction, Command("reason", text=problem))
+
+    @app_commands.command(description=describe("vision"))
+    @app_commands.describe(image="An image to ask about", url="Or a link to one", question="What to ask about it")
+    async def vision(
+        interaction: discord.Interaction,
+        image: discord.Attachment | None = None,
+        url: str | None = None,
+        question: str = DEFAULT_VISION_QUESTION,
+    ) -> None:
+        if image is None and not url:
+            await interaction.response.send_message("Attach an image or give a link to one.", ephemeral=True)
+            return
+        # An attachment travels as the request's images; a link is the grammar's `vision <url>`.
+        command = Command("vision", image=url, text=question) if url else Command("ask", text=question)
+        await answer(interaction, command, [image] if image else [])
+
+    @app_commands.command(description=describe("agents"))
+    async def agents(interaction: discord.Interaction) -> None:
+        await answer(interaction, Command("agents"))
+
+    @app_commands.command(description=describe("models"))
+    async def models(interaction: discord.Interaction) -> None:
+        await answer(interaction, Command("models"))
+
+    @app_commands.command(description=describe("usage"))
+    async def usage(interaction: discord.Interaction) -> None:
+        await answer(interaction, Command("usage"))
+
+    @app_commands.command(name="help", description=describe("help"))
+    @app_commands.describe(command="A command to explain")
+    @app_commands.choices(command=[app_commands.Choice(name=name, value=name) for name in COMMANDS])
+    async def help_(interaction: discord.Interaction, command: str | None = None) -> None:
+        await answer(interaction, Command("help", topic=command or ""))
+
+    return [ask, summarize, translate, sentiment, classify, moderate, entities, reason, vision, agents, models, usage, help_]

@@ -1,0 +1,422 @@
+"""A stand-in Discord on 127.0.0.1: the REST API, the gateway WebSocket and the attachment CDN.
+
+Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
+answer them. The world is one server with two text channels (one with a thread), a DM channel, two
+people, another bot and the bot. Every REST call is recorded in `calls`; every message (posted by a
+test or by the bot) is kept in `messages` with its current content. Like Discord, it sends the bot's
+own messages and edits back over the gateway, and keeps events for a disconnected bot until it resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import WSMsgType, web
+
+API_PREFIX = "/api/v10"
+TOKEN = "stand-in-bot-token"
+BOT_ID = APPLICATION_ID = 1000  # a bot's user id is its application's id
+GUILD_ID = 2000
+GENERAL, RANDOM, DM_CHANNEL = 3000, 3001, 3100
+THREAD = 3002  # a thread in RANDOM
+MEMBER_ROLE = 4000
+ALICE, BOB, OTHER_BOT = 5001, 5002, 5003
+MESSAGE_CONTENT_INTENT = 1 << 15
+EPHEMERAL = 64
+TIMESTAMP = "2025-01-01T00:00:00.000000+00:00"
+
+NAMES = {BOT_ID: "iobot", ALICE: "alice", BOB: "bob", OTHER_BOT: "otherbot"}
+T = TypeVar("T")
+
+
+@dataclass
+class Call:
+    """One REST request as the stand-in saw it; `path` is below the API base, e.g. `/channels/3000/messages`."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+
+
+def user(user_id: int) -> dict[str, Any]:
+    return {
+        "id": str(user_id), "username": NAMES[user_id], "global_name": NAMES[user_id], "discriminator": "0",
+        "avatar": None, "bot": user_id in (BOT_ID, OTHER_BOT),
+    }
+
+
+def member(user_id: int, roles: Sequence[int] = ()) -> dict[str, Any]:
+    return {"user": user(user_id), "roles": [str(role) for role in roles], "joined_at": TIMESTAMP,
+            "deaf": False, "mute": False, "flags": 0}
+
+
+def text_channel(channel_id: int, name: str) -> dict[str, Any]:
+    return {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": name, "position": 0,
+            "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
+            "rate_limit_per_user": 0}
+
+
+def thread(thread_id: int, parent: int) -> dict[str, Any]:
+    return {"id": str(thread_id), "type": 11, "guild_id": str(GUILD_ID), "parent_id": str(parent), "name": "a thread",
+            "owner_id": str(ALICE), "last_message_id": None, "rate_limit_per_user": 0, "message_count": 0,
+            "member_count": 1, "flags": 0,
+            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP,
+                                "locked": False}}
+
+
+def role(role_id: int, name: str) -> dict[str, Any]:
+    return {"id": str(role_id), "name": name, "permissions": "1071698660929", "position": 0 if role_id == GUILD_ID else 1,
+            "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+
+
+class DiscordStandIn:
+    def __init__(self, *, refuse_message_content: bool = False) -> None:
+        self.refuse_message_content = refuse_message_content  # close with 4014, as Discord does
+        self.calls: list[Call] = []
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.identifies: list[dict[str, Any]] = []  # IDENTIFY payloads received
+        self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
+        self.downloads: list[tuple[str, str | None]] = []  # (path, Authorization header) of attachment downloads
+        self.ready = asyncio.Event()  # set while a gateway session is live (after GUILD_CREATE or RESUMED)
+        self.session_id: str | None = None
+        self._ids = itertools.count(10_000)
+        self._files: dict[str, tuple[bytes, str]] = {}
+        self._interaction_channels: dict[str, int] = {}  # interaction token -> channel, for follow-ups
+        self._socket: web.WebSocketResponse | None = None
+        self._sequence = 0
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._runner: web.AppRunner | None = None
+        self.base = ""
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DiscordStandIn:
+        app = web.Application(middlewares=[self._record])
+        api = API_PREFIX
+        app.router.add_get(api + "/users/@me", self._me)
+        app.router.add_get(api + "/oauth2/applications/@me", self._application)
+        app.router.add_put(api + "/applications/{app}/commands", self._put_commands)
+        app.router.add_post(api + "/channels/{channel}/typing", self._typing)
+        app.router.add_post(api + "/channels/{channel}/messages", self._create_message)
+        app.router.add_get(api + "/channels/{channel}/messages/{message}", self._get_message)
+        app.router.add_patch(api + "/channels/{channel}/messages/{message}", self._edit_message)
+        app.router.add_delete(api + "/channels/{channel}/messages/{message}", self._delete_message)
+        app.router.add_post(api + "/interactions/{id}/{token}/callback", self._interaction_callback)
+        app.router.add_post(api + "/webhooks/{app}/{token}", self._create_followup)
+        app.router.add_patch(api + "/webhooks/{app}/{token}/messages/{message}", self._edit_message)
+        app.router.add_delete(api + "/webhooks/{app}/{token}/messages/{message}", self._delete_message)
+        app.router.add_route("*", api + "/{rest:.*}", self._not_found)
+        app.router.add_get("/attachments/{id}/{name}", self._attachment)
+        app.router.add_get("/gateway", self._gateway)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base = f"127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.base}{API_PREFIX}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.base}/gateway"
+
+    # --- what tests do -----------------------------------------------------------------------------
+
+    async def post(
+        self,
+        content: str,
+        *,
+        author: int = ALICE,
+        channel: int = GENERAL,
+        reply_to: int | None = None,
+        mention_bot: bool = False,
+        attachments: Sequence[dict[str, Any]] = (),
+        deliver: bool = True,
+    ) -> dict[str, Any]:
+        """A person's message; `deliver=False` only stores it, as if sent before the bot was connected."""
+        mentions = [user(BOT_ID)] if mention_bot else []
+        message = self._new_message(content, author=author, channel=channel, reply_to=reply_to,
+                                    mentions=mentions, attachments=list(attachments))
+        if deliver:
+            await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    def attachment(self, name: str, data: bytes, content_type: str, *, size: int | None = None) -> dict[str, Any]:
+        """A file on the stand-in CDN; `size` is what Discord declares (defaults to the real size)."""
+        attachment_id = str(next(self._ids))
+        self._files[f"{attachment_id}/{name}"] = (data, content_type)
+        url = f"http://{self.base}/attachments/{attachment_id}/{name}"
+        return {"id": attachment_id, "filename": name, "size": len(data) if size is None else size,
+                "url": url, "proxy_url": url, "content_type": content_type}
+
+    async def invoke(
+        self, name: str, options: Sequence[dict[str, Any]] = (), *, author: int = ALICE, channel: int = GENERAL,
+        resolved: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A slash command used by `author`: an INTERACTION_CREATE."""
+        interaction_id = next(self._ids)
+        data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
+        if resolved:
+            data["resolved"] = resolved
+        interaction = {
+            "id": str(interaction_id), "application_id": str(APPLICATION_ID), "type": 2, "data": data,
+            "token": f"interaction-token-{interaction_id}", "version": 1, "app_permissions": "1071698660929",
+            "locale": "en-US", "entitlements": [], "attachment_size_limit": 25 * 1024 * 1024, "context": 0,
+            "channel_id": str(channel),
+        }
+        self._interaction_channels[interaction["token"]] = channel
+        if channel == DM_CHANNEL:
+            interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
+        else:
+            interaction.update(guild_id=str(GUILD_ID), guild_locale="en-US", channel=text_channel(channel, "general"),
+                               member={**member(author, [MEMBER_ROLE]), "permissions": "1071698660929"})
+        await self.dispatch("INTERACTION_CREATE", interaction)
+        return interaction
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway event now, or once the bot is back (Discord replays missed events on RESUME)."""
+        self._pending.append((event, data))
+        if self.ready.is_set():
+            await self._flush()
+
+    async def disconnect(self) -> None:
+        """Drop the gateway connection as Discord does now and then (close code 4000: reconnect and resume)."""
+        self.ready.clear()
+        if self._socket is not None:
+            await self._socket.close(code=4000, message=b"stand-in: please reconnect")
+
+    async def wait_for(self, condition: Callable[[], T], timeout: float = 10.0) -> T:
+        """Poll until `condition()` is truthy, and return it; fail after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while not (result := condition()):
+                await asyncio.sleep(0.02)
+        return result
+
+    # --- what tests read ---------------------------------------------------------------------------
+
+    def calls_to(self, method: str, pattern: str) -> list[Call]:
+        """REST calls with this method whose path matches the regular expression `pattern` entirely."""
+        return [call for call in self.calls if call.method == method and re.fullmatch(pattern, call.path)]
+
+    def bot_messages(self, channel: int = GENERAL) -> list[dict[str, Any]]:
+        """The bot's messages in a channel (follow-ups included), oldest first, as they are now."""
+        return [m for m in self.messages.values() if m["author"]["id"] == str(BOT_ID) and m["channel_id"] == str(channel)]
+
+    def replies_to(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        return [m for m in self.messages.values() if (m.get("message_reference") or {}).get("message_id") == message["id"]]
+
+    # --- REST --------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path.startswith(API_PREFIX):
+            raw = await request.read()
+            body = json.loads(raw) if raw and request.content_type == "application/json" else raw or None
+            self.calls.append(Call(request.method, request.path.removeprefix(API_PREFIX), dict(request.query), body))
+            needs_token = not request.path.startswith((API_PREFIX + "/webhooks/", API_PREFIX + "/interactions/"))
+            if needs_token and request.headers.get("Authorization") != f"Bot {TOKEN}":
+                return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        return await handler(request)
+
+    async def _me(self, _request: web.Request) -> web.Response:
+        return _json({**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0})
+
+    async def _application(self, _request: web.Request) -> web.Response:
+        return _json({
+            "id": str(APPLICATION_ID), "name": "iobot", "icon": None, "description": "", "rpc_origins": [],
+            "bot_public": True, "bot_require_code_grant": False, "owner": user(ALICE), "team": None,
+            "verify_key": "0" * 64, "flags": 0, "summary": "", "bot": user(BOT_ID),
+        })
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        commands = await request.json()
+        return _json([
+            {**command, "id": str(900 + index), "application_id": str(APPLICATION_ID), "version": "1",
+             "default_member_permissions": None, "type": command.get("type", 1)}
+            for index, command in enumerate(commands)
+        ])
+
+    async def _typing(self, _request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        reference = body.get("message_reference") or {}
+        reply_to = int(reference.get("message_id", 0))
+        if reply_to not in self.messages:  # deleted meanwhile: with fail_if_not_exists off, a plain message
+            reply_to = None
+        message = self._new_message(body.get("content", ""), author=BOT_ID, channel=int(request.match_info["channel"]),
+                                    reply_to=reply_to)
+        await self.dispatch("MESSAGE_CREATE", message)
+        return _json(message)
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        message = self.messages.get(int(request.match_info["message"]))
+        if message is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return _json(message)
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        message = self.messages.get(int(request.match_info["message"]))
+        if message is None:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        body = await request.json()
+        message.update(content=body.get("content", message["content"]), edited_timestamp=TIMESTAMP)
+        if not message["flags"] & EPHEMERAL:
+            await self.dispatch("MESSAGE_UPDATE", message)
+        return _json(message)
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        if request.match_info["message"] != "@original":
+            message = self.messages.pop(int(request.match_info["message"]), None)
+            if message is None:
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        return web.Response(status=204)
+
+    async def _interaction_callback(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        flags = (body.get("data") or {}).get("flags", 0)
+        resource: dict[str, Any] = {"type": body["type"]}
+        if body["type"] == 4:  # an immediate message
+            channel = self._interaction_channels[request.match_info["token"]]
+            resource["message"] = self._new_message(body["data"].get("content", ""), author=BOT_ID, channel=channel,
+                                                    flags=flags)
+        interaction = {"id": request.match_info["id"], "type": 2, "response_message_loading": body["type"] == 5,
+                       "response_message_ephemeral": bool(flags & EPHEMERAL)}
+        return _json({"interaction": interaction, "resource": resource})
+
+    async def _create_followup(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        flags = body.get("flags", 0)
+        channel = self._interaction_channels[request.match_info["token"]]
+        message = self._new_message(body.get("content", ""), author=BOT_ID, channel=channel, flags=flags)
+        message["webhook_id"] = str(APPLICATION_ID)
+        if not flags & EPHEMERAL:
+            await self.dispatch("MESSAGE_CREATE", message)
+        return _json(message)
+
+    async def _not_found(self, _request: web.Request) -> web.Response:
+        return _json({"message": "404: Not Found", "code": 0}, status=404)
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['id']}/{request.match_info['name']}"
+        self.downloads.append((request.path, request.headers.get("Authorization")))
+        if key not in self._files:
+            return web.Response(status=404)
+        data, content_type = self._files[key]
+        return web.Response(body=data, content_type=content_type)
+
+    def _new_message(
+        self, content: str, *, author: int, channel: int, reply_to: int | None = None,
+        mentions: list[dict[str, Any]] | None = None, attachments: list[dict[str, Any]] | None = None, flags: int = 0,
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "id": str(next(self._ids)), "channel_id": str(channel), "author": user(author), "content": content,
+            "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False, "mention_everyone": False,
+            "mentions": mentions or [], "mention_roles": [], "attachments": attachments or [], "embeds": [],
+            "pinned": False, "type": 0, "flags": flags,
+        }
+        if channel != DM_CHANNEL:
+            message["guild_id"] = str(GUILD_ID)
+            message["member"] = {k: v for k, v in member(author, [MEMBER_ROLE]).items() if k != "user"}
+        if reply_to is not None:
+            parent = self.messages[reply_to]
+            message["type"] = 19
+            message["message_reference"] = {"type": 0, "message_id": parent["id"], "channel_id": parent["channel_id"],
+                                            "guild_id": parent.get("guild_id")}
+            # Discord nests the replied-to message one level deep, without its own referenced message.
+            message["referenced_message"] = {k: v for k, v in parent.items() if k != "referenced_message"}
+        self.messages[int(message["id"])] = message
+        return message
+
+    # --- the gateway -------------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._socket = socket
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}})
+        async for frame in socket:
+            if frame.type is not WSMsgType.TEXT:
+                continue
+            payload = json.loads(frame.data)
+            match payload["op"]:
+                case 1:  # heartbeat
+                    await socket.send_json({"op": 11})
+                case 2:
+                    await self._identify(socket, payload["d"])
+                case 6:
+                    await self._resume(socket, payload["d"])
+        if self._socket is socket:
+            self.ready.clear()
+        return socket
+
+    async def _identify(self, socket: web.WebSocketResponse, identify: dict[str, Any]) -> None:
+        self.identifies.append(identify)
+        if self.refuse_message_content and identify.get("intents", 0) & MESSAGE_CONTENT_INTENT:
+            await socket.close(code=4014, message=b"Disallowed intent(s).")
+            return
+        self.session_id = uuid.uuid4().hex
+        self._sequence = 0
+        ready = {
+            "v": 10, "user": {**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0},
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}], "session_id": self.session_id,
+            "resume_gateway_url": self.gateway_url, "application": {"id": str(APPLICATION_ID), "flags": 0},
+            "private_channels": [], "relationships": [],
+        }
+        await self._send(socket, "READY", ready)
+        await self._send(socket, "GUILD_CREATE", self._guild())
+        self.ready.set()
+        await self._flush()
+
+    async def _resume(self, socket: web.WebSocketResponse, resume: dict[str, Any]) -> None:
+        self.resumes.append(resume)
+        if resume.get("session_id") != self.session_id:
+            await socket.send_json({"op": 9, "d": False})  # invalid session: identify afresh
+            return
+        await self._send(socket, "RESUMED", {})
+        self.ready.set()
+        await self._flush()
+
+    async def _flush(self) -> None:
+        while self._pending and self._socket is not None and not self._socket.closed:
+            event, data = self._pending.pop(0)
+            await self._send(self._socket, event, data)
+
+    async def _send(self, socket: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
+        self._sequence += 1
+        await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
+
+    def _guild(self) -> dict[str, Any]:
+        return {
+            "id": str(GUILD_ID), "name": "Stand-in server", "icon": None, "owner_id": str(ALICE), "afk_timeout": 300,
+            "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
+            "roles": [role(GUILD_ID, "@everyone"), role(MEMBER_ROLE, "member")], "emojis": [], "stickers": [],
+            "features": [], "mfa_level": 0, "system_channel_flags": 0, "premium_tier": 0, "nsfw_level": 0,
+            "preferred_locale": "en-US", "member_count": 4, "large": False, "unavailable": False,
+            "joined_at": TIMESTAMP, "channels": [text_channel(GENERAL, "general"), text_channel(RANDOM, "random")],
+            "threads": [thread(THREAD, RANDOM)], "members": [member(BOT_ID)], "voice_states": [], "presences": [], "stage_instances": [],
+            "guild_scheduled_events": [], "soundboard_sounds": [],
+        }
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # discord.py parses a body as JSON only when Content-Type is exactly application/json (no charset).
+    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
