@@ -273,3 +273,52 @@ def test_a_refused_discord_token_is_logged_clearly_and_exits_1(tmp_path):
 
     code, log = asyncio.run(main())
     assert code == 1 and "Discord refused DISCORD_BOT_TOKEN" in log and "not-the-right-token" not in log
+
+
+@pytest.mark.parametrize(("delay", "grace", "settled"), [(1.5, "15", 50), (30, "0.5", 0)])
+def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
+    """Within the grace period all 50 finish and are charged; past it, all are cancelled and released."""
+    import asyncio
+
+    from tests.standins.discord import TOKEN, DiscordStandIn
+
+    emulator = Emulator(delay=delay)
+
+    async def main() -> tuple[int, float, int]:
+        async with DiscordStandIn() as standin:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+            env.update(
+                DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url,
+                IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url, IOBOT_API_TIMEOUT="60",
+                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
+                IOBOT_SHUTDOWN_GRACE=grace, IOBOT_USER_REQUESTS_PER_MINUTE="1000", IOBOT_USER_DAILY_TOKENS="10000000",
+            )
+            bot = await asyncio.create_subprocess_exec(
+                *IOBOT, "run", stdin=subprocess.DEVNULL, stderr=(tmp_path / "stderr.log").open("w"), env=env
+            )
+            try:
+                await standin.wait_for(lambda: standin.identifies, timeout=20)
+                for i in range(50):
+                    await standin.post(f"<@1000> question {i}", mention_bot=True)
+                await standin.wait_for(lambda: emulator.chat_requests() >= 50 or None, timeout=30)
+                started = time.monotonic()
+                bot.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(bot.wait(), timeout=30)
+                answers = sum(1 for m in standin.bot_messages() if "-# " in m["content"])
+                return code, time.monotonic() - started, answers
+            finally:
+                if bot.returncode is None:
+                    bot.kill()
+
+    try:
+        code, seconds, answers = asyncio.run(main())
+    finally:
+        emulator.stop()
+    assert code == 0 and seconds < float(grace) + 6
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        charged = db.execute("SELECT COALESCE(SUM(requests), 0) FROM usage").fetchone()[0]
+        open_reservations = db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+    assert open_reservations == 0, "every request was settled or released"
+    assert charged == settled and answers == settled
+    if not settled:
+        assert "cancelled 50 request(s)" in (tmp_path / "stderr.log").read_text()
