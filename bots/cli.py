@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     usage.set_defaults(handler=_usage)
 
     limits = commands.add_parser("limits", help="set, clear or list per-person daily budgets")
-    limits.add_argument("user", nargs="?", help="the person (without it: list every override)")
+    limits.add_argument("user", nargs="?", help="the person (without it: list every override; alone: show theirs)")
     limits.add_argument("tokens", nargs="?", type=int, help="their daily budget in tokens")
     limits.add_argument("--clear", action="store_true", help="go back to IOBOT_USER_DAILY_TOKENS")
     limits.set_defaults(handler=_limits)
@@ -114,12 +114,15 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
             for user, tokens in overrides.items():
                 print(f"{user}: {tokens:,}")
             return 0
-        if args.clear == (args.tokens is not None):
-            print("iobot: give either a number of tokens or --clear", file=sys.stderr)
+        if args.clear and args.tokens is not None:
+            print("iobot: give either a number of tokens or --clear, not both", file=sys.stderr)
             return 2
         if args.tokens is not None and args.tokens < 0:
             print("iobot: a budget cannot be negative", file=sys.stderr)
             return 2
+        if not args.clear and args.tokens is None:
+            print(f"{args.user}: {await ledger.user_limit(args.user):,} tokens a day")
+            return 0
         await ledger.set_user_limit(args.user, None if args.clear else args.tokens)
         print(f"{args.user}: {await ledger.user_limit(args.user):,} tokens a day")
         return 0

@@ -127,6 +127,8 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
         limit = iobot(tmp_path, "limits", "console:bo", "100")  # beside the running service
         assert limit.returncode == 0 and "100 tokens a day" in limit.stdout
         assert "console:bo: 100" in iobot(tmp_path, "limits").stdout
+        assert iobot(tmp_path, "limits", "console:bo").stdout.strip() == "console:bo: 100 tokens a day"
+        assert iobot(tmp_path, "limits", "console:bo", "-5").returncode == 2
         time.sleep(1.2)  # the service re-reads limits at most once a second
         service.stdin.write("ask second question\n")
         service.stdin.flush()
