@@ -9,10 +9,14 @@ import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import aiohttp
 import httpx
+from aiohttp import web
+from slack_sdk.errors import SlackApiError
 
 from adapters.console import ConsoleAdapter
 from adapters.discord import DiscordAccess, DiscordAdapter
+from adapters.slack import SlackAdapter
 from core.client import IOClient
 from core.emulator import Emulator
 from core.images import ImageLimits
@@ -72,6 +76,33 @@ def make_service(
     return Service(client, ledger, quotas, config, http)
 
 
+async def start_slack(
+    settings: Settings, service: Service, http: httpx.AsyncClient, web_app: web.Application, stack: AsyncExitStack
+) -> SlackAdapter:
+    """Slack over HTTP (routes on the service's server) or, with SLACK_APP_TOKEN, over Socket Mode."""
+    slack = SlackAdapter(
+        service,
+        bot_token=settings.slack_bot_token.get_secret_value(),
+        signing_secret=settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None,
+        api_url=settings.slack_api_url,
+        file_hosts=settings.slack_file_hosts,
+        http=http,
+        image_limits=service.config.image_limits,
+    )
+    stack.push_async_callback(slack.close)  # runs after the drain, once the HTTP server has stopped
+    try:
+        await slack.bolt.client.auth_test()
+    except SlackApiError as exc:
+        raise SettingsError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
+    except aiohttp.ClientError as exc:
+        raise SettingsError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
+    if settings.slack_app_token is None:
+        slack.add_routes(web_app)  # before the server starts: aiohttp freezes its routes then
+    else:
+        await slack.start_socket_mode(settings.slack_app_token.get_secret_value())
+    return slack
+
+
 async def run(settings: Settings, *, emulator: bool) -> int:
     """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set.
 
@@ -88,6 +119,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         service = make_service(settings, client, ledger, quotas, http)
         health = HealthState(ledger, client, quotas)
         web_app = make_http_app(health)
+        slack = await start_slack(settings, service, http, web_app, stack) if settings.slack_enabled else None
         runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, port)
@@ -112,7 +144,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
                 state_dir=Path(settings.database_path).resolve().parent,
             )
             tasks.append(asyncio.create_task(discord_bot.start(), name="discord"))
-        if not tasks:
+        if not tasks and slack is None:
             console = ConsoleAdapter(service, user=getpass.getuser())
             tasks.append(asyncio.create_task(console.run(), name="console"))
         for task in tasks:

@@ -43,8 +43,9 @@ __all__ = [
 class ImageError(Exception):
     """An image was refused; `str(error)` is a short sentence fit to show the person (names the file).
 
-    `reason` is a short fixed word for metrics: empty, damaged, not_image, too_large, too_many_pixels,
-    too_many_images, download, address or file.
+    `reason` is a short fixed word for metrics and adapters: empty, damaged, not_image, too_large,
+    too_many_pixels, too_many_images, download, html (a web page came back, often a sign-in page),
+    address or file.
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -362,7 +363,7 @@ async def _read_body(response: httpx.Response, name: str, limits: ImageLimits) -
     if not response.is_success:
         raise ImageError(f"{failed}: the server answered HTTP {response.status_code}.", "download")
     if response.headers.get("content-type", "").lower().startswith("text/html"):
-        raise ImageError(f"{failed}: an HTML page came back instead of the image.", "download")
+        raise ImageError(f"{failed}: an HTML page came back instead of the image.", "html")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise _too_large(name, limits)

@@ -322,3 +322,63 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
     assert charged == settled and answers == settled
     if not settled:
         assert "cancelled 50 request(s)" in (tmp_path / "stderr.log").read_text()
+
+
+def slack_environment(tmp_path: Path, standin, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+    env.update(
+        SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url,
+        IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
+    )
+    env.update(extra)
+    return env
+
+
+async def test_iobot_run_serves_slack_over_http_from_its_settings(tmp_path):
+    """The wiring: SLACK_* settings make `iobot run` take signed slash commands at /slack/events."""
+    import asyncio
+
+    from tests.standins.slack import SlackStandIn, command_body, signed_headers
+
+    async with SlackStandIn(bot_token="xoxb-process-test") as standin:
+        stderr = tmp_path / "stderr.log"
+        bot = await asyncio.create_subprocess_exec(
+            *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=slack_environment(tmp_path, standin)
+        )
+        try:
+            await standin.wait_for(lambda: re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()), timeout=20)
+            port = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()).group(1)
+            body = command_body("ask What is io.net?", user="U0ANA", response_url=standin.response_url("r1"), trigger_id="t1")
+            async with httpx.AsyncClient() as http:
+                ack = await http.post(
+                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    headers=signed_headers(body, "process-signing-secret", "application/x-www-form-urlencoded"),
+                )
+                forged = await http.post(
+                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    headers=signed_headers(body, "wrong-secret", "application/x-www-form-urlencoded"),
+                )
+            assert ack.status_code == 200 and forged.status_code == 401
+            [answer] = await standin.wait_for(lambda: standin.responses("r1"), timeout=20)
+            assert "What is io.net?" in json.dumps(answer)
+            bot.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(bot.wait(), timeout=20) == 0
+        finally:
+            if bot.returncode is None:
+                bot.kill()
+    assert "xoxb-process-test" not in stderr.read_text() and "process-signing-secret" not in stderr.read_text()
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        assert db.execute("SELECT user, requests FROM usage").fetchall() == [("slack:T0TEST:U0ANA", 1)]
+
+
+async def test_a_refused_slack_token_is_a_clear_error(tmp_path):
+    import asyncio
+
+    from tests.standins.slack import SlackStandIn
+
+    async with SlackStandIn(bot_token="xoxb-the-real-one") as standin:
+        env = slack_environment(tmp_path, standin, SLACK_BOT_TOKEN="xoxb-a-wrong-one")
+        bot = await asyncio.create_subprocess_exec(*IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, stderr = await asyncio.wait_for(bot.communicate(), timeout=20)
+    assert bot.returncode == 2
+    assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in stderr.decode() and "xoxb-a-wrong-one" not in stderr.decode()

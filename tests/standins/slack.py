@@ -1,0 +1,300 @@
+"""Slack on 127.0.0.1, for tests and benchmarks: the Web API, the file host, `response_url`, Socket Mode.
+
+It records every call (`calls`), keeps the messages the bot posts so that `conversations.replies`
+returns them, and serves files the way Slack does: with the bot token in `Authorization` the file,
+without it a sign-in page (HTML, status 200). Requests to the app under test are signed here with
+slack_sdk's own `SignatureVerifier`, as Slack signs them.
+
+slack_sdk sends some methods as JSON, others as form data or query parameters: all are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import WSMsgType, web
+from slack_sdk.signature import SignatureVerifier
+
+TEAM_ID = "T0TEST"
+BOT_USER_ID = "U0BOT"
+BOT_ID = "B0BOT"
+SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to your workspace</body></html>"
+
+
+@dataclass
+class Call:
+    """One request the stand-in received: a Web API method, "download", "response" or "socket_ack"."""
+
+    method: str
+    args: dict[str, Any]
+    token: str | None = None
+
+
+@dataclass
+class StoredFile:
+    id: str
+    name: str
+    body: bytes
+    mimetype: str
+    html: bool = False  # always answer with the sign-in page, as Slack does without files:read
+    redirect_to: str | None = None
+
+
+@dataclass
+class SlackStandIn:
+    bot_token: str
+    app_token: str | None = None
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    base_url: str = ""  # http://127.0.0.1:PORT, set by start()
+    _clock: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
+    _runner: web.AppRunner | None = None
+    _sockets: list[web.WebSocketResponse] = field(default_factory=list)
+
+    # --- lifecycle ---
+
+    async def start(self) -> SlackStandIn:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/files/{id}/{name}", self._download)
+        app.router.add_post("/response/{key}", self._response)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def stop(self) -> None:
+        for socket in self._sockets:
+            await socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> SlackStandIn:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/api/"
+
+    # --- what tests set up ---
+
+    def next_ts(self) -> str:
+        return f"{next(self._clock)}.000100"
+
+    def add_message(self, channel: str, user: str, text: str, *, thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+        """A message a person wrote, stored as Slack would; returns it (usable as an event's body)."""
+        message = {"type": "message", "user": user, "text": text, "ts": self.next_ts(), **extra}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        self.messages.setdefault(channel, []).append(message)
+        return message
+
+    def add_file(
+        self, name: str, body: bytes, mimetype: str = "image/png", *, html: bool = False,
+        redirect_to: str | None = None, url: str | None = None,
+    ) -> dict[str, Any]:
+        """A file as an event lists it; `url` replaces its download link (e.g. with another host)."""
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        self.files[file_id] = StoredFile(file_id, name, body, mimetype, html, redirect_to)
+        link = url or f"{self.base_url}/files/{file_id}/{name}"
+        return {
+            "id": file_id, "name": name, "mimetype": mimetype, "filetype": name.rsplit(".", 1)[-1], "size": len(body),
+            "url_private": link, "url_private_download": link,
+        }
+
+    def response_url(self, key: str) -> str:
+        return f"{self.base_url}/response/{key}"
+
+    # --- what tests read ---
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    def responses(self, key: str) -> list[dict[str, Any]]:
+        return [call.args["body"] for call in self.calls_to("response") if call.args["key"] == key]
+
+    def thread(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The thread's messages now, oldest first (the parent included)."""
+        found = [m for m in self.messages.get(channel, []) if thread_ts in (m["ts"], m.get("thread_ts"))]
+        return sorted(found, key=lambda message: float(message["ts"]))
+
+    def bot_replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+        return [m for m in self.thread(channel, thread_ts) if m.get("bot_id") == BOT_ID]
+
+    async def wait_for(self, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Poll until `condition()` is truthy; returns its value, or fails the test after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for the app")
+            await asyncio.sleep(0.01)
+        return value
+
+    # --- Socket Mode ---
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], retry_attempt: int = 0) -> str:
+        """Push an envelope ("slash_commands", "events_api") to the connected app; returns its id."""
+        await self.wait_for(lambda: self._sockets)
+        envelope_id = uuid.uuid4().hex
+        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "accepts_response_payload": kind != "events_api"}
+        if kind == "events_api":
+            envelope.update(retry_attempt=retry_attempt, retry_reason="timeout" if retry_attempt else "")
+        await self._sockets[-1].send_str(json.dumps(envelope))
+        return envelope_id
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse(autoping=True)
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        await socket.send_str(json.dumps({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0TEST"}}))
+        async for frame in socket:
+            if frame.type == WSMsgType.TEXT:
+                self.calls.append(Call("socket_ack", json.loads(frame.data)))
+        return socket
+
+    # --- the Web API ---
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            args.update(await request.json())
+        elif request.body_exists:
+            args.update(await request.post())
+        if isinstance(args.get("blocks"), str):
+            args["blocks"] = json.loads(args["blocks"])
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token if scheme == "Bearer" else args.pop("token", None)
+        self.calls.append(Call(method, args, token))
+        if token not in (self.bot_token, self.app_token) or token is None:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"})
+        result = handler(args)
+        return web.json_response({"ok": "error" not in result, **result})
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": "https://stand-in.slack.com/", "team": "Stand-in", "user": "iobot", "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False}
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": args.get("text", ""),
+                   "blocks": args.get("blocks", []), "ts": self.next_ts()}
+        if args.get("thread_ts"):
+            message["thread_ts"] = args["thread_ts"]
+        self.messages.setdefault(args["channel"], []).append(message)
+        return {"channel": args["channel"], "ts": message["ts"], "message": message}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(args["channel"], args["ts"])
+        if message is None:
+            return {"error": "message_not_found"}
+        message["text"] = args.get("text", "")
+        if "blocks" in args:
+            message["blocks"] = args["blocks"]
+        return {"channel": args["channel"], "ts": args["ts"], "text": message["text"]}
+
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(args["channel"], args["ts"])
+        if message is None:
+            return {"error": "message_not_found"}
+        self.messages[args["channel"]].remove(message)
+        return {"channel": args["channel"], "ts": args["ts"]}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"message_ts": self.next_ts()}
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        found = self.thread(args["channel"], args["ts"])
+        if not found:
+            return {"error": "thread_not_found"}
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {"messages": page, "has_more": more, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        stored = self.files.get(args["file"])
+        if stored is None:
+            return {"error": "file_not_found"}
+        link = f"{self.base_url}/files/{stored.id}/{stored.name}"
+        return {"file": {"id": stored.id, "name": stored.name, "mimetype": stored.mimetype, "size": len(stored.body),
+                         "url_private": link, "url_private_download": link}}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.base_url.replace("http://", "ws://") + "/socket"}
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        return next((m for m in self.messages.get(channel, []) if m["ts"] == ts), None)
+
+    # --- files and response_url ---
+
+    async def _download(self, request: web.Request) -> web.Response:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        self.calls.append(Call("download", {"path": request.path, "host": request.host}, token or None))
+        stored = self.files.get(request.match_info["id"])
+        if stored is None:
+            raise web.HTTPNotFound()
+        if stored.redirect_to:
+            raise web.HTTPFound(stored.redirect_to)
+        if stored.html or scheme != "Bearer" or token != self.bot_token:
+            return web.Response(text=SIGN_IN_PAGE, content_type="text/html")
+        return web.Response(body=stored.body, content_type=stored.mimetype)
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.calls.append(Call("response", {"key": request.match_info["key"], "body": await request.json()}))
+        return web.Response(text="ok")
+
+
+# --- signed requests, as Slack sends them ---------------------------------------------------------
+
+
+def signed_headers(body: str, signing_secret: str, content_type: str, *, timestamp: int | None = None) -> dict[str, str]:
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SignatureVerifier(signing_secret).generate_signature(timestamp=stamp, body=body)
+    return {"Content-Type": content_type, "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
+
+
+def command_fields(text: str, *, user: str, response_url: str, trigger_id: str, channel: str = "C0GENERAL") -> dict[str, str]:
+    """A `/io` slash command's fields."""
+    return {
+        "token": "deprecated-verification-token", "team_id": TEAM_ID, "team_domain": "stand-in",
+        "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
+        "command": "/io", "text": text, "api_app_id": "A0TEST", "is_enterprise_install": "false",
+        "response_url": response_url, "trigger_id": trigger_id,
+    }
+
+
+def command_body(text: str, **fields: str) -> str:
+    """A `/io` slash command, form-encoded as Slack posts it over HTTP."""
+    return urlencode(command_fields(text, **fields))
+
+
+def event_fields(event: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+    """An Events API delivery wrapping `event`."""
+    return {
+        "token": "deprecated-verification-token", "team_id": TEAM_ID, "api_app_id": "A0TEST", "event": event,
+        "type": "event_callback", "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+        "event_time": int(time.time()), "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+    }
+
+
+def event_body(event: dict[str, Any], *, event_id: str | None = None) -> str:
+    """An Events API delivery, as JSON as Slack posts it over HTTP."""
+    return json.dumps(event_fields(event, event_id=event_id))
