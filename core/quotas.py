@@ -71,9 +71,6 @@ class QuotaTable:
     def chat_models(self) -> list[ModelLimits]:
         return [row for row in self if row.kind == "chat"]
 
-    def vision_models(self) -> list[ModelLimits]:
-        return [row for row in self if row.kind == "chat" and row.images]
-
 
 def parse_quota_table(text: str, source: str = "quota table") -> QuotaTable:
     try:

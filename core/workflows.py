@@ -13,16 +13,6 @@ from typing import Any
 
 from .errors import UnexpectedResponseError
 
-ENTITY_KINDS = ("persons", "organizations", "locations", "dates", "events")
-MODERATION_CATEGORIES = (
-    "extreme_profanity",
-    "sexually_explicit",
-    "hate_speech",
-    "harassment",
-    "self_harm",
-    "dangerous_content",
-)
-
 
 @dataclass(frozen=True)
 class Summary:

@@ -22,7 +22,7 @@ def test_the_built_in_table_has_every_model_of_the_seed():
     assert table.get("Qwen/Qwen2-VL-7B-Instruct").context_length is None  # N/A in the source
     embed = table.get("BAAI/bge-multilingual-gemma2")
     assert embed.kind == "embedding" and embed.embeddings_daily_tokens == 50_000_000 and embed.api_daily_tokens is None
-    assert [m.name for m in table.vision_models()] == ["meta-llama/Llama-3.2-90B-Vision-Instruct", "Qwen/Qwen2-VL-7B-Instruct"]
+    assert [m.name for m in table if m.images] == ["meta-llama/Llama-3.2-90B-Vision-Instruct", "Qwen/Qwen2-VL-7B-Instruct"]
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="the seed document lives beside the project, not in it")
