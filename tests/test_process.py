@@ -382,3 +382,48 @@ async def test_a_refused_slack_token_is_a_clear_error(tmp_path):
         _, stderr = await asyncio.wait_for(bot.communicate(), timeout=20)
     assert bot.returncode == 2
     assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in stderr.decode() and "xoxb-a-wrong-one" not in stderr.decode()
+
+
+def test_a_stream_cut_off_on_discord_is_told_released_and_the_next_answered(tmp_path):
+    """Discord answers stream: a cut stream through a real iobot run ends in a message, not a hang or a charge."""
+    import asyncio
+
+    from tests.standins.discord import TOKEN, DiscordStandIn
+
+    emulator = Emulator()
+
+    async def main() -> tuple[list[str], int]:
+        async with DiscordStandIn() as standin:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+            env.update(
+                DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url,
+                IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url, IOBOT_FALLBACK_MODELS="",
+                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
+            )
+            bot = await asyncio.create_subprocess_exec(*IOBOT, "run", stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            try:
+                await standin.wait_for(lambda: standin.identifies, timeout=20)
+                emulator.inject(kind="cut_stream", path="/chat/completions")
+                cut = await standin.post("<@1000> this answer will break", mention_bot=True)
+                broken = await standin.wait_for(
+                    lambda: [m["content"] for m in standin.replies_to(cut) if "cut off" in m["content"]] or None, timeout=20
+                )
+                fine = await standin.post("<@1000> and this one?", mention_bot=True)
+                answered = await standin.wait_for(
+                    lambda: [m["content"] for m in standin.replies_to(fine) if "-# " in m["content"]] or None, timeout=20
+                )
+                bot.send_signal(signal.SIGTERM)
+                return broken + answered, await asyncio.wait_for(bot.wait(), timeout=20)
+            finally:
+                if bot.returncode is None:
+                    bot.kill()
+
+    try:
+        replies, code = asyncio.run(main())
+    finally:
+        emulator.stop()
+    assert "cut off by the AI service" in replies[0] and 'you asked "and this one?"' in replies[-1]
+    assert code == 0
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+        assert db.execute("SELECT COALESCE(SUM(requests), 0) FROM usage").fetchone()[0] == 1, "only the answer is charged"
+        assert db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
