@@ -31,6 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.chunks import ThrottledEdits
+from core.commands import is_informational
 from core.client import Message
 from core.images import ImageError, ImageLimits, download_image
 from core.service import Progress, Reply, Request, Service
@@ -53,6 +54,7 @@ REMEMBERED = 10_000  # event ids, messages and threads remembered
 ASKED_CHARS = 150  # of a slash command's text, repeated above its in-channel answer
 CLOSE_GRACE = 5.0  # seconds that answers already computed get to be posted when the adapter closes
 INTERRUPTED = "iobot was restarted before it could answer. Please ask again."
+WORKING = "Working on it…"  # the acknowledgement, seen by the asker alone while the answer is worked out
 # Message subtypes a person makes by writing; edits, deletions, joins and bots' messages have others.
 WRITTEN = (None, "file_share", "thread_broadcast")
 
@@ -160,10 +162,11 @@ class SlackAdapter:
     async def _on_command(
         self, ack: AsyncAck, command: Payload, respond: AsyncRespond, context: AsyncBoltContext
     ) -> None:
-        await ack()
+        text = from_slack(command.get("text", ""))
+        await (ack() if is_informational(text) else ack(text=WORKING))
         async with self._tracked():
             await self._after_acknowledgements()
-            user, text = command["user_id"], from_slack(command.get("text", ""))
+            user = command["user_id"]
             request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
             try:
                 reply = await self.service.handle(request)

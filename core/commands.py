@@ -134,6 +134,17 @@ def parse_command(text: str) -> Command:
     return command
 
 
+INFORMATIONAL = ("help", "agents", "models", "usage")  # answered at once, to the asker alone
+
+
+def is_informational(text: str) -> bool:
+    """Whether a line asks for help, agents, models or usage, or is malformed: answered at once, privately."""
+    try:
+        return parse_command(text).name in INFORMATIONAL
+    except UsageError:
+        return True
+
+
 def help_text(topic: str = "") -> str:
     """The help, in the neutral markdown that adapters render: every command, or one."""
     if topic in COMMANDS:

@@ -19,7 +19,7 @@ import httpx
 
 from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
-from .commands import DEFAULT_VISION_QUESTION, Command, UsageError, help_text, parse_command
+from .commands import DEFAULT_VISION_QUESTION, INFORMATIONAL, Command, UsageError, help_text, parse_command
 from .errors import IOIntelligenceError, RateLimitError
 from .images import ImageError, ImageLimits, fetch_public_image, prepare_images, read_local_image
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
@@ -83,9 +83,6 @@ class ServiceConfig:
     user_requests_per_minute: int = 20
     max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
     queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
-
-
-INFORMATIONAL = ("help", "agents", "models", "usage")
 
 
 class Service:

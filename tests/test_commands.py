@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.commands import COMMANDS, Command, UsageError, help_text, parse_command
+from core.commands import COMMANDS, Command, UsageError, help_text, is_informational, parse_command
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,12 @@ def test_help_lists_every_command_with_its_usage():
     for spec in COMMANDS.values():
         assert f"`{spec.usage}`" in text
     assert help_text("translate").startswith("`translate <language> <text>`")
+
+
+@pytest.mark.parametrize(
+    ("line", "informational"),
+    [("help", True), ("usage", True), ("models", True), ("agents", True), ("translate", True),
+     ("ask hi", False), ("hi there", False), ("help me", False), ("summarize 5 text", False)],
+)
+def test_informational_lines_are_recognised_for_instant_private_answers(line, informational):
+    assert is_informational(line) is informational
