@@ -427,3 +427,40 @@ def test_a_stream_cut_off_on_discord_is_told_released_and_the_next_answered(tmp_
     with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
         assert db.execute("SELECT COALESCE(SUM(requests), 0) FROM usage").fetchone()[0] == 1, "only the answer is charged"
         assert db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+
+
+async def test_slack_and_discord_in_one_process_leak_no_secret_even_at_debug(tmp_path):
+    """Both platforms at once, DEBUG logging (libraries included): no token, secret or key in the log."""
+    import asyncio
+
+    from tests.standins.discord import TOKEN, DiscordStandIn
+    from tests.standins.slack import SlackStandIn, command_body, signed_headers
+
+    async with DiscordStandIn() as discord_standin, SlackStandIn(bot_token="xoxb-debug-secret") as slack_standin:
+        env = slack_environment(
+            tmp_path, slack_standin, SLACK_SIGNING_SECRET="debug-signing-secret", IOBOT_LOG_LEVEL="DEBUG",
+            DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=discord_standin.api_url, DISCORD_GATEWAY_URL=discord_standin.gateway_url,
+        )
+        stderr = tmp_path / "stderr.log"
+        bot = await asyncio.create_subprocess_exec(*IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=env)
+        try:
+            await discord_standin.wait_for(lambda: discord_standin.identifies, timeout=20)
+            question = await discord_standin.post("<@1000> hi", mention_bot=True)
+            await discord_standin.wait_for(lambda: [m for m in discord_standin.replies_to(question) if "-# " in m["content"]] or None, timeout=20)
+            port = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()).group(1)
+            body = command_body("ask hello", user="U0ANA", response_url=slack_standin.response_url("r1"), trigger_id="t1")
+            async with httpx.AsyncClient() as http:
+                await http.post(
+                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    headers=signed_headers(body, "debug-signing-secret", "application/x-www-form-urlencoded"),
+                )
+            await slack_standin.wait_for(lambda: slack_standin.responses("r1"), timeout=20)
+            bot.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(bot.wait(), timeout=20) == 0
+        finally:
+            if bot.returncode is None:
+                bot.kill()
+    log = stderr.read_text()
+    assert "DEBUG" in log
+    for secret in (TOKEN, "xoxb-debug-secret", "debug-signing-secret", "emulator-key"):
+        assert secret not in log, secret
