@@ -22,6 +22,22 @@ import pytest
 IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
 
 
+def clean_environment(workdir: Path, **extra: str) -> dict:
+    """No settings from the machine; the ledger in `workdir`; the HTTP server on a free loopback port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+    env.update(IOBOT_DATABASE_URL=f"sqlite:///{workdir / 'ledger.sqlite3'}", IOBOT_HOST="127.0.0.1", IOBOT_PORT="0")
+    env.update(extra)
+    return env
+
+
+def discord_environment(workdir: Path, standin, **extra: str) -> dict:
+    from tests.standins.discord import TOKEN
+
+    return clean_environment(
+        workdir, DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url, **extra
+    )
+
+
 class Emulator:
     """`iobot emulator` in its own process, driven through its control endpoints."""
 
@@ -50,13 +66,10 @@ class Bot:
     """`iobot run` on the console, its stdin and stdout piped."""
 
     def __init__(self, workdir: Path, emulator: Emulator, **env: str) -> None:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-        environment.update(
+        environment = clean_environment(
+            workdir,
             IOINTELLIGENCE_API_KEY="io-v2-process-test-key",
             IOINTELLIGENCE_BASE_URL=emulator.base_url,
-            IOBOT_DATABASE_URL=f"sqlite:///{workdir / 'ledger.sqlite3'}",
-            IOBOT_HOST="127.0.0.1",
-            IOBOT_PORT="0",
             IOBOT_MAX_RETRIES="1",
             IOBOT_API_TIMEOUT="2",
             IOBOT_FALLBACK_MODELS="",
@@ -223,15 +236,7 @@ async def test_iobot_run_starts_discord_from_its_settings_and_stops_cleanly(tmp_
     from tests.standins.discord import TOKEN, DiscordStandIn
 
     async with DiscordStandIn() as standin:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-        env.update(
-            DISCORD_BOT_TOKEN=TOKEN,
-            DISCORD_API_URL=standin.api_url,
-            DISCORD_GATEWAY_URL=standin.gateway_url,
-            IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-            IOBOT_HOST="127.0.0.1",
-            IOBOT_PORT="0",
-        )
+        env = discord_environment(tmp_path, standin)
         bot = await asyncio.create_subprocess_exec(
             *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=(tmp_path / "stderr.log").open("w"), env=env
         )
@@ -259,12 +264,8 @@ def test_a_refused_discord_token_is_logged_clearly_and_exits_1(tmp_path):
 
     async def main() -> tuple[int, str]:
         async with DiscordStandIn() as standin:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-            env.update(
-                DISCORD_BOT_TOKEN="not-the-right-token", DISCORD_API_URL=standin.api_url,
-                DISCORD_GATEWAY_URL=standin.gateway_url, IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
-                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
-            )
+            env = discord_environment(tmp_path, standin)
+            env["DISCORD_BOT_TOKEN"] = "not-the-right-token"
             bot = await asyncio.create_subprocess_exec(
                 *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
             )
@@ -286,12 +287,10 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
 
     async def main() -> tuple[int, float, int]:
         async with DiscordStandIn() as standin:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-            env.update(
-                DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url,
-                IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url, IOBOT_API_TIMEOUT="60",
-                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
-                IOBOT_SHUTDOWN_GRACE=grace, IOBOT_USER_REQUESTS_PER_MINUTE="1000", IOBOT_USER_DAILY_TOKENS="10000000",
+            env = discord_environment(
+                tmp_path, standin, IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url,
+                IOBOT_API_TIMEOUT="60", IOBOT_SHUTDOWN_GRACE=grace, IOBOT_USER_REQUESTS_PER_MINUTE="1000",
+                IOBOT_USER_DAILY_TOKENS="10000000",
             )
             bot = await asyncio.create_subprocess_exec(
                 *IOBOT, "run", stdin=subprocess.DEVNULL, stderr=(tmp_path / "stderr.log").open("w"), env=env
@@ -325,13 +324,8 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
 
 
 def slack_environment(tmp_path: Path, standin, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-    env.update(
-        SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url,
-        IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
-    )
-    env.update(extra)
-    return env
+    settings = dict(SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url)
+    return clean_environment(tmp_path, **{**settings, **extra})
 
 
 async def test_iobot_run_serves_slack_over_http_from_its_settings(tmp_path):
@@ -394,11 +388,9 @@ def test_a_stream_cut_off_on_discord_is_told_released_and_the_next_answered(tmp_
 
     async def main() -> tuple[list[str], int]:
         async with DiscordStandIn() as standin:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-            env.update(
-                DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url,
-                IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url, IOBOT_FALLBACK_MODELS="",
-                IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", IOBOT_PORT="0", IOBOT_HOST="127.0.0.1",
+            env = discord_environment(
+                tmp_path, standin, IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url,
+                IOBOT_FALLBACK_MODELS="",
             )
             bot = await asyncio.create_subprocess_exec(*IOBOT, "run", stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
             try:
@@ -437,10 +429,10 @@ async def test_slack_and_discord_in_one_process_leak_no_secret_even_at_debug(tmp
     from tests.standins.slack import SlackStandIn, command_body, signed_headers
 
     async with DiscordStandIn() as discord_standin, SlackStandIn(bot_token="xoxb-debug-secret") as slack_standin:
-        env = slack_environment(
-            tmp_path, slack_standin, SLACK_SIGNING_SECRET="debug-signing-secret", IOBOT_LOG_LEVEL="DEBUG",
-            DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=discord_standin.api_url, DISCORD_GATEWAY_URL=discord_standin.gateway_url,
-        )
+        env = {
+            **discord_environment(tmp_path, discord_standin),
+            **slack_environment(tmp_path, slack_standin, SLACK_SIGNING_SECRET="debug-signing-secret", IOBOT_LOG_LEVEL="DEBUG"),
+        }
         stderr = tmp_path / "stderr.log"
         bot = await asyncio.create_subprocess_exec(*IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=env)
         try:
