@@ -13,7 +13,7 @@ from collections import deque
 from typing import TextIO
 
 from core.client import Message
-from core.render import short_model_name, to_plain
+from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
 HISTORY_MESSAGES = 20  # the earlier turns sent along with each question
@@ -71,8 +71,7 @@ class ConsoleAdapter:
         text = to_terminal(reply.text, bold=self.interactive)
         lines = [text, *(f"note: {note}" for note in reply.notes)]
         if reply.model:
-            tokens = f", {reply.usage.total_tokens} tokens" if reply.usage else ""
-            lines.append(f"-- {short_model_name(reply.model)}{tokens}")
+            lines.append(f"-- {model_line(reply.model, reply.usage)}")
         return "\n".join(lines) + "\n"
 
     def _write(self, text: str) -> None:

@@ -28,7 +28,7 @@ from core.chunks import FENCE, ThrottledEdits, split_message
 from core.client import Message
 from core.commands import COMMANDS, DEFAULT_SUMMARY_WORDS, DEFAULT_VISION_QUESTION, MAX_SUMMARY_WORDS, Command, UsageError
 from core.images import ImageError, ImageLimits, download_image
-from core.render import short_model_name
+from core.render import model_line
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
 from core.settings import Settings
 
@@ -408,8 +408,7 @@ def render(reply: Reply, notes: Sequence[str] = ()) -> str:
         text += "\n```"  # an answer cut off inside a code block: close it before the footer
     footer = [*notes, *reply.notes]
     if reply.model:
-        tokens = f" · {reply.usage.total_tokens:,} tokens" if reply.usage else ""
-        footer.append(short_model_name(reply.model) + tokens)
+        footer.append(model_line(reply.model, reply.usage))
     return "\n".join([text, *(f"-# {line}" for line in footer)])
 
 

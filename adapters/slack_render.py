@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.chunks import split_message
-from core.render import short_model_name
+from core.render import model_line
 from core.service import Reply
 
 SlackMessage = dict[str, Any]  # chat.postMessage / chat.update / response_url arguments: text and blocks
@@ -148,8 +148,7 @@ def reply_messages(
         messages[0]["blocks"].insert(0, context_block([asked]))
     footer = ["\n".join(plain(note) for note in notes)] if notes else []
     if reply.model:
-        tokens = f" · {reply.usage.total_tokens:,} tokens" if reply.usage else ""
-        footer.append(f"_{plain(short_model_name(reply.model))}{tokens}_")
+        footer.append(f"_{plain(model_line(reply.model, reply.usage))}_")
     if footer:
         messages[-1]["blocks"].append(context_block(footer))
     return messages

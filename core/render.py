@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from .client import AgentInfo
+from .client import AgentInfo, Usage
 from .quotas import QuotaTable
 from .workflows import (
     Classification,
@@ -128,3 +128,8 @@ def code_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def short_model_name(model: str) -> str:
     return model.rsplit("/", 1)[-1]
+
+
+def model_line(model: str, usage: Usage | None) -> str:
+    """Which model answered and what it cost, for a reply's footer: `Llama-3.3-70B-Instruct · 812 tokens`."""
+    return short_model_name(model) + (f" · {usage.total_tokens:,} tokens" if usage else "")
