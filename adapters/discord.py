@@ -90,9 +90,7 @@ class DiscordAccess:
         if guild is None:
             if not self.allow_dms:
                 return False
-        elif guild in self.blocked_guilds or (self.allowed_guilds and guild not in self.allowed_guilds):
-            return False
-        elif channels & self.blocked_channels or (self.allowed_channels and not channels & self.allowed_channels):
+        elif guild in self.blocked_guilds or (self.allowed_guilds and guild not in self.allowed_guilds) or channels & self.blocked_channels or (self.allowed_channels and not channels & self.allowed_channels):
             return False
         if self.allowed_users or self.allowed_roles:
             return user in self.allowed_users or bool(roles & self.allowed_roles)

@@ -31,8 +31,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.chunks import ThrottledEdits
-from core.commands import is_informational
 from core.client import Message
+from core.commands import is_informational
 from core.images import ImageError, ImageLimits, download_image
 from core.service import Progress, Reply, Request, Service
 

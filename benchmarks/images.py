@@ -33,10 +33,10 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from PIL import Image, ImageChops  # noqa: E402
+import httpx
+from PIL import Image, ImageChops
 
-from core.images import ImageLimits, download_image, prepare_image, prepare_images  # noqa: E402
+from core.images import ImageLimits, download_image, prepare_image, prepare_images
 
 ROUNDS = 5
 IMAGES_PER_ROUND = 4

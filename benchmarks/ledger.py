@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.ledger import PRAGMAS, SQLiteLedger  # noqa: E402
+from core.ledger import PRAGMAS, SQLiteLedger
 
 TASKS = 64
 SECONDS = 3.0

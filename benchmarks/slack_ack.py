@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
-import httpx  # noqa: E402
-from aiohttp import web  # noqa: E402
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request  # noqa: E402
-from slack_bolt.async_app import AsyncAck, AsyncApp  # noqa: E402
-from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
+import aiohttp
+import httpx
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.standins.slack import SlackStandIn, command_body, signed_headers  # noqa: E402
+from tests.standins.slack import SlackStandIn, command_body, signed_headers
 
 SECRET = "benchmark-signing-secret"
 BOT_TOKEN = "xoxb-benchmark-token"

@@ -141,7 +141,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
                 access=DiscordAccess.from_settings(settings),
                 http=http,
                 image_limits=service.config.image_limits,
-                state_dir=Path(settings.database_path).resolve().parent,
+                state_dir=Path(settings.database_path).resolve().parent,  # noqa: ASYNC240 (once, at start)
             )
             tasks.append(asyncio.create_task(discord_bot.start(), name="discord"))
         if not tasks and slack is None:

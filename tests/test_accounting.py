@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import pytest
 
 from core.emulator import Fault
 from core.quotas import parse_quota_table

@@ -27,16 +27,7 @@ from core.errors import (
     StreamInterruptedError,
     UnprocessableEntityError,
 )
-from core.workflows import (
-    Classification,
-    CustomResult,
-    Entities,
-    Moderation,
-    Reasoning,
-    Sentiment,
-    Summary,
-    Translation,
-)
+from core.workflows import Classification, CustomResult, Entities, Moderation, Reasoning, Sentiment, Summary, Translation
 
 from .conftest import API_KEY
 
@@ -127,9 +118,8 @@ async def test_models_in_the_newer_shape(client):
 
 
 async def test_models_in_the_openai_shape():
-    async with Emulator(api_key=API_KEY, models_shape="openai") as emulator:
-        async with IOClient(emulator.base_url, API_KEY) as client:
-            models = {model.id: model for model in await client.models()}
+    async with Emulator(api_key=API_KEY, models_shape="openai") as emulator, IOClient(emulator.base_url, API_KEY) as client:
+        models = {model.id: model for model in await client.models()}
     assert MODEL in models and VISION_MODEL in models
     assert models[MODEL].supports_images is None  # this shape does not say
 

@@ -23,7 +23,18 @@ from core.settings import SettingsError, load_settings
 
 from .conftest import png_bytes
 from .standins.discord import (
-    ALICE, BOB, BOT_ID, DM_CHANNEL, EPHEMERAL, GENERAL, GUILD_ID, MEMBER_ROLE, OTHER_BOT, RANDOM, THREAD, TOKEN,
+    ALICE,
+    BOB,
+    BOT_ID,
+    DM_CHANNEL,
+    EPHEMERAL,
+    GENERAL,
+    GUILD_ID,
+    MEMBER_ROLE,
+    OTHER_BOT,
+    RANDOM,
+    THREAD,
+    TOKEN,
     DiscordStandIn,
 )
 
@@ -326,7 +337,7 @@ async def test_the_vision_slash_command_takes_an_attachment(bot, standin, emulat
         [{"name": "image", "type": 11, "value": image["id"]}, {"name": "question", "type": 3, "value": "Which colour?"}],
         resolved={"attachments": {image["id"]: image}},
     )
-    [call] = await standin.wait_for(lambda: standin.calls_to("POST", rf"/webhooks/\d+/{interaction['token']}"))
+    [_] = await standin.wait_for(lambda: standin.calls_to("POST", rf"/webhooks/\d+/{interaction['token']}"))
     await standin.wait_for(lambda: "-# Llama-3.2-90B-Vision-Instruct" in standin.bot_messages()[-1]["content"])
     parts = chat_calls(emulator)[-1].body["messages"][-1]["content"]
     assert {"type": "text", "text": "Which colour?"} in parts

@@ -412,7 +412,7 @@ def test_read_local_image_refuses_a_big_file_without_opening_it(tmp_path: Path, 
         raise AssertionError("the file was opened")
 
     monkeypatch.setattr(Path, "open", no_open)
-    with pytest.raises(ImageError, match="huge.jpg is over the 20 MB limit"):
+    with pytest.raises(ImageError, match=r"huge\.jpg is over the 20 MB limit"):
         read_local_image(big, LIMITS)
 
 
@@ -672,5 +672,5 @@ async def test_only_http_links_are_fetched(url: str, watched_http: tuple[httpx.A
 
 
 async def test_an_unknown_host_is_reported(http: httpx.AsyncClient) -> None:
-    with pytest.raises(ImageError, match="the host no-such-host.invalid was not found"):
+    with pytest.raises(ImageError, match=r"the host no-such-host\.invalid was not found"):
         await fetch_public_image(http, "https://no-such-host.invalid/cat.png", limits=LIMITS)

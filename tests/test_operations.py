@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 
 from core.emulator import Emulator
@@ -44,16 +43,15 @@ async def test_a_person_over_the_rate_limit_is_told_and_others_are_served(client
 
 
 async def test_a_burst_waits_for_a_slot_and_past_the_queue_timeout_is_told_busy(ledger):
-    async with Emulator(answer_delay=0.3) as slow:
-        async with httpx.AsyncClient() as http:
-            from core.client import IOClient
+    async with Emulator(answer_delay=0.3) as slow, httpx.AsyncClient() as http:
+        from core.client import IOClient
 
-            async with IOClient(slow.base_url, "key") as client:
-                service = Service(
-                    client, ledger, load_quota_table(),
-                    ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http,
-                )
-                replies = await asyncio.gather(*(service.handle(Request(user=f"console:u{i}", text="hi")) for i in range(6)))
+        async with IOClient(slow.base_url, "key") as client:
+            service = Service(
+                client, ledger, load_quota_table(),
+                ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http,
+            )
+            replies = await asyncio.gather(*(service.handle(Request(user=f"console:u{i}", text="hi")) for i in range(6)))
     outcomes = sorted(reply.outcome for reply in replies)
     # Two run at once, 0.3 s each: four finish inside the 0.45 s queue timeout, two are told the bot is busy.
     assert outcomes == ["ok", "ok", "ok", "ok", "refused", "refused"]

@@ -79,7 +79,7 @@ class Bot:
         environment.update(env)
         self.stderr_path = workdir / "stderr.log"
         self.process = subprocess.Popen(
-            IOBOT + ["run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
+            [*IOBOT, "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
             text=True, cwd=workdir, env=environment,
         )
         self.database = workdir / "ledger.sqlite3"
@@ -281,7 +281,7 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
     """Within the grace period all 50 finish and are charged; past it, all are cancelled and released."""
     import asyncio
 
-    from tests.standins.discord import TOKEN, DiscordStandIn
+    from tests.standins.discord import DiscordStandIn
 
     emulator = Emulator(delay=delay)
 
@@ -382,7 +382,7 @@ def test_a_stream_cut_off_on_discord_is_told_released_and_the_next_answered(tmp_
     """Discord answers stream: a cut stream through a real iobot run ends in a message, not a hang or a charge."""
     import asyncio
 
-    from tests.standins.discord import TOKEN, DiscordStandIn
+    from tests.standins.discord import DiscordStandIn
 
     emulator = Emulator()
 

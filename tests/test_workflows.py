@@ -10,15 +10,7 @@ import pytest
 
 from core.client import _retry_after, describe_error_body, strip_reasoning
 from core.errors import UnexpectedResponseError
-from core.workflows import (
-    Classification,
-    Entities,
-    Moderation,
-    Sentiment,
-    Summary,
-    normalise_result,
-    workflow_body,
-)
+from core.workflows import Classification, Entities, Moderation, Sentiment, Summary, normalise_result, workflow_body
 
 
 def test_summary_from_an_object_a_string_and_json_in_a_string():
