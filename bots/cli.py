@@ -98,11 +98,17 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
         return
     table = [
         (row.day.isoformat(), row.user, row.model, f"{row.requests:,}", f"{row.total_tokens:,}",
-         f"{row.estimated_tokens:,}", f"{limits[row.user]:,}")
+         f"{row.estimated_tokens:,}", f"{row.interrupted_tokens:,}", f"{limits[row.user]:,}")
         for row in rows
     ]
-    header = ("day", "user", "model", "requests", "tokens", "estimated", "user limit/day")
+    header = ("day", "user", "model", "requests", "tokens", "estimated", "interrupted", "user limit/day")
     print(text_table(header, table))
+    interrupted = sum(row.interrupted_requests for row in rows)
+    if interrupted:
+        print(
+            f"interrupted: {interrupted:,} call(s) cut off when iobot stopped without finishing them; their estimate "
+            "counts against the model's daily quota, not the person's budget."
+        )
 
 
 async def _limits(args: argparse.Namespace, settings: Settings) -> int:
