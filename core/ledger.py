@@ -36,9 +36,9 @@ How `SQLiteLedger` stays exact and fast:
   few minutes (a platform's retries), and each transaction looks up the others in one query before
   it writes. Keys older than KEY_RETENTION are deleted a small chunk at a time, off the hot path.
 * A per-person limit set by any process applies to the next reservation after `set_user_limit`
-  returns: before checking, `reserve` asks SQLite whether another connection committed since it last
-  looked (`PRAGMA data_version`, one look shared by every reservation waiting on it) and re-reads
-  the limits if so.
+  returns: `set_user_limit` bumps a change counter in the same transaction, and `reserve` reads that
+  counter (and, when it moved, the overrides) before its checks, through a second, synchronous
+  connection: one indexed read of a few microseconds, with no `await` to let the check go stale.
 * WAL with `synchronous=NORMAL`: a commit survives the process being killed; a power cut may lose
   the last commits (under-counting a few requests) but never corrupts the file.
 """
@@ -68,6 +68,7 @@ PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA b
 KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least this long
 RECENT_KEYS_SECONDS = 600.0  # the owner keeps this much of its own keys in memory; older ones are looked up
 PRUNE_CHUNK = 1_000  # expired keys deleted per transaction, so that no reservation waits long behind it
+PRUNE_PAUSE = 0.01  # seconds between two chunks, in which the reservations' transactions have the file
 
 
 class LedgerError(Exception):
@@ -295,6 +296,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_by_model ON usage (day, model, total_tokens, interrupted_tokens);
     -- the key a reservation holds, freed if a crash cuts its call off
     ALTER TABLE reservations ADD COLUMN idempotency_key TEXT;
+    -- bumped with every change to user_limits, so that the owner sees a change at its next reservation
+    CREATE TABLE limits_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+    INSERT INTO limits_version (id, version) VALUES (1, 0);
     -- the process that owns the file, for the message that refuses a second one
     CREATE TABLE owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
                         started_at REAL NOT NULL);
@@ -358,6 +362,8 @@ RESERVED_BY_MODEL = "SELECT model, SUM(tokens) FROM reservations WHERE day = ? G
 SETTLED_SUM = "SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ?"
 SPENT_SUM = "SELECT COALESCE(SUM(total_tokens + interrupted_tokens), 0) FROM usage WHERE day = ?"
 RESERVED_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE day = ?"
+LIMITS_VERSION = "SELECT version FROM limits_version"
+USER_LIMITS = "SELECT user, tokens FROM user_limits"
 
 
 class _Batch:
@@ -408,8 +414,8 @@ class SQLiteLedger:
         self._open: dict[int | str, tuple[Reservation, float]] = {}
         self._recent_keys: OrderedDict[str, float] = OrderedDict()
         self._limits: dict[str, int] = {}
-        self._data_version: int | None = None  # PRAGMA data_version when the limits were last read
-        self._limits_look: asyncio.Task[None] | None = None
+        self._limits_reader: sqlite3.Connection | None = None  # the owner's synchronous look at limits_version
+        self._limits_version: int | None = None
         self._last_id = 0
         self._today = date.min
 
@@ -492,8 +498,11 @@ class SQLiteLedger:
             self._model_used[date.fromisoformat(day), model] = tokens
         for day, user, tokens in await self._db.execute_fetchall(SETTLED_BY_USER_SINCE, (since,)):
             self._user_used[date.fromisoformat(day), user] = tokens
-        await self._look_at_limits()
-        self._start_pruning(now)
+        self._limits = {user: tokens for user, tokens in await self._db.execute_fetchall(USER_LIMITS)}
+        if self._path != ":memory:":  # a memory database is this connection's alone: no one else sets limits
+            self._limits_reader = sqlite3.connect(self._path, timeout=1.0, isolation_level=None)
+            self._refresh_limits_if_changed()
+        self._start_pruning()
 
     # --- reserve, settle, release: the owner's hot path ---
 
@@ -503,8 +512,8 @@ class SQLiteLedger:
         self._check_owner()
         if tokens < 0:
             raise ValueError("tokens must not be negative")
-        await self._fresh_limits()
         # From here to the write there is no await: the checks and the charge are one atomic step.
+        self._refresh_limits_if_changed()
         now = self._now()
         day = now.date()
         if day != self._today:
@@ -637,7 +646,7 @@ class SQLiteLedger:
         for totals in (self._model_used, self._user_used):
             for key in [key for key in totals if key[0] < keep_from]:
                 del totals[key]
-        self._start_pruning(now)
+        self._start_pruning()
 
     def _charge(self, reservation: Reservation, tokens: int) -> None:
         by_user = (reservation.day, reservation.user)
@@ -689,43 +698,35 @@ class SQLiteLedger:
             remembered = batch.rows[REMEMBER_KEY]
             remembered[:] = [row for row in remembered if row[0] not in batch.duplicates]
 
-    def _start_pruning(self, now: datetime) -> None:
+    def _start_pruning(self) -> None:
+        """Start deleting expired keys; one already at work reads the clock at each chunk, so it is enough."""
         if self._pruner is None or self._pruner.done():
-            self._pruner = asyncio.create_task(self._prune_keys((now - KEY_RETENTION).timestamp()))
+            self._pruner = asyncio.create_task(self._prune_keys())
 
-    async def _prune_keys(self, cutoff: float) -> None:
-        """Delete keys older than `cutoff`, PRUNE_CHUNK per transaction, letting the batches in between."""
-        deleted = PRUNE_CHUNK
+    async def _prune_keys(self) -> None:
+        """Delete keys older than KEY_RETENTION, PRUNE_CHUNK per transaction, leaving the file to the batches in between."""
         try:
-            while deleted == PRUNE_CHUNK:
+            while True:
                 async with self._db_lock:
+                    cutoff = (self._now() - KEY_RETENTION).timestamp()
                     cursor = await self._db.execute(FORGET_KEYS, (cutoff, PRUNE_CHUNK))
-                    deleted = cursor.rowcount
-                await asyncio.sleep(0)
+                if cursor.rowcount < PRUNE_CHUNK:
+                    return
+                await asyncio.sleep(PRUNE_PAUSE)
         except sqlite3.Error as exc:  # the keys are only older than needed; the next day tries again
             log.warning("could not delete expired idempotency keys: %s", exc)
 
-    # --- limits: read fresh before each reservation ---
-
-    async def _fresh_limits(self) -> None:
-        """Make the overrides at least as fresh as this call; a look begun before it may have missed a change."""
-        earlier = self._limits_look
-        if earlier is not None:
-            await asyncio.gather(asyncio.shield(earlier), return_exceptions=True)
-        look = self._limits_look
-        if look is None or look is earlier or look.done():
-            look = self._limits_look = asyncio.create_task(self._look_at_limits())  # one look for all who wait now
+    def _refresh_limits_if_changed(self) -> None:
+        """Re-read the overrides if any process changed one since the last look (a few microseconds when not)."""
+        if self._limits_reader is None:
+            return
         try:
-            await asyncio.shield(look)
+            [(version,)] = self._limits_reader.execute(LIMITS_VERSION).fetchall()
+            if version != self._limits_version:
+                self._limits = dict(self._limits_reader.execute(USER_LIMITS).fetchall())
+                self._limits_version = version
         except sqlite3.Error as exc:
             raise LedgerError(f"could not read the budgets: {exc}") from exc
-
-    async def _look_at_limits(self) -> None:
-        """Re-read the overrides if another connection (`iobot limits`) committed since the last look."""
-        [(version,)] = await self._db.execute_fetchall("PRAGMA data_version")
-        if version != self._data_version:
-            self._data_version = version
-            self._limits = {user: tokens for user, tokens in await self._db.execute_fetchall("SELECT user, tokens FROM user_limits")}
 
     # --- queries and limits: any process ---
 
@@ -757,14 +758,22 @@ class SQLiteLedger:
             raise ValueError("a daily budget must not be negative")
         self._check_open()
         async with self._db_lock:
-            if tokens is None:
-                await self._db.execute("DELETE FROM user_limits WHERE user = ?", (user,))
-            else:
-                await self._db.execute(
-                    "INSERT INTO user_limits (user, tokens) VALUES (?, ?)"
-                    " ON CONFLICT (user) DO UPDATE SET tokens = excluded.tokens",
-                    (user, tokens),
-                )
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if tokens is None:
+                    await self._db.execute("DELETE FROM user_limits WHERE user = ?", (user,))
+                else:
+                    await self._db.execute(
+                        "INSERT INTO user_limits (user, tokens) VALUES (?, ?)"
+                        " ON CONFLICT (user) DO UPDATE SET tokens = excluded.tokens",
+                        (user, tokens),
+                    )
+                await self._db.execute("UPDATE limits_version SET version = version + 1")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
         if tokens is None:
             self._limits.pop(user, None)
         else:
@@ -787,6 +796,8 @@ class SQLiteLedger:
             await asyncio.gather(self._pruner, return_exceptions=True)
         if self._flusher is not None:
             await self._flusher
+        if self._limits_reader is not None:
+            self._limits_reader.close()
         await self._db.close()
         if self._owner_lock is not None:
             self._owner_lock.release()  # after the connection: see _OwnerLock

@@ -353,20 +353,8 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(ledger):
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(outcomes[3], asyncio.CancelledError)
     assert all(isinstance(outcome, Reservation) for n, outcome in enumerate(outcomes) if n != 3)
-    # Cancelled while the budgets were being looked at, before anything was held.
-    assert await ledger.used_today(model=LLAMA) == 900
-
-
-async def test_a_reservation_cancelled_while_it_is_written_is_held_until_the_ttl(ledger, clock):
-    writing = asyncio.create_task(ledger.reserve(user=ANN, model=LLAMA, tokens=100, model_limit=None))
-    while ledger._pending is None:  # charged in memory and queued for the next transaction
-        await asyncio.sleep(0)
-    writing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writing
-    assert await ledger.used_today(model=LLAMA) == 100
-    clock.advance(seconds=901)
-    assert await ledger.expire_stale() == 1
+    # The cancelled call's reservation was written all the same and waits for the TTL.
+    assert await ledger.used_today(model=LLAMA) == 1_000
 
 
 async def test_stale_reservations_expire(open_ledger, clock):
@@ -469,6 +457,7 @@ async def test_open_reads_no_keys_and_expired_ones_are_deleted_in_small_chunks_w
     open_ledger, tmp_path, clock, statements, monkeypatch
 ):
     monkeypatch.setattr(ledger_module, "PRUNE_CHUNK", 100)
+    monkeypatch.setattr(ledger_module, "PRUNE_PAUSE", 0.001)
     await (await open_ledger()).close()
     old = (clock.now - timedelta(days=3)).timestamp()
     add_keys(tmp_path / "ledger.sqlite3", 5_000, old, "old-")
