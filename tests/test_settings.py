@@ -28,7 +28,7 @@ def test_defaults_match_the_design():
     assert settings.model == "meta-llama/Llama-3.3-70B-Instruct"
     assert settings.vision_model == "meta-llama/Llama-3.2-90B-Vision-Instruct"
     assert len(settings.fallback_models) >= 2
-    assert settings.database_url == "sqlite:///iobot.sqlite3" and settings.database_path == "iobot.sqlite3"
+    assert settings.database_url.get_secret_value() == "sqlite:///iobot.sqlite3" and settings.database_path == "iobot.sqlite3"
     assert settings.user_daily_tokens == 50_000
     assert (settings.host, settings.port) == ("0.0.0.0", 3000)
     assert settings.slack_api_url == "https://slack.com/api/" and settings.slack_file_hosts == ["files.slack.com"]
