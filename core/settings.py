@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if mask_passwords(value) != value:  # the HTTP clients would send it in place of the token
+            raise ValueError("must not carry a password: the API key or bot token is the credential")
         return value
 
     @field_validator("discord_gateway_url")

@@ -45,7 +45,7 @@ def test_mask_passwords(text, masked):
 def test_the_database_url_is_a_secret_in_the_settings(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IOBOT_DATABASE_URL", "sqlite:///data/ledger.sqlite3")
-    monkeypatch.setenv("IOINTELLIGENCE_BASE_URL", f"https://bob:{PASSWORD}@proxy.internal/api/v1")
+    monkeypatch.setenv("DISCORD_GATEWAY_URL", f"wss://bob:{PASSWORD}@proxy.internal/")
     settings = load_settings()
     assert settings.database_path == "data/ledger.sqlite3" and settings.database_url.kind == "sqlite"
     assert str(settings.database_url) == "sqlite:///data/ledger.sqlite3", "a URL without a password shows whole"
