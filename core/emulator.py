@@ -336,7 +336,7 @@ class Emulator:
         try:
             fault = Fault(**await request.json())
         except (ValueError, TypeError) as exc:
-            return web.json_response({"detail": f"Invalid fault: {exc}"}, status=400)
+            return ApiError(400, f"Invalid fault: {exc}").response()
         self.inject(fault)
         return web.Response(status=204)
 
