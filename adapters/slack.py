@@ -17,17 +17,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import httpx
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from core.chunks import ThrottledEdits
@@ -57,6 +59,7 @@ INTERRUPTED = "iobot was restarted before it could answer. Please ask again."
 WORKING = "Working on it…"  # the acknowledgement, seen by the asker alone while the answer is worked out
 # Message subtypes a person makes by writing; edits, deletions, joins and bots' messages have others.
 WRITTEN = (None, "file_share", "thread_broadcast")
+MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes; more is refused unread
 
 
 class SlackAdapter:
@@ -111,10 +114,26 @@ class SlackAdapter:
         web_app.router.add_post("/slack/events", self._serve)
 
     async def _serve(self, request: web.Request) -> web.Response:
+        """Hand a request to Bolt once it is known to be Slack's: small, signed, and readable.
+
+        Anything else is refused with 413, 401 or 400 before any work, and logged in one line:
+        an oversized body unread, an unsigned one unparsed.
+        """
         self._acknowledging += 1
         self._acknowledged.clear()
         try:
-            return await to_aiohttp_response(await self.bolt.async_dispatch(await to_bolt_request(request)))
+            raw = await _read_at_most(request, MAX_REQUEST_BYTES)
+            if raw is None:
+                return _refuse(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+            assert self._signing_secret is not None  # add_routes requires it
+            text = _signed_text(raw, request.headers, self._signing_secret)
+            if text is None:
+                return _refuse(401, "missing, stale or wrong signature")
+            try:  # Bolt parses the body as it builds the request: JSON, a form, or a form carrying JSON
+                bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+            except Exception as error:  # whatever a body Bolt cannot read raises, it is the sender's fault
+                return _refuse(400, f"malformed body ({type(error).__name__})")
+            return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
         finally:
             self._acknowledging -= 1
             if not self._acknowledging:
@@ -436,3 +455,35 @@ def _unless_blank(update: Progress) -> Progress:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None if it is over `limit` bytes: refused by its Content-Length unread,
+    or, sent in chunks without one, as soon as it passes the limit."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _signed_text(raw: bytes, headers: Mapping[str, str], signing_secret: str) -> str | None:
+    """The body as text if Slack signed it (within the last 5 minutes), else None."""
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    signature = headers.get("X-Slack-Signature", "")
+    # slack_sdk's check takes these as given: int() of a non-number, or comparing non-ASCII, would raise.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and signature.isascii()):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if SignatureVerifier(signing_secret).is_valid(text, timestamp, signature) else None
+
+
+def _refuse(status: int, why: str) -> web.Response:
+    log.info("refused a request to /slack/events: %s", why)
+    return web.Response(status=status, text=f"{why}\n")
