@@ -88,3 +88,42 @@ def test_help_lists_every_command_with_its_usage():
 )
 def test_informational_lines_are_recognised_for_instant_private_answers(line, informational):
     assert is_informational(line) is informational
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("summarize\xa05\xa0Some text", Command("summarize", text="Some text", max_words=5)),  # no-break spaces
+        ("summarize\u200b5\u3000Some text", Command("summarize", text="Some text", max_words=5)),  # zero-width, ideographic
+        ("\u200b\ufeff help \u200b", Command("help")),
+        ("\uff28\uff25\uff2c\uff30", Command("help")),  # fullwidth
+        ("summarize \u0665\u0660 Some text", Command("summarize", text="Some text", max_words=50)),  # Arabic-Indic digits
+        ("summarize \u00b2 Some text", Command("summarize", text="\u00b2 Some text")),  # a superscript is no number
+        ("summarize \u00bd", Command("summarize", text="\u00bd")),
+        ("classify Bug,bug,feature Crash", Command("classify", text="Crash", labels=("Bug", "feature"))),
+        ("classify a\u200d,b Crash", Command("classify", text="Crash", labels=("a", "b"))),
+        ("translate pt-BR Good morning", Command("translate", text="Good morning", language="pt-BR")),
+    ],
+)
+def test_unicode_spaces_digits_and_invisible_characters(line, expected):
+    assert parse_command(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "summarize +-5 Some text",
+        "summarize --5 Some text",
+        f"summarize {'9' * 5000} Some text",  # int() would refuse over 4,300 digits
+        "summarize 0000000000005 Some text",
+        "summarize 1001 Some text",
+        "classify " + ",".join(f"l{i}" for i in range(21)) + " Some text",
+        "classify " + "x" * 51 + ",y Some text",
+        "classify \u200b,\u200b Some text",
+        "translate ² Some text",
+        "translate " + "x" * 41 + " Some text",
+    ],
+)
+def test_malformed_numbers_labels_and_languages_get_the_usage_line(line):
+    with pytest.raises(UsageError):
+        parse_command(line)
