@@ -28,7 +28,7 @@ from core.chunks import FENCE, ThrottledEdits, split_message
 from core.client import Message
 from core.commands import COMMANDS, DEFAULT_SUMMARY_WORDS, DEFAULT_VISION_QUESTION, MAX_SUMMARY_WORDS, Command, UsageError
 from core.images import ImageError, ImageLimits, download_image
-from core.render import model_line
+from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
 from core.settings import Settings
 
@@ -377,7 +377,7 @@ class AnswerMessages:
 
     async def show(self, text: str) -> None:
         """Make the messages show `text`: edit the pieces that changed, post new ones, delete the surplus."""
-        pieces = split_message(text, MESSAGE_LIMIT)
+        pieces = message_pieces(text)
         for index, piece in enumerate(pieces):
             if index < len(self._shown):
                 message, shown = self._shown[index]
@@ -390,6 +390,20 @@ class AnswerMessages:
         for message, _ in self._shown[len(pieces) :]:
             await message.delete()
         del self._shown[len(pieces) :]
+
+
+def message_pieces(text: str) -> list[str]:
+    """`text` as Discord messages: each within the limit, code blocks intact, every link's target in view.
+
+    Links are revealed before the split and again in each piece, since a cut through a code span
+    turns the rest of it back into markdown, where a link would hide its target again. A piece that
+    grew past the limit is split anew; each growth takes a link away, so this ends.
+    """
+    pieces = []
+    for piece in split_message(reveal_links(text), MESSAGE_LIMIT):
+        revealed = reveal_links(piece)
+        pieces += [revealed] if len(revealed) <= MESSAGE_LIMIT else message_pieces(revealed)
+    return pieces
 
 
 def followups(interaction: discord.Interaction, *, ephemeral: bool) -> AnswerMessages:
