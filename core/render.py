@@ -51,12 +51,19 @@ def render_result(result: WorkflowResult) -> str:
         case Moderation():
             return _moderation(result)
         case Translation(text, language):
-            return f"**{language.capitalize()}:** {text}"
+            return f"**{language_title(language)}:** {text}"
         case Classification(label, labels):
             return f"**Label:** {label} (out of {', '.join(labels)})"
         case Reasoning(text) | CustomResult(text):
             return text
     raise TypeError(f"no rendering for {type(result).__name__}")
+
+
+def language_title(language: str) -> str:
+    """A language as a heading: `french` capitalised, anything written with capitals or as a code (`pt-BR`) as it is."""
+    if language.replace(" ", "").isalpha() and language.islower():
+        return language[0].upper() + language[1:]
+    return language
 
 
 def _moderation(result: Moderation) -> str:
