@@ -115,7 +115,7 @@ def first_argument(name: str, rest: str) -> tuple[str, str]:
     quotes = next((family for family in QUOTES if rest[:1] and rest[0] in family), None)
     if quotes is None:
         return split_word(rest)
-    end = next((index for index, ch in enumerate(rest[1:], 1) if ch in quotes or ch == "\n"), -1)
+    end = min((found for found in (rest.find(ch, 1) for ch in quotes + "\n") if found != -1), default=-1)
     if end == -1 or rest[end] == "\n":
         raise UsageError(name, "A quote was opened and not closed on the same line.")
     return trim(rest[1:end]), trim(rest[end + 1 :])
@@ -123,7 +123,7 @@ def first_argument(name: str, rest: str) -> tuple[str, str]:
 
 def parse_language(language: str) -> str:
     """A language as sent to the API, its case kept (`pt-BR`); UsageError unless it looks like one."""
-    language = _argument(language)
+    language = _argument(language[: MAX_LANGUAGE_CHARS * 4])  # cut first: longer is refused anyway
     if not language:
         raise UsageError("translate", "Say which language to translate into, then the text.")
     if len(language) > MAX_LANGUAGE_CHARS or not any(ch.isalpha() for ch in language):
@@ -133,6 +133,8 @@ def parse_language(language: str) -> str:
 
 def parse_labels(labels: str) -> tuple[str, ...]:
     """Comma-separated labels, each once whatever its case; UsageError unless there are 2 to MAX_LABELS short ones."""
+    if len(labels) > MAX_LABELS * (MAX_LABEL_CHARS + 1) * 2:  # refused before the work of reading them
+        raise UsageError("classify", f"Give at most {MAX_LABELS} labels of at most {MAX_LABEL_CHARS} characters each.")
     found: dict[str, str] = {}
     for label in _argument(labels).split(","):
         label = trim(label)
