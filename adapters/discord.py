@@ -525,12 +525,11 @@ def slash_commands(answer: Answer) -> list[app_commands.Command]:
         url: str | None = None,
         question: str = DEFAULT_VISION_QUESTION,
     ) -> None:
-        if image is None and not url:
-            await interaction.response.send_message("Attach an image or give a link to one.", ephemeral=True)
-            return
         # An attachment travels as the request's images; a link is the grammar's `vision <url>`.
         def command() -> Command:
-            return Command("vision", image=parse_image(url), text=question) if url else Command("ask", text=question)
+            if image is not None and not url:
+                return Command("ask", text=question)
+            return Command("vision", image=parse_image(url or ""), text=question)  # neither: the usage error
 
         await checked(interaction, command, *([image] if image else []))
 

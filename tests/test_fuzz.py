@@ -217,3 +217,23 @@ async def test_the_console_answers_any_line(service, replies, line):
         assert stdout.getvalue().strip()
     else:
         assert not line.replace("\n", " ").strip(), "only a blank line goes unanswered"
+
+
+SLASH_OPTIONS = {"translate": ("language", "text"), "classify": ("labels", "text"), "vision": ("url", "question")}
+
+
+@given(st.sampled_from(sorted(SLASH_OPTIONS)), WORD, WORD)
+@END_TO_END
+async def test_discord_slash_commands_answer_any_options(discord_bot, standin, replies, caplog, name, first, second):  # noqa: F811
+    replies.clear()
+    first_option, second_option = SLASH_OPTIONS[name]
+    options = [{"name": first_option, "type": 3, "value": first}, {"name": second_option, "type": 3, "value": second or "x"}]
+    interaction = await standin.invoke(name, options)
+    [callback] = await standin.wait_for(lambda: standin.calls_to("POST", rf"/interactions/{interaction['id']}/.*"))
+    if callback.body["type"] == 4:  # answered at once: the options were malformed
+        assert "\nUsage: " in callback.body["data"]["content"] and not replies
+    else:
+        await standin.wait_for(lambda: replies and standin.calls_to("POST", rf"/webhooks/\d+/{interaction['token']}"))
+        [(_, reply)] = replies
+        assert reply.text != UNEXPECTED_FAILURE and reply.outcome in ("ok", "refused")
+    no_errors_logged(caplog)
