@@ -14,7 +14,7 @@ from core.render import reveal_links
 from .standins.discord import BOT_ID, DM_CHANNEL
 from .test_discord import bot as discord_bot  # noqa: F401  (the Discord tests' fixtures)
 from .test_discord import http, make_adapter, service, standin  # noqa: F401
-from .test_slack import BOT_USER_ID, CHANNEL, CROWD_PING, slack, start_bot  # noqa: F401  (the Slack tests' fixtures)
+from .test_slack import CROWD_PING, slack, start_bot  # noqa: F401  (the Slack tests' fixtures)
 from .test_slack import bot as slack_bot  # noqa: F401
 
 PHISHING = "[https://good.example](https://evil.example/login)"
