@@ -509,7 +509,7 @@ def test_the_manifest_asks_for_what_the_adapter_uses():
 def test_markdown_becomes_mrkdwn_and_code_is_left_alone():
     markdown = "# Plan\n**Bold** and ~~old~~, see [docs](https://io.net/docs?a=1&b=2).\n- one\n* two\n```python\nx = a**2 < b\n```\nUse `**kwargs`."
     assert to_mrkdwn(markdown) == (
-        "*Plan*\n*Bold* and ~old~, see <https://io.net/docs?a=1&amp;b=2|docs>.\n• one\n• two\n```\nx = a**2 &lt; b\n```\nUse `**kwargs`."
+        "*Plan*\n*Bold* and ~old~, see docs (<https://io.net/docs?a=1&amp;b=2>).\n• one\n• two\n```\nx = a**2 &lt; b\n```\nUse `**kwargs`."
     )
 
 
