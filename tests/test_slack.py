@@ -245,11 +245,14 @@ async def emulator_saw_the_question(emulator) -> None:
 
 
 async def test_an_over_budget_person_is_told_privately_and_nothing_is_called(bot, ledger, emulator, slack):
-    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 100)
+    person = f"slack:{TEAM_ID}:{ANA}"
+    await ledger.set_user_limit(person, 1_000)
+    reservation = await ledger.reserve(user=person, model=MODEL, tokens=0, model_limit=None)
+    await ledger.settle(reservation, prompt_tokens=900, completion_tokens=0, estimated=False)
     _, key = await bot.command("ask What is io.net?")
     [answer] = await bot.responses(key)
     assert answer["response_type"] == "ephemeral"
-    assert "100" in shown(answer) and "00:00 UTC" in shown(answer)
+    assert "You have 100 of your 1,000 tokens left today" in shown(answer) and "00:00 UTC" in shown(answer)
 
     event = bot.message("What is io.net?")
     await bot.deliver(event)
