@@ -302,7 +302,8 @@ class SlackAdapter:
             said = _said(error)
             log.warning("could not read thread %s in %s: %s", event["thread_ts"], event["channel"], said)
             return [], [f"I could not read this thread's earlier messages (Slack: {said})."]
-        notes = [f"This thread is long: its first message and the newest {len(messages) - 1} went along."] if cut else []
+        replies = sum(message.get("ts") != event["thread_ts"] for message in messages)
+        notes = [f"This thread is long: its first message and the newest {replies} went along."] if cut else []
         return thread_turns(messages, context.bot_user_id, context.bot_id), notes
 
     # --- files ---------------------------------------------------------------------------------------
@@ -500,7 +501,7 @@ async def thread_before(
     earlier = [m for m in first["messages"] if m.get("ts") != thread_ts and float(m["ts"]) < end]
     if not first.get("has_more"):
         return parent + earlier[-THREAD_HISTORY:], len(earlier) > THREAD_HISTORY
-    # Every reply up to `low` is at least a page away from the end; the best window holds enough.
+    # The replies up to `low` are more than a page from the end: the window's start lies between it and the end.
     low, high = float(earlier[-1]["ts"]) if earlier else float(thread_ts), end
     newest: list[Payload] = []
     crowded = earlier
