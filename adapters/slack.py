@@ -47,7 +47,16 @@ from core.commands import is_informational
 from core.images import ImageError, ImageLimits, download_image
 from core.service import Progress, Reply, Request, Service
 
-from .slack_render import PLACEHOLDER, SlackMessage, answer_messages, from_slack, placeholder, plain, reply_messages
+from .slack_render import (
+    PLACEHOLDER,
+    SlackMessage,
+    answer_messages,
+    context_block,
+    from_slack,
+    placeholder,
+    plain,
+    reply_messages,
+)
 
 log = logging.getLogger("iobot.slack")
 
@@ -417,14 +426,23 @@ class _ThreadAnswer:
             log.warning("could not update an answer in %s as it streamed (%s)", self.channel, _said(error))
 
     async def deliver(self, messages: list[SlackMessage], reply: Reply | None) -> bool:
-        """Show the finished reply; False, with a warning, when Slack would not take it."""
+        """Show the finished reply; False, with a warning, when Slack would not take all of it.
+
+        When only its first messages went up, the last of them gets a line saying the rest is missing.
+        """
         try:
             await self.show(messages)
             return True
         except WEB_API_FAILURES as error:
+            said = _said(error)
             charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply and reply.usage else ""
-            log.warning("could not post an answer in %s (%s)%s", self.channel, _said(error), charged)
-            return False
+            log.warning("could not post an answer in %s (%s)%s", self.channel, said, charged)
+        if self._posted and self._posted[-1][1] != messages[-1]:
+            ts, shown = self._posted[-1]
+            note = context_block([plain(f"The rest of this answer could not be posted (Slack: {said}).")])
+            with contextlib.suppress(*WEB_API_FAILURES):
+                await self.client.chat_update(channel=self.channel, ts=ts, text=shown["text"], blocks=[*shown["blocks"], note])
+        return False
 
     async def _remove_from(self, index: int) -> None:
         """Delete the posted messages from `index` on; one that will not go is forgotten, not retried."""

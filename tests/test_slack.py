@@ -557,6 +557,19 @@ async def test_an_answer_that_outgrows_a_failing_edit_is_posted_in_order(bot, sl
     assert PLACEHOLDER not in whole
 
 
+async def test_the_part_of_a_long_answer_slack_would_not_take_is_named(bot, slack, ledger, caplog):
+    slack.fail("chat.postMessage", "html_502", after=1)  # the placeholder goes up, nothing after it
+    event = bot.message("emulate:long=7000 tell me everything")
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.postMessage")[1:] and not bot.adapter._working)
+    [shown_part] = slack.bot_replies(CHANNEL, event["ts"])
+    assert shown_part["text"].startswith("This paragraph comes from the IO Intelligence emulator"), "the first part"
+    assert "The rest of this answer could not be posted (Slack: HTTP 502)." in shown(shown_part)
+    assert [row.requests for row in await ledger.usage()] == [1], "computed and settled: it stays charged"
+    assert any("stay charged" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    no_loud_logs(caplog)
+
+
 # --- long threads ----------------------------------------------------------------------------------
 
 
