@@ -205,8 +205,8 @@ class SlackAdapter:
             response_type = "ephemeral" if reply.private else "in_channel"
             for message in reply_messages(reply, asked=asked, max_messages=RESPONSE_URL_POSTS):
                 if not await _respond(response_url, {**message, "response_type": response_type}):
-                    if reply.usage:
-                        log.warning("an answer to /io was not delivered; its %d tokens stay charged", reply.usage.total_tokens)
+                    charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply.usage else ""
+                    log.warning("an answer to /io was not delivered%s", charged)
                     return
 
     # --- conversations: mentions, DMs, thread follow-ups -----------------------------------------
@@ -274,7 +274,7 @@ class SlackAdapter:
         except WEB_API_FAILURES as error:
             said = _said(error)
             log.warning("could not answer privately in %s (%s)", answer.channel, said)
-            notice = Reply(f"I could not send <@{event['user']}> my reply privately (Slack: {said}).", outcome="error")
+            notice = Reply(f"I could not send my reply privately (Slack: {said}).", outcome="error")
             await answer.deliver(reply_messages(notice), None)
             return
         await answer.show([])

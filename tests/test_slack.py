@@ -541,7 +541,7 @@ async def test_a_private_reply_slack_will_not_take_becomes_a_public_notice(bot, 
     event = bot.message("What is io.net?")
     await bot.deliver(event)
     [notice] = await bot.answer(event)
-    assert notice["text"] == f":warning: I could not send &lt;@{ANA}&gt; my reply privately (Slack: HTTP 405)."
+    assert notice["text"] == ":warning: I could not send my reply privately (Slack: HTTP 405)."
     assert "budget" not in shown(notice), "what was private stays private"
     no_loud_logs(caplog)
 
