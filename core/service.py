@@ -309,7 +309,8 @@ class Service:
                 return Reply("The model gave an empty answer. Please rephrase and try again.", outcome="error", model=model)
             notes = [_stood_in(model, passed_over)] if passed_over else []
             if fitted.dropped:
-                notes.append(f"The {fitted.dropped} oldest messages of this conversation were left out to fit {limited_by}.")
+                which = "oldest message of this conversation was" if fitted.dropped == 1 else f"{fitted.dropped} oldest messages of this conversation were"
+                notes.append(f"The {which} left out to fit {limited_by}.")
             if fitted.max_tokens < self.config.max_tokens and limited_by != CONTEXT:
                 notes.append(f"The answer was kept to about {fitted.max_tokens:,} tokens to fit {limited_by}.")
             return Reply(result.content, model=model, usage=usage, notes=tuple(notes))

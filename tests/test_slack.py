@@ -546,6 +546,18 @@ async def test_a_private_reply_slack_will_not_take_becomes_a_public_notice(bot, 
     no_loud_logs(caplog)
 
 
+async def test_a_placeholder_slack_will_not_delete_stays_and_the_private_reply_still_goes(bot, slack, ledger, caplog):
+    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 100)
+    slack.fail("chat.delete", "drop")
+    event = bot.message("What is io.net?")
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not bot.adapter._working)
+    [ephemeral] = slack.calls_to("chat.postEphemeral")
+    assert "daily budget" in shown(ephemeral.args)
+    assert any("could not delete" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    no_loud_logs(caplog)
+
+
 async def test_an_answer_that_outgrows_a_failing_edit_is_posted_in_order(bot, slack, emulator):
     slack.fail("chat.update", "html_502")
     event = bot.message("emulate:long=7000 tell me everything")
