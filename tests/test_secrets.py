@@ -96,7 +96,10 @@ def test_no_command_prints_the_password_of_a_database_url(tmp_path):
 def restore_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    yield
+    undo: list = []  # what a test changed on other loggers, undone after it
+    yield undo
+    for step in undo:
+        step()
     root.handlers[:] = handlers
     root.setLevel(level)
 
@@ -105,6 +108,10 @@ def restore_logging():
 def test_log_lines_at_every_level_mask_url_passwords(log_format, capsys, restore_logging):
     configure_logging("DEBUG", log_format)
     for name in ("iobot", "iobot.ledger", "slack_sdk.web.async_base_client", "discord.http"):
+        logger = logging.getLogger(name)
+        previous = logger.level
+        logger.setLevel(logging.NOTSET)  # earlier tests may have quietened a library's logger
+        restore_logging.append(lambda logger=logger, previous=previous: logger.setLevel(previous))
         for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
             logging.getLogger(name).log(level, "connecting to %s", DATABASE_URL)
     try:
