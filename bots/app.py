@@ -86,7 +86,6 @@ async def start_slack(
         signing_secret=settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None,
         api_url=settings.slack_api_url,
         file_hosts=settings.slack_file_hosts,
-        http=http,
         image_limits=service.config.image_limits,
     )
     stack.push_async_callback(slack.close)  # runs after the drain, once the HTTP server has stopped
@@ -139,7 +138,6 @@ async def run(settings: Settings, *, emulator: bool) -> int:
                 api_url=settings.discord_api_url,
                 gateway_url=settings.discord_gateway_url,
                 access=DiscordAccess.from_settings(settings),
-                http=http,
                 image_limits=service.config.image_limits,
                 state_dir=Path(settings.database_path).resolve().parent,  # noqa: ASYNC240 (once, at start)
             )

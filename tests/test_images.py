@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ipaddress
 import socket
 import struct
 import threading
@@ -21,15 +22,18 @@ import pytest
 from aiohttp import web
 from PIL import ExifTags, Image, ImageStat
 
+from adapters.slack import SlackAdapter
 from core import images
 from core.images import (
     ImageError,
     ImageLimits,
+    ImageSource,
     PreparedImage,
     download_image,
-    fetch_public_image,
+    may_fetch_from,
     prepare_image,
     prepare_images,
+    public_image,
     read_local_image,
 )
 
@@ -529,18 +533,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS) -> str:
+async def download(
+    http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, *, allow_loopback: bool = True, **source: object
+) -> bytes:
+    into = io.BytesIO()
+    await download_image(http, ImageSource("x.png", url, **source), into, limits=limits, allow_loopback=allow_loopback)  # type: ignore[arg-type]
+    return into.getvalue()
+
+
+async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, **source: object) -> str:
     with pytest.raises(ImageError) as caught:
-        await download_image(http, url, name="x.png", limits=limits)
+        await download(http, url, limits, **source)
     assert "x.png" in str(caught.value)
     return str(caught.value)
 
 
-async def test_download_returns_the_bytes_and_sends_the_adapters_headers(server: Server, http: httpx.AsyncClient) -> None:
+async def test_download_returns_the_bytes_and_sends_the_sources_headers(server: Server, http: httpx.AsyncClient) -> None:
     url = f"{server.base}/private.png"
     assert "HTTP 403" in await download_refusal(http, url)
-    data = await download_image(http, url, name="x.png", limits=LIMITS, headers={"Authorization": "Bearer xoxb-test"})
-    assert data == CAT
+    assert await download(http, url, headers={"Authorization": "Bearer xoxb-test"}) == CAT
 
 
 async def test_download_stops_at_the_limit_while_streaming(server: Server, http: httpx.AsyncClient) -> None:
@@ -573,6 +584,8 @@ async def test_download_does_not_follow_redirects(server: Server, http: httpx.As
 async def test_download_refuses_an_html_page(server: Server, http: httpx.AsyncClient) -> None:
     message = await download_refusal(http, f"{server.base}/page.png")
     assert message == "Could not download x.png: an HTML page came back instead of the image."
+    explained = await download_refusal(http, f"{server.base}/page.png", html_refusal="x.png: sign-in page, check scopes.")
+    assert explained == "x.png: sign-in page, check scopes."
 
 
 async def test_download_times_out_waiting_for_an_answer(server: Server, http: httpx.AsyncClient) -> None:
@@ -599,7 +612,7 @@ async def test_download_reports_an_unreachable_server(http: httpx.AsyncClient) -
     assert message == "Could not download x.png: the server could not be reached."
 
 
-# --- Public URLs (`vision <url>`) ----------------------------------------------------------------
+# --- Public addresses only (`vision <url>` and every file download) -------------------------------
 
 
 @pytest.fixture
@@ -614,37 +627,104 @@ async def watched_http() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Re
         yield client, attempted
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:{port}/cat.png",
-        "http://localhost:{port}/cat.png",
-        "http://[::1]:{port}/cat.png",
-        "http://[::ffff:127.0.0.1]:{port}/cat.png",
-        "http://10.1.2.3/cat.png",
-        "http://192.168.0.1/cat.png",
-        "http://169.254.169.254/latest/meta-data/",
-        "http://0.0.0.0:{port}/cat.png",
-        "http://224.0.0.1/cat.png",
-    ],
-)
+# Every way of writing a host that is, or reaches, this machine or a private network.
+PRIVATE_LINKS = [
+    "http://127.0.0.1:{port}/cat.png",
+    "http://localhost:{port}/cat.png",
+    "http://LOCALHOST:{port}/cat.png",
+    "http://10.1.2.3/cat.png",
+    "http://192.168.0.1/cat.png",
+    "http://100.64.0.1/cat.png",  # shared address space (carrier-grade NAT)
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://0.0.0.0:{port}/cat.png",
+    "http://0:{port}/cat.png",
+    "http://224.0.0.1/cat.png",
+    # IPv4 written as one number, in hex, in octal, or shortened: the resolver reads them all.
+    "http://2130706433:{port}/cat.png",
+    "http://0x7f000001:{port}/cat.png",
+    "http://0x7f.1:{port}/cat.png",
+    "http://017700000001:{port}/cat.png",
+    "http://127.1:{port}/cat.png",
+    "http://167772161/cat.png",  # 10.0.0.1
+    # IPv6 itself.
+    "http://[::1]:{port}/cat.png",
+    "http://[::]:{port}/cat.png",
+    "http://[fe80::1]/cat.png",  # link-local
+    "http://[fc00::1]/cat.png",  # unique local
+    "http://[fd12:3456::1]/cat.png",
+    "http://[fec0::1]/cat.png",  # site-local (deprecated, still routed by some)
+    "http://[ff02::1]/cat.png",  # multicast
+    # IPv6 that carries a private or loopback IPv4.
+    "http://[::ffff:127.0.0.1]:{port}/cat.png",  # IPv4-mapped
+    "http://[::ffff:7f00:1]:{port}/cat.png",
+    "http://[::ffff:0:127.0.0.1]/cat.png",  # SIIT, IPv4-translated
+    "http://[::ffff:0:a00:1]/cat.png",
+    "http://[::127.0.0.1]/cat.png",  # IPv4-compatible
+    "http://[::a00:1]/cat.png",
+    "http://[64:ff9b::127.0.0.1]/cat.png",  # NAT64, well-known prefix
+    "http://[64:ff9b::7f00:1]/cat.png",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # 169.254.169.254
+    "http://[64:ff9b:1::808:808]/cat.png",  # NAT64 for local use: private whatever it carries
+    "http://[2002:7f00:1::1]/cat.png",  # 6to4 of 127.0.0.1
+    "http://[2002:c0a8:1::]/cat.png",  # 6to4 of 192.168.0.1
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/cat.png",  # Teredo
+    "http://[2001:0:7f00:1:0:0:80ff:fffe]/cat.png",  # Teredo, server 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", PRIVATE_LINKS)
 async def test_private_addresses_are_refused_without_a_request(
     url: str, server: Server, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]
 ) -> None:
     client, attempted = watched_http
     with pytest.raises(ImageError, match="is a private or local address"):
-        await fetch_public_image(client, url.format(port=server.port), limits=LIMITS)
+        await download_image(client, public_image(url.format(port=server.port)), io.BytesIO(), limits=LIMITS)
     assert attempted == [] and server.hits == []
 
 
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("::ffff:8.8.8.8", True),  # a public IPv4, however it is written
+        ("64:ff9b::808:808", True),  # NAT64 to a public IPv4: how IPv6-only networks reach it
+        ("2002:808:808::1", True),  # 6to4 of a public IPv4
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1::808:808", False),
+        ("2002:a00:1::", False),
+        ("::ffff:0:7f00:1", False),
+        ("::7f00:1", False),
+        ("fec0::1", False),
+        ("ff0e::1", False),
+        ("::", False),
+    ],
+)
+def test_which_addresses_are_public(address: str, public: bool) -> None:
+    assert may_fetch_from(ipaddress.ip_address(address)) is public
+
+
+def test_loopback_allowance_covers_loopback_in_every_spelling_and_nothing_else() -> None:
+    for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::"):
+        assert may_fetch_from(ipaddress.ip_address(address), allow_loopback=True), address
+    for address in ("10.0.0.1", "64:ff9b::a00:1", "fec0::1", "::"):
+        assert not may_fetch_from(ipaddress.ip_address(address), allow_loopback=True), address
+
+
 async def test_loopback_is_allowed_only_when_asked(server: Server, http: httpx.AsyncClient) -> None:
-    name, data = await fetch_public_image(http, f"{server.base}/cat.png?size=large", limits=LIMITS, allow_loopback=True)
-    assert (name, data) == ("cat.png", CAT)
+    source = public_image(f"{server.base}/cat.png?size=large")
+    assert source.name == "cat.png"
+    assert await download(http, source.url) == CAT
     with pytest.raises(ImageError, match="private or local"):
-        await fetch_public_image(http, "http://10.1.2.3/cat.png", limits=LIMITS, allow_loopback=True)
+        await download(http, source.url, allow_loopback=False)
+    with pytest.raises(ImageError, match="private or local"):
+        await download(http, "http://10.1.2.3/cat.png")
 
 
-async def test_fetch_connects_to_the_checked_address_under_the_original_name() -> None:
+async def test_download_connects_to_the_checked_address_under_the_original_name() -> None:
     """The address that passed the check is the one connected to: a second DNS answer cannot differ."""
     seen: list[httpx.Request] = []
 
@@ -653,8 +733,10 @@ async def test_fetch_connects_to_the_checked_address_under_the_original_name() -
         return httpx.Response(200, content=CAT, headers={"Content-Type": "image/png"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        name, data = await fetch_public_image(client, "http://localhost:8080/pics/", limits=LIMITS, allow_loopback=True)
-    assert (name, data) == ("image", CAT)
+        source = public_image("http://localhost:8080/pics/")
+        into = io.BytesIO()
+        await download_image(client, source, into, limits=LIMITS, allow_loopback=True)
+    assert (source.name, into.getvalue()) == ("image", CAT)
     [request] = seen
     assert request.url.host == "127.0.0.1" and request.url.path == "/pics/"
     assert request.headers["Host"] == "localhost:8080"
@@ -664,13 +746,47 @@ async def test_fetch_connects_to_the_checked_address_under_the_original_name() -
 @pytest.mark.parametrize(
     "url", ["ftp://example.com/cat.png", "file:///etc/passwd", "javascript:alert(1)", "cat.png", "http://"]
 )
-async def test_only_http_links_are_fetched(url: str, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]) -> None:
-    client, attempted = watched_http
+def test_only_http_links_are_taken(url: str) -> None:
     with pytest.raises(ImageError, match="is not an http or https link"):
-        await fetch_public_image(client, url, limits=LIMITS)
-    assert attempted == []
+        public_image(url)
 
 
-async def test_an_unknown_host_is_reported(http: httpx.AsyncClient) -> None:
-    with pytest.raises(ImageError, match=r"the host no-such-host\.invalid was not found"):
-        await fetch_public_image(http, "https://no-such-host.invalid/cat.png", limits=LIMITS)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://no-such-host.invalid/cat.png", r"the host no-such-host\.invalid was not found"),
+        ("http://xn--zz.invalid/cat.png", r"the host xn--zz\.invalid was not found"),  # punycode that does not decode
+        ("http://xn--80ak6aa92e.invalid/cat.png", r"the host xn--80ak6aa92e\.invalid was not found"),
+        ("http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/cat.png", "is not a valid link"),
+        ("http://0177.0.0.1/cat.png", "is not a valid link"),  # octal with a leading zero: httpx refuses it
+    ],
+)
+async def test_unusual_hosts_get_a_clear_refusal(url: str, message: str, http: httpx.AsyncClient) -> None:
+    with pytest.raises(ImageError, match=message):
+        await download_image(http, ImageSource("x.png", url), io.BytesIO(), limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("url", "listed"),
+    [
+        ("https://files.slack.com/files-pri/T1-F1/cat.png", True),
+        ("https://FILES.SLACK.COM/files-pri/T1-F1/cat.png", True),
+        ("https://xn--zz.slack.com/cat.png", False),  # invalid punycode: refused, not a crash
+        ("https://xn--fles-5qa.slack.com/cat.png", False),  # "fîles": a look-alike name
+        ("https://xn--80ak6aa92e.com/cat.png", True),  # a listed punycode host matches as written
+        ("http://files.slack.com/cat.png", False),  # never the token over plain http
+        ("https://files.slack.com.evil.example/cat.png", False),
+        ("https://[::ffff:127.0.0.1]/cat.png", False),
+        ("not a link", False),
+    ],
+)
+async def test_slack_sends_its_token_only_to_listed_file_hosts(url: str, listed: bool) -> None:
+    adapter = SlackAdapter(
+        None,  # type: ignore[arg-type]  # the host check needs no service
+        bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
+        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS,
+    )
+    try:
+        assert adapter._is_file_host(url) is listed
+    finally:
+        await adapter.close()
