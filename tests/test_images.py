@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,10 @@ from PIL import ExifTags, Image, ImageStat
 
 from adapters.slack import SlackAdapter
 from core import images
+from core.client import IOClient
+from core.emulator import Emulator
 from core.images import (
+    ImageBudget,
     ImageError,
     ImageLimits,
     ImageSource,
@@ -36,6 +40,10 @@ from core.images import (
     public_image,
     read_local_image,
 )
+from core.ledger import Ledger
+from core.quotas import load_quota_table
+from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
+from core.tokens import estimate_message_tokens
 
 LIMITS = ImageLimits()
 MB = 1024 * 1024
@@ -424,6 +432,8 @@ def test_read_local_image_refuses_a_big_file_without_opening_it(tmp_path: Path, 
 
 CAT = encode(Image.new("RGB", (32, 32), "orange"), "PNG")
 BIG_BODY = 25 * MB
+# About 6 MB that PNG cannot shrink (stored uncompressed), quick to make and to decode.
+NOISE = encode(Image.merge("RGB", [Image.effect_noise((1450, 1450), 64)] * 3), "PNG", compress_level=0)
 
 
 @dataclass
@@ -501,6 +511,13 @@ async def server() -> AsyncIterator[Server]:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
+    async def noise(request: web.Request) -> web.Response:
+        return web.Response(body=NOISE, content_type="image/png")
+
+    async def late(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(body=CAT, content_type="image/png")
+
     @web.middleware
     async def record(request: web.Request, handler: object) -> web.StreamResponse:
         state.hits.append(request.path)
@@ -517,6 +534,8 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/moved.png", moved)
     app.router.add_get("/page.png", page)
     app.router.add_get("/missing.png", missing)
+    app.router.add_get("/noise.png", noise)
+    app.router.add_get("/late.png", late)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -790,3 +809,184 @@ async def test_slack_sends_its_token_only_to_listed_file_hosts(url: str, listed:
         assert adapter._is_file_host(url) is listed
     finally:
         await adapter.close()
+
+
+# --- One memory budget for every image in flight ----------------------------------------------------
+
+
+async def test_budget_queues_first_come_first_served() -> None:
+    budget = ImageBudget(100)
+    order: list[str] = []
+    first = budget.hold(60)
+    await first.__aenter__()
+    waited: list[str] = []
+
+    async def take(name: str, amount: int) -> None:
+        async def on_wait() -> None:
+            waited.append(name)
+
+        async with budget.hold(amount, on_wait):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(take("big", 60)), asyncio.create_task(take("small", 10))]
+    await asyncio.sleep(0.01)
+    # "small" would fit, but waits behind "big": nobody is overtaken for ever by smaller images.
+    assert order == [] and waited == ["big", "small"] and budget.used == 60
+    await first.__aexit__(None, None, None)
+    await asyncio.gather(*tasks)
+    assert order == ["big", "small"] and budget.used == 0
+
+
+async def test_an_image_bigger_than_the_budget_goes_alone() -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(250):
+        assert budget.used == 250
+        late = asyncio.create_task(_enter_and_leave(budget, 1))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+    await late
+    assert budget.used == 0
+
+
+async def _enter_and_leave(budget: ImageBudget, amount: int) -> None:
+    async with budget.hold(amount):
+        pass
+
+
+async def test_decoding_grows_a_share_without_waiting_and_later_images_wait() -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(20) as share:
+        share.grow_to(150)  # the image being decoded never waits: the queue always drains
+        assert budget.used == 150
+        share.grow_to(30)  # never shrinks while held
+        assert budget.used == 150
+        late = asyncio.create_task(_enter_and_leave(budget, 1))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+    await late
+    assert budget.used == 0
+
+
+async def test_a_request_that_gives_up_waiting_leaves_no_hole_in_the_queue() -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(100):
+        quitter = asyncio.create_task(_enter_and_leave(budget, 50))
+        patient = asyncio.create_task(_enter_and_leave(budget, 50))
+        await asyncio.sleep(0.01)
+        quitter.cancel()
+        await asyncio.sleep(0.01)
+    await patient
+    assert quitter.cancelled() and budget.used == 0
+
+
+async def test_downloads_wait_for_room_in_the_budget(server: Server, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    running, most = [0], [0]
+    real_download = images.download_image
+
+    async def counting_download(*args: object, **kwargs: object) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await real_download(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(images, "download_image", counting_download)
+    waits: list[int] = []
+
+    async def on_wait() -> None:
+        waits.append(1)
+
+    sources = [ImageSource(f"n{i}.png", f"{server.base}/noise.png", size=len(NOISE)) for i in range(6)]
+    budget = ImageBudget(2 * len(NOISE))
+    prepared, refusals = await prepare_images(
+        sources, ImageLimits(target_side=256), budget=budget, http=http, allow_loopback=True, on_wait=on_wait
+    )
+    assert [image.name for image in prepared] == [f"n{i}.png" for i in range(6)] and not refusals
+    assert most[0] <= 2 and len(waits) >= 4 and budget.used == 0
+
+
+async def test_downloads_are_spooled_to_disk_not_held_in_memory(server: Server, http: httpx.AsyncClient) -> None:
+    """Eight 6 MB downloads at once: each keeps at most SPOOL_IN_MEMORY in memory, the rest on disk."""
+    sources = [ImageSource(f"n{i}.png", f"{server.base}/noise.png") for i in range(8)]
+    tracemalloc.start()
+    try:
+        prepared, refusals = await prepare_images(sources, ImageLimits(target_side=256), http=http, allow_loopback=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(prepared) == 8 and not refusals
+    assert peak < 8 * len(NOISE) / 2, f"{peak / MB:.1f} MB of Python objects at peak"
+
+
+# --- The vision path: fitting the model, waiting for room ------------------------------------------
+
+VISION = "meta-llama/Llama-3.2-90B-Vision-Instruct"
+
+
+def vision_service(client: IOClient, ledger: Ledger, http: httpx.AsyncClient, **config: object) -> Service:
+    settings = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model=VISION, allow_loopback_images=True, **config)  # type: ignore[arg-type]
+    return Service(client, ledger, load_quota_table(), settings, http)
+
+
+def sent_images(emulator: Emulator) -> list[Image.Image]:
+    [call] = [r for r in emulator.requests if r.path == "/chat/completions"]
+    parts = call.body["messages"][-1]["content"]
+    urls = [part["image_url"]["url"] for part in parts if part["type"] == "image_url"]
+    return [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) for url in urls]
+
+
+async def test_ten_images_fit_the_default_vision_model(client, ledger, emulator, http) -> None:
+    """The documented "up to 10": with the default settings, ten big images are scaled down to fit 16,000 tokens."""
+    service = vision_service(client, ledger, http)  # max_tokens 1024, images up to 2048 px
+    screenshot = encode(Image.new("RGB", (3000, 2000), "navy"), "PNG")
+    request = Request(user="console:ana", text="what changed between these?", images=[(f"s{i}.png", screenshot) for i in range(10)])
+    reply = await service.handle(request)
+    assert reply.outcome == "ok", reply.text
+    seen = sent_images(emulator)
+    assert len(seen) == 10 and all(max(image.size) <= 1064 for image in seen)
+    [call] = [r for r in emulator.requests if r.path == "/chat/completions"]
+    assert estimate_message_tokens(call.body["messages"]) + 1024 <= 16_000
+    assert reply.usage is not None
+
+
+async def test_one_image_keeps_the_configured_side(client, ledger, emulator, http) -> None:
+    service = vision_service(client, ledger, http)
+    photo_png = encode(Image.new("RGB", (3000, 2000), "navy"), "PNG")
+    reply = await service.handle(Request(user="console:ana", text="what is it?", images=[("s.png", photo_png)]))
+    assert reply.outcome == "ok", reply.text
+    assert [image.size for image in sent_images(emulator)] == [(2048, 1365)]
+
+
+async def test_images_that_cannot_fit_are_refused_before_any_download(client, ledger, emulator, http, server: Server) -> None:
+    service = vision_service(client, ledger, http, max_tokens=14_000)  # leaves 2,000 tokens for ten images
+    sources = [ImageSource(f"p{i}.png", f"{server.base}/cat.png") for i in range(10)]
+    reply = await service.handle(Request(user="console:ana", text="compare", images=sources))
+    assert reply.outcome == "refused"
+    assert reply.text == (
+        "10 images with this question do not fit Llama-3.2-90B-Vision-Instruct, which takes 16,000 tokens at most: "
+        "please send at most 4 at once."
+    )
+    assert server.hits == [] and emulator.requests == []
+
+
+async def test_waiting_for_room_is_shown_and_noted(client, ledger, emulator, http, server: Server) -> None:
+    service = vision_service(client, ledger, http, image_budget_bytes=1)  # one image at a time, process-wide
+    seen: list[list[str]] = [[], []]
+
+    def progress(index: int) -> Progress:
+        async def show(text: str) -> None:
+            seen[index].append(text)
+
+        return show
+
+    first = asyncio.create_task(service.handle(
+        Request(user="console:ana", text="a", images=[ImageSource("late.png", f"{server.base}/late.png")]), progress(0)
+    ))
+    await asyncio.sleep(0.1)  # the first request's download holds the budget
+    second = await service.handle(Request(user="console:bob", text="b", images=[("cat.png", CAT)]), progress(1))
+    assert (await first).outcome == "ok" and second.outcome == "ok"
+    assert IMAGES_WAITING not in seen[0]
+    assert seen[1][0] == IMAGES_WAITING and seen[1][-1] == second.text  # the answer then replaces the note
+    assert any(note.startswith("Your images waited") for note in second.notes)
