@@ -334,7 +334,7 @@ class ImageSource:
 
     name: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry a token: never shown
     size: int | None = None
     html_refusal: str | None = None
 
@@ -618,6 +618,7 @@ async def _public_address(host: str, port: int, *, name: str, limits: ImageLimit
 _CARRYING_IPV4 = tuple(
     ipaddress.IPv6Network(network) for network in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
 )
+_UNSPECIFIED_AND_LOOPBACK = ipaddress.IPv6Network("::/127")
 # IPv6 ranges never public, whatever Python's `is_global` says: site-local (deprecated, fec0::/10)
 # and the NAT64 prefix for local use (64:ff9b:1::/48), which translates to private networks.
 _NEVER_PUBLIC = tuple(ipaddress.IPv6Network(network) for network in ("fec0::/10", "64:ff9b:1::/48"))
@@ -631,7 +632,7 @@ def may_fetch_from(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow
     server and the client): both must be public.
     """
     if isinstance(address, ipaddress.IPv6Address):
-        if address in ipaddress.IPv6Network("::/127"):  # :: and ::1 are themselves, not IPv4
+        if address in _UNSPECIFIED_AND_LOOPBACK:  # :: and ::1 are themselves, not IPv4
             return address.is_loopback and allow_loopback
         if any(address in network for network in _NEVER_PUBLIC):
             return False

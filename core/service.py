@@ -109,7 +109,7 @@ class Service:
         self.http = http  # for images at public URLs: never carries a credential
         self.rate_limit = RateLimit(config.user_requests_per_minute)
         self._slots = asyncio.Semaphore(config.max_concurrent)
-        self.image_budget = ImageBudget(config.image_budget_bytes)
+        self._image_budget = ImageBudget(config.image_budget_bytes)
         self._active: set[asyncio.Task] = set()
         self._closing = False
 
@@ -245,7 +245,7 @@ class Service:
                     await progress(IMAGES_WAITING)
 
         prepared, refusals = await prepare_images(
-            items, limits, budget=self.image_budget, http=self.http,
+            items, limits, budget=self._image_budget, http=self.http,
             allow_loopback=self.config.allow_loopback_images, on_wait=on_wait,
         )
         for refusal in refusals:

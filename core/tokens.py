@@ -22,7 +22,6 @@ TOKENS_PER_MESSAGE = 8
 IMAGE_PATCH = 28
 IMAGE_FRAMING = 2  # the tokens that open and close an image
 LARGEST_IMAGE_SIDE = 4096  # the API's limit: an image whose size cannot be read counts as this big
-_HEADER_CHARS = 64 * 1024  # of a data URL: enough base64 to reach any image header iobot sends
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -57,14 +56,17 @@ def image_side_within(tokens: int) -> int:
 
 
 def _image_url_tokens(url: str) -> int:
-    """An image part's cost, from the size in its data URL's header; the API's largest image otherwise."""
+    """An image part's cost, from the size in its data URL's header; the API's largest image otherwise.
+
+    Only the header is parsed, but the whole image is decoded from base64: a JPEG's size can come
+    after a large colour profile, and Pillow hands a WEBP to libwebp whole.
+    """
     if url.startswith("data:"):
-        encoded = url.partition(",")[2][:_HEADER_CHARS]
         try:
-            with Image.open(io.BytesIO(base64.b64decode(encoded[: len(encoded) // 4 * 4]))) as image:
+            with Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))) as image:
                 return image_tokens(*image.size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            pass  # no image header in reach: count the largest
+            pass  # not an image Pillow knows: count the largest
     return image_tokens(LARGEST_IMAGE_SIDE, LARGEST_IMAGE_SIDE)
 
 

@@ -43,7 +43,7 @@ from core.images import (
 from core.ledger import Ledger
 from core.quotas import load_quota_table
 from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
-from core.tokens import estimate_message_tokens
+from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
 
 LIMITS = ImageLimits()
 MB = 1024 * 1024
@@ -988,5 +988,21 @@ async def test_waiting_for_room_is_shown_and_noted(client, ledger, emulator, htt
     second = await service.handle(Request(user="console:bob", text="b", images=[("cat.png", CAT)]), progress(1))
     assert (await first).outcome == "ok" and second.outcome == "ok"
     assert IMAGES_WAITING not in seen[0]
-    assert seen[1][0] == IMAGES_WAITING and seen[1][-1] == second.text  # the answer then replaces the note
+    assert seen[1][0] == IMAGES_WAITING and seen[1][-1].strip() == second.text  # the answer then replaces the note
     assert any(note.startswith("Your images waited") for note in second.notes)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "WEBP"])
+def test_an_image_is_estimated_from_its_own_size(format: str) -> None:
+    # A JPEG's size may come after a big colour profile; Pillow reads a WEBP whole.
+    data = encode(photo(900, 700), format, **({"icc_profile": bytes(200_000)} if format == "JPEG" else {}))
+    url = f"data:image/{format.lower()};base64,{base64.b64encode(data).decode()}"
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    assert estimate_message_tokens([message]) == TOKENS_PER_MESSAGE + image_tokens(900, 700) == TOKENS_PER_MESSAGE + 33 * 25 + 2
+    unreadable = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}]}
+    assert estimate_message_tokens([unreadable]) == TOKENS_PER_MESSAGE + image_tokens(4096, 4096)
+
+
+def test_a_sources_headers_never_show_in_its_text() -> None:
+    source = ImageSource("cat.png", "https://files.slack.com/cat.png", headers={"Authorization": "Bearer xoxb-secret"})
+    assert "xoxb-secret" not in repr(source) and "xoxb-secret" not in str(Request(user="console:a", text="", images=[source]))
