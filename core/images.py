@@ -382,7 +382,8 @@ class ImageBudget:
                     self._release(amount)
                 else:
                     future.cancel()
-                    self._waiting.remove((amount, future))
+                    with contextlib.suppress(ValueError):  # `_wake` may have dropped it already
+                        self._waiting.remove((amount, future))
                     self._wake()
                 raise
         else:
@@ -403,8 +404,9 @@ class ImageBudget:
     def _wake(self) -> None:
         while self._waiting and self._fits(self._waiting[0][0]):
             amount, future = self._waiting.popleft()
-            self.used += amount
-            future.set_result(None)
+            if not future.done():  # done: cancelled, its request gave up waiting
+                self.used += amount
+                future.set_result(None)
 
 
 class BudgetShare:
