@@ -77,7 +77,7 @@ def make_service(
 
 
 async def start_slack(
-    settings: Settings, service: Service, http: httpx.AsyncClient, web_app: web.Application, stack: AsyncExitStack
+    settings: Settings, service: Service, web_app: web.Application, stack: AsyncExitStack
 ) -> SlackAdapter:
     """Slack over HTTP (routes on the service's server) or, with SLACK_APP_TOKEN, over Socket Mode."""
     slack = SlackAdapter(
@@ -118,7 +118,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         service = make_service(settings, client, ledger, quotas, http)
         health = HealthState(ledger, client, quotas)
         web_app = make_http_app(health)
-        slack = await start_slack(settings, service, http, web_app, stack) if settings.slack_enabled else None
+        slack = await start_slack(settings, service, web_app, stack) if settings.slack_enabled else None
         runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, port)

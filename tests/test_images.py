@@ -15,6 +15,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -800,15 +801,33 @@ async def test_unusual_hosts_get_a_clear_refusal(url: str, message: str, http: h
     ],
 )
 async def test_slack_sends_its_token_only_to_listed_file_hosts(url: str, listed: bool) -> None:
+    async with slack_adapter() as adapter:
+        assert adapter._is_file_host(url) is listed
+
+
+@asynccontextmanager
+async def slack_adapter() -> AsyncIterator[SlackAdapter]:
+    """A Slack adapter for its file checks alone: no service, never started."""
     adapter = SlackAdapter(
-        None,  # type: ignore[arg-type]  # the host check needs no service
+        None,  # type: ignore[arg-type]
         bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
         file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS,
     )
     try:
-        assert adapter._is_file_host(url) is listed
+        yield adapter
     finally:
         await adapter.close()
+
+
+async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_size() -> None:
+    file = {"id": "F1", "name": "cat.png", "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png", "size": 12_345}
+    async with slack_adapter() as adapter:
+        source = adapter._image_source("cat.png", file)
+        assert (source.url, source.size) == (file["url_private"], 12_345)
+        assert source.headers == {"Authorization": "Bearer xoxb-test"}
+        assert source.html_refusal is not None and "files:read" in source.html_refusal
+        with pytest.raises(ImageError, match=r"^cat\.png is over the 20 MB limit for images\.$"):
+            adapter._image_source("cat.png", {**file, "size": 30 * MB})  # refused unread, never queued
 
 
 # --- One memory budget for every image in flight ----------------------------------------------------
