@@ -25,9 +25,19 @@ from discord.http import Route
 
 from core.chunks import FENCE, ThrottledEdits, split_message
 from core.client import Message
-from core.commands import COMMANDS, DEFAULT_SUMMARY_WORDS, DEFAULT_VISION_QUESTION, MAX_SUMMARY_WORDS, Command, UsageError
+from core.commands import (
+    COMMANDS,
+    DEFAULT_SUMMARY_WORDS,
+    DEFAULT_VISION_QUESTION,
+    MAX_SUMMARY_WORDS,
+    Command,
+    UsageError,
+    parse_image,
+    parse_labels,
+    parse_language,
+)
 from core.images import ImageLimits, ImageSource
-from core.render import model_line
+from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
 from core.settings import Settings
 
@@ -360,7 +370,7 @@ class AnswerMessages:
 
     async def show(self, text: str) -> None:
         """Make the messages show `text`: edit the pieces that changed, post new ones, delete the surplus."""
-        pieces = split_message(text, MESSAGE_LIMIT)
+        pieces = message_pieces(text)
         for index, piece in enumerate(pieces):
             if index < len(self._shown):
                 message, shown = self._shown[index]
@@ -373,6 +383,20 @@ class AnswerMessages:
         for message, _ in self._shown[len(pieces) :]:
             await message.delete()
         del self._shown[len(pieces) :]
+
+
+def message_pieces(text: str) -> list[str]:
+    """`text` as Discord messages: each within the limit, code blocks intact, every link's target in view.
+
+    Links are revealed before the split and again in each piece, since a cut through a code span
+    turns the rest of it back into markdown, where a link would hide its target again. A piece that
+    grew past the limit is split anew; each growth takes a link away, so this ends.
+    """
+    pieces = []
+    for piece in split_message(reveal_links(text), MESSAGE_LIMIT):
+        revealed = reveal_links(piece)
+        pieces += [revealed] if len(revealed) <= MESSAGE_LIMIT else message_pieces(revealed)
+    return pieces
 
 
 def followups(interaction: discord.Interaction, *, ephemeral: bool) -> AnswerMessages:
@@ -423,6 +447,15 @@ def slash_commands(answer: Answer) -> list[app_commands.Command]:
     def describe(name: str) -> str:
         return COMMANDS[name].description
 
+    async def checked(interaction: discord.Interaction, build: Callable[[], Command], *attachments: discord.Attachment) -> None:
+        """Answer the command `build` makes from the options, or say what is wrong with them (as the grammar does)."""
+        try:
+            command = build()
+        except UsageError as error:
+            await interaction.response.send_message(str(error), ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        await answer(interaction, command, attachments)
+
     @app_commands.command(description=describe("ask"))
     @app_commands.describe(question="What to ask the model")
     async def ask(interaction: discord.Interaction, question: str) -> None:
@@ -440,7 +473,7 @@ def slash_commands(answer: Answer) -> list[app_commands.Command]:
     @app_commands.command(description=describe("translate"))
     @app_commands.describe(language="The language to translate into", text="The text to translate")
     async def translate(interaction: discord.Interaction, language: str, text: str) -> None:
-        await answer(interaction, Command("translate", text=text, language=language))
+        await checked(interaction, lambda: Command("translate", text=text, language=parse_language(language)))
 
     @app_commands.command(description=describe("sentiment"))
     @app_commands.describe(text="The text to rate")
@@ -450,11 +483,7 @@ def slash_commands(answer: Answer) -> list[app_commands.Command]:
     @app_commands.command(description=describe("classify"))
     @app_commands.describe(labels="Two or more labels, separated by commas", text="The text to classify")
     async def classify(interaction: discord.Interaction, labels: str, text: str) -> None:
-        names = tuple(dict.fromkeys(label.strip() for label in labels.split(",") if label.strip()))
-        if len(names) < 2:
-            await interaction.response.send_message(str(UsageError(COMMANDS["classify"])), ephemeral=True)
-            return
-        await answer(interaction, Command("classify", text=text, labels=names))
+        await checked(interaction, lambda: Command("classify", text=text, labels=parse_labels(labels)))
 
     @app_commands.command(description=describe("moderate"))
     @app_commands.describe(text="The text to score")
@@ -479,12 +508,13 @@ def slash_commands(answer: Answer) -> list[app_commands.Command]:
         url: str | None = None,
         question: str = DEFAULT_VISION_QUESTION,
     ) -> None:
-        if image is None and not url:
-            await interaction.response.send_message("Attach an image or give a link to one.", ephemeral=True)
-            return
         # An attachment travels as the request's images; a link is the grammar's `vision <url>`.
-        command = Command("vision", image=url, text=question) if url else Command("ask", text=question)
-        await answer(interaction, command, [image] if image else [])
+        def command() -> Command:
+            if image is not None and not url:
+                return Command("ask", text=question)
+            return Command("vision", image=parse_image(url or ""), text=question)  # neither: the usage error
+
+        await checked(interaction, command, *([image] if image else []))
 
     @app_commands.command(description=describe("agents"))
     async def agents(interaction: discord.Interaction) -> None:

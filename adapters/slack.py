@@ -9,6 +9,16 @@ Slack delivers an event again when it thinks the first delivery failed, and a me
 mentions the bot in a channel arrives twice (`app_mention` and `message`); each message is answered
 once, remembered here by event id and by channel and timestamp, and charged once, by the ledger's
 idempotency key (the event id, or the slash command's trigger id).
+
+Slack's Web API can fail any call: an error in JSON, an error page that is not JSON (a text/plain
+body reaches `SlackApiError.response.data` as a string, not a dict), no answer in time, a dropped
+connection. None of them stops an answer: a thread that cannot be read is answered without its
+history, a file that cannot be read is named, an edit that fails becomes a new message. What is
+charged follows what was asked of the API: the placeholder goes up before the question goes to the
+API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
+answer computed but then impossible to post stays charged (the API spent those tokens on the
+account, and settled use is never taken back); that is logged as a warning with its tokens, so an
+operator can make up for it with `iobot limits`.
 """
 
 from __future__ import annotations
@@ -16,19 +26,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import httpx
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from core.chunks import ThrottledEdits
 from core.client import Message
@@ -36,7 +49,16 @@ from core.commands import is_informational
 from core.images import ImageError, ImageLimits, ImageSource
 from core.service import Progress, Reply, Request, Service
 
-from .slack_render import PLACEHOLDER, SlackMessage, answer_messages, from_slack, placeholder, plain, reply_messages
+from .slack_render import (
+    PLACEHOLDER,
+    SlackMessage,
+    answer_messages,
+    context_block,
+    from_slack,
+    placeholder,
+    plain,
+    reply_messages,
+)
 
 log = logging.getLogger("iobot.slack")
 
@@ -48,8 +70,13 @@ Payload = dict[str, Any]  # a JSON object from Slack: a command, an event, a mes
 ACK_PRIORITY = 1.0
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer (chat.update is rate limited)
 RESPONSE_URL_POSTS = 5  # Slack takes at most five posts to one response_url
-THREAD_HISTORY = 50  # the newest messages of a thread sent along as context
-THREAD_PAGES = 5  # conversations.replies pages (of 200) read at most
+THREAD_HISTORY = 50  # the newest messages of a thread sent along as context (with its first)
+HISTORY_PAGE = 200  # messages per conversations.replies call, as Slack recommends
+HISTORY_CALLS = 8  # conversations.replies calls for one message at most, however long its thread
+WEB_API_TIMEOUT = 10.0  # seconds for one Web API call or response_url post
+# What a Web API call or a response_url post can fail with: an error answer from Slack (JSON or
+# not), no answer in time, a broken connection.
+WEB_API_FAILURES = (SlackApiError, aiohttp.ClientError, TimeoutError)
 REMEMBERED = 10_000  # event ids, messages and threads remembered
 ASKED_CHARS = 150  # of a slash command's text, repeated above its in-channel answer
 CLOSE_GRACE = 5.0  # seconds that answers already computed get to be posted when the adapter closes
@@ -57,6 +84,7 @@ INTERRUPTED = "iobot was restarted before it could answer. Please ask again."
 WORKING = "Working on it…"  # the acknowledgement, seen by the asker alone while the answer is worked out
 # Message subtypes a person makes by writing; edits, deletions, joins and bots' messages have others.
 WRITTEN = (None, "file_share", "thread_broadcast")
+MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes; more is refused unread
 
 
 class SlackAdapter:
@@ -69,6 +97,7 @@ class SlackAdapter:
         api_url: str,
         file_hosts: Sequence[str],
         image_limits: ImageLimits,
+        web_api_timeout: float = WEB_API_TIMEOUT,
     ) -> None:
         self.service = service
         self._bot_token = bot_token
@@ -84,7 +113,8 @@ class SlackAdapter:
         )
         # Bolt's own Web API client (passing one in makes Bolt warn that SLACK_BOT_TOKEN goes unused),
         # pointed at `api_url`, with one connection pool that Bolt's per-request clients share too.
-        self._session = aiohttp.ClientSession()
+        # slack_sdk applies its own timeout only to sessions it makes, so this one carries it.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=web_api_timeout))
         client = self.bolt.client
         client.base_url = api_url
         client.session = self._session
@@ -109,10 +139,26 @@ class SlackAdapter:
         web_app.router.add_post("/slack/events", self._serve)
 
     async def _serve(self, request: web.Request) -> web.Response:
+        """Hand a request to Bolt once it is known to be Slack's: small, signed, and readable.
+
+        Anything else is refused with 413, 401 or 400 before any work, and logged in one line:
+        an oversized body unread, an unsigned one unparsed.
+        """
         self._acknowledging += 1
         self._acknowledged.clear()
         try:
-            return await to_aiohttp_response(await self.bolt.async_dispatch(await to_bolt_request(request)))
+            raw = await _read_at_most(request, MAX_REQUEST_BYTES)
+            if raw is None:
+                return _refuse(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+            assert self._signing_secret is not None  # add_routes requires it
+            text = _signed_text(raw, request.headers, self._signing_secret)
+            if text is None:
+                return _refuse(401, "missing, stale or wrong signature")
+            try:  # Bolt parses the body as it builds the request: JSON, a form, or a form carrying JSON
+                bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+            except Exception as error:  # whatever a body Bolt cannot read raises, it is the sender's fault
+                return _refuse(400, f"malformed body ({type(error).__name__})")
+            return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
         finally:
             self._acknowledging -= 1
             if not self._acknowledging:
@@ -157,28 +203,28 @@ class SlackAdapter:
 
     # --- the slash command -----------------------------------------------------------------------
 
-    async def _on_command(
-        self, ack: AsyncAck, command: Payload, respond: AsyncRespond, context: AsyncBoltContext
-    ) -> None:
+    async def _on_command(self, ack: AsyncAck, command: Payload, context: AsyncBoltContext) -> None:
         text = from_slack(command.get("text", ""))
         await (ack() if is_informational(text) else ack(text=WORKING))
         async with self._tracked():
             await self._after_acknowledgements()
             user = command["user_id"]
+            response_url = AsyncWebhookClient(command["response_url"], session=self._session)
             request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
             try:
                 reply = await self.service.handle(request)
             except asyncio.CancelledError:
-                await respond(text=INTERRUPTED, response_type="ephemeral")
+                await _respond(response_url, {"text": INTERRUPTED, "response_type": "ephemeral"})
                 raise
             if reply.outcome == "duplicate":
                 return
             asked = None if reply.private else f"<@{user}> asked: {plain(_shorten(text, ASKED_CHARS))}"
             response_type = "ephemeral" if reply.private else "in_channel"
             for message in reply_messages(reply, asked=asked, max_messages=RESPONSE_URL_POSTS):
-                response = await respond(**message, response_type=response_type)
-                if response.status_code != 200:
-                    log.warning("response_url refused an answer: HTTP %d %s", response.status_code, response.body)
+                if not await _respond(response_url, {**message, "response_type": response_type}):
+                    charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply.usage else ""
+                    log.warning("an answer to /io was not delivered%s", charged)
+                    return
 
     # --- conversations: mentions, DMs, thread follow-ups -----------------------------------------
 
@@ -215,26 +261,40 @@ class SlackAdapter:
             channel, direct = event["channel"], event.get("channel_type") == "im"
             answer = _ThreadAnswer(client, channel, event.get("thread_ts") or event["ts"])
             await self._after_acknowledgements()
-            await answer.show([placeholder()])
+            try:
+                await answer.show([placeholder()])
+            except WEB_API_FAILURES as error:  # before the API is asked anything, so nothing is charged
+                log.warning("could not post in %s (%s): the message is left unanswered", channel, _said(error))
+                return
             try:
                 reply, notes = await self._ask(body, event, client, context, answer)
             except asyncio.CancelledError:  # stopped mid-answer, by a shutdown
-                await answer.show(reply_messages(Reply(INTERRUPTED, outcome="error")))
+                await answer.deliver(reply_messages(Reply(INTERRUPTED, outcome="error")), None)
                 raise
             if reply.outcome == "duplicate":  # a retry the ledger caught (this process had not seen it)
                 await answer.show([])
                 return
             messages = reply_messages(reply, notes=notes)
             if reply.private and not direct:
-                await answer.show([])
-                for message in messages:
-                    await client.chat_postEphemeral(
-                        channel=channel, user=event["user"], thread_ts=answer.thread_ts, **message
-                    )
+                await self._tell_privately(client, event, answer, messages)
                 return
-            await answer.show(messages)
-            if not direct:
+            if await answer.deliver(messages, reply) and not direct:
                 self._threads.add(f"{channel}:{answer.thread_ts}")
+
+    async def _tell_privately(
+        self, client: AsyncWebClient, event: Payload, answer: _ThreadAnswer, messages: list[SlackMessage]
+    ) -> None:
+        """A reply for the asker's eyes only, in place of the placeholder; a public line if Slack refuses it."""
+        try:
+            for message in messages:
+                await client.chat_postEphemeral(channel=answer.channel, user=event["user"], thread_ts=answer.thread_ts, **message)
+        except WEB_API_FAILURES as error:
+            said = _said(error)
+            log.warning("could not answer privately in %s (%s)", answer.channel, said)
+            notice = Reply(f"I could not send my reply privately (Slack: {said}).", outcome="error")
+            await answer.deliver(reply_messages(notice), None)
+            return
+        await answer.show([])
 
     async def _ask(
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext,
@@ -255,29 +315,22 @@ class SlackAdapter:
             request_id=body.get("event_id"),
             images=images,
         )
-        edits = ThrottledEdits(lambda text: answer.show(answer_messages(text)), EDIT_INTERVAL)
+        edits = ThrottledEdits(lambda text: answer.stream(answer_messages(text)), EDIT_INTERVAL)
         return await self.service.handle(request, _unless_blank(edits.update)), notes + unreadable
 
     async def _history(
         self, client: AsyncWebClient, event: Payload, context: AsyncBoltContext
     ) -> tuple[list[Message], list[str]]:
-        """The thread before this message as conversation turns, and a note if it could not be read."""
-        recent: deque[Payload] = deque(maxlen=THREAD_HISTORY)
-        cursor = None
+        """The thread before this message as conversation turns, and a note on what did not go along."""
         try:
-            for _ in range(THREAD_PAGES):
-                page = await client.conversations_replies(
-                    channel=event["channel"], ts=event["thread_ts"], limit=200, cursor=cursor
-                )
-                recent.extend(message for message in page["messages"] if float(message["ts"]) < float(event["ts"]))
-                cursor = (page.get("response_metadata") or {}).get("next_cursor")
-                if not cursor:
-                    break
-        except SlackApiError as error:
-            said = error.response.get("error")
+            messages, cut = await thread_before(client, event["channel"], event["thread_ts"], event["ts"])
+        except WEB_API_FAILURES as error:
+            said = _said(error)
             log.warning("could not read thread %s in %s: %s", event["thread_ts"], event["channel"], said)
-            return [], [f"I could not read this thread's earlier messages (Slack said: {said})."]
-        return thread_turns(recent, context.bot_user_id, context.bot_id), []
+            return [], [f"I could not read this thread's earlier messages (Slack: {said})."]
+        replies = sum(message.get("ts") != event["thread_ts"] for message in messages)
+        notes = [f"This thread is long: its first message and the newest {replies} went along."] if cut else []
+        return thread_turns(messages, context.bot_user_id, context.bot_id), notes
 
     # --- files ---------------------------------------------------------------------------------------
 
@@ -296,8 +349,8 @@ class SlackAdapter:
             if file.get("file_access") == "check_file_info":  # the event carries only the id
                 try:
                     file = (await client.files_info(file=file["id"]))["file"]
-                except SlackApiError as error:
-                    unreadable.append(f"Could not read file {file['id']}: Slack said {error.response.get('error')}.")
+                except WEB_API_FAILURES as error:
+                    unreadable.append(f"Could not read file {file['id']} (Slack: {_said(error)}).")
                     continue
             name = file.get("name") or file["id"]
             if not file.get("mimetype", "").startswith("image/"):
@@ -354,7 +407,9 @@ class _ThreadAnswer:
     """One answer in a thread: the messages showing it, edited in place as it grows or changes.
 
     `show` makes the thread show exactly the given messages: it edits the ones already posted that
-    differ, posts any extra, and deletes any left over (`show([])` removes the answer).
+    differ, posts any extra, and deletes any left over (`show([])` removes the answer). A message
+    that cannot be edited is deleted and posted anew, with those after it; deleting is best effort.
+    `show` raises `WEB_API_FAILURES` only when a message cannot be posted.
     """
 
     def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
@@ -362,21 +417,64 @@ class _ThreadAnswer:
         self.channel = channel
         self.thread_ts = thread_ts
         self._posted: list[tuple[str, SlackMessage]] = []  # (ts, what it shows)
+        self._streaming = True  # edits while the answer streams; stopped by the first that fails
 
-    async def show(self, messages: list[SlackMessage]) -> None:
+    async def show(self, messages: list[SlackMessage], *, repost: bool = True) -> None:
         for index, message in enumerate(messages):
-            if index == len(self._posted):
-                response = await self.client.chat_postMessage(
-                    channel=self.channel, thread_ts=self.thread_ts, **message
-                )
-                self._posted.append((response["ts"], message))
-            elif self._posted[index][1] != message:
-                ts = self._posted[index][0]
-                await self.client.chat_update(channel=self.channel, ts=ts, **message)
-                self._posted[index] = (ts, message)
-        for ts, _ in self._posted[len(messages) :]:
-            await self.client.chat_delete(channel=self.channel, ts=ts)
-        del self._posted[len(messages) :]
+            if index < len(self._posted):
+                ts, shown = self._posted[index]
+                if shown == message:
+                    continue
+                try:
+                    await self.client.chat_update(channel=self.channel, ts=ts, **message)
+                    self._posted[index] = (ts, message)
+                    continue
+                except WEB_API_FAILURES as error:
+                    if not repost:
+                        raise
+                    log.warning("could not edit an answer in %s (%s); posting it anew", self.channel, _said(error))
+                    await self._remove_from(index)
+            response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **message)
+            self._posted.append((response["ts"], message))
+        await self._remove_from(len(messages))
+
+    async def stream(self, messages: list[SlackMessage]) -> None:
+        """Show the answer so far; after a failure, the rest waits for `deliver` at the end."""
+        if not self._streaming:
+            return
+        try:
+            await self.show(messages, repost=False)
+        except WEB_API_FAILURES as error:
+            self._streaming = False
+            log.warning("could not update an answer in %s as it streamed (%s)", self.channel, _said(error))
+
+    async def deliver(self, messages: list[SlackMessage], reply: Reply | None) -> bool:
+        """Show the finished reply; False, with a warning, when Slack would not take all of it.
+
+        When only its first messages went up, the last of them gets a line saying the rest is missing.
+        """
+        try:
+            await self.show(messages)
+            return True
+        except WEB_API_FAILURES as error:
+            said = _said(error)
+            charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply and reply.usage else ""
+            log.warning("could not post an answer in %s (%s)%s", self.channel, said, charged)
+        if self._posted and self._posted[-1][1] != messages[-1]:
+            ts, shown = self._posted[-1]
+            note = context_block([plain(f"The rest of this answer could not be posted (Slack: {said}).")])
+            with contextlib.suppress(*WEB_API_FAILURES):
+                await self.client.chat_update(channel=self.channel, ts=ts, text=shown["text"], blocks=[*shown["blocks"], note])
+        return False
+
+    async def _remove_from(self, index: int) -> None:
+        """Delete the posted messages from `index` on; one that will not go is forgotten, not retried."""
+        for ts, _ in self._posted[index:]:
+            try:
+                await self.client.chat_delete(channel=self.channel, ts=ts)
+            except WEB_API_FAILURES as error:
+                log.warning("could not delete a message in %s (%s)", self.channel, _said(error))
+        del self._posted[index:]
 
 
 class _Recent:
@@ -418,6 +516,76 @@ def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: s
     return turns
 
 
+async def thread_before(
+    client: AsyncWebClient, channel: str, thread_ts: str, before: str
+) -> tuple[list[Payload], bool]:
+    """A thread's first message and its newest replies before `before` (`THREAD_HISTORY` at most),
+    oldest first, and whether replies between them were left out.
+
+    conversations.replies pages a thread oldest first, so when the replies before `before` fill more
+    than a page, the newest are found by narrowing the window (oldest, before): a window that still
+    fills more than a page moves its start later, one holding fewer than wanted moves it earlier, by
+    half the distance each time; `HISTORY_CALLS` calls in all, at most.
+    """
+    end = float(before)
+
+    async def replies(oldest: float | None) -> tuple[list[Payload], bool]:
+        page = await client.conversations_replies(
+            channel=channel, ts=thread_ts, latest=before, limit=HISTORY_PAGE,
+            oldest=None if oldest is None else f"{oldest:.6f}",
+        )
+        found = [m for m in page["messages"] if m.get("ts") != thread_ts and (oldest or 0) < float(m["ts"]) < end]
+        return found, bool(page.get("has_more"))
+
+    first = await client.conversations_replies(channel=channel, ts=thread_ts, latest=before, limit=HISTORY_PAGE)
+    parent = [m for m in first["messages"][:1] if m.get("ts") == thread_ts]
+    earlier = [m for m in first["messages"] if m.get("ts") != thread_ts and float(m["ts"]) < end]
+    if not first.get("has_more"):
+        return parent + earlier[-THREAD_HISTORY:], len(earlier) > THREAD_HISTORY
+    # The replies up to `low` are more than a page from the end: the window's start lies between it and the end.
+    low, high = float(earlier[-1]["ts"]) if earlier else float(thread_ts), end
+    newest: list[Payload] = []
+    crowded = earlier
+    for _ in range(HISTORY_CALLS - 1):
+        oldest = (low + high) / 2
+        window, more = await replies(oldest)
+        if more:
+            low, crowded = oldest, window
+        else:
+            newest = window if len(window) > len(newest) else newest
+            if len(window) >= THREAD_HISTORY:
+                break
+            high = oldest
+    # A burst too dense to split in time: the start of the narrowest window that held more than a page.
+    return parent + (newest or crowded)[-THREAD_HISTORY:], True
+
+
+def _said(error: BaseException) -> str:
+    """What went wrong with a Web API call, in a few words fit for a note or a log (no body, no token)."""
+    if isinstance(error, SlackApiError):
+        data = getattr(error.response, "data", None)
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+        status = getattr(error.response, "status_code", None) or getattr(error.response, "status", None)
+        return f"HTTP {status}" if status else "an answer that could not be read"
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return "the connection failed"
+
+
+async def _respond(response_url: AsyncWebhookClient, message: SlackMessage) -> bool:
+    """Post to a slash command's response_url; False, with a warning, when that failed."""
+    try:
+        response = await response_url.send_dict(message)
+    except WEB_API_FAILURES as error:
+        log.warning("could not answer /io through its response_url (%s)", _said(error))
+        return False
+    if response.status_code != 200:
+        log.warning("response_url refused an answer: HTTP %d %s", response.status_code, _shorten(str(response.body), 200))
+        return False
+    return True
+
+
 def _written(event: Payload) -> bool:
     """A message a person wrote: not a bot's (not ours either), not an edit, deletion or join."""
     return "user" in event and not event.get("bot_id") and event.get("subtype") in WRITTEN
@@ -440,3 +608,35 @@ def _unless_blank(update: Progress) -> Progress:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None if it is over `limit` bytes: refused by its Content-Length unread,
+    or, sent in chunks without one, as soon as it passes the limit."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _signed_text(raw: bytes, headers: Mapping[str, str], signing_secret: str) -> str | None:
+    """The body as text if Slack signed it (within the last 5 minutes), else None."""
+    timestamp = headers.get("X-Slack-Request-Timestamp", "")
+    signature = headers.get("X-Slack-Signature", "")
+    # slack_sdk's check takes these as given: int() of a non-number, or comparing non-ASCII, would raise.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and signature.isascii()):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if SignatureVerifier(signing_secret).is_valid(text, timestamp, signature) else None
+
+
+def _refuse(status: int, why: str) -> web.Response:
+    log.info("refused a request to /slack/events: %s", why)
+    return web.Response(status=status, text=f"{why}\n")

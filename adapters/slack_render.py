@@ -2,8 +2,10 @@
 
 Slack reads `<...>` as mentions and links (`<!channel>`, `<@U123>`, `<https://...|label>`), so
 everything the model or a person wrote is escaped (`&`, `<`, `>`, Slack's three) before any link of
-our own is built; then `@channel`, `@here` and `@everyone` get a zero-width space after the `@` so
-that no text can ever become a live crowd ping. The reverse, `from_slack`, turns a message's text
+our own is built. A link never hides its target: markdown links are shown as `text (<url>)` (see
+`core.render.reveal_links`), and only a bare `<https://...>` becomes a Slack link. Then `@channel`,
+`@here` and `@everyone` get a zero-width space after the `@` so that no text can ever become a live
+crowd ping. The reverse, `from_slack`, turns a message's text
 back into plain text for the model.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.chunks import split_message
-from core.render import model_line
+from core.render import model_line, reveal_links
 from core.service import Reply
 
 SlackMessage = dict[str, Any]  # chat.postMessage / chat.update / response_url arguments: text and blocks
@@ -27,7 +29,7 @@ ZERO_WIDTH_SPACE = "\u200b"
 FENCE = re.compile(r"^\s*```")
 INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 CROWD = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
-LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)|]+)\)")
+AUTOLINK = re.compile(r"&lt;((?:https?://|mailto:)[^\s|]+?)&gt;")  # an escaped `<https://...>`, with no label
 BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
@@ -56,13 +58,13 @@ def to_mrkdwn(markdown: str) -> str:
     """Markdown (ours or the model's) as Slack mrkdwn.
 
     Outside code: `**bold**` to `*bold*`, `~~x~~` to `~x~`, headings to bold lines,
-    `-`/`*` bullets to `•`, `[text](https://...)` to Slack links. Code blocks and inline code keep
+    `-`/`*` bullets to `•`, `[text](https://...)` to `text (<https://...>)`. Code blocks and inline code keep
     their text (escaped, as Slack wants even there); a fence loses its language, which Slack would
     show as the first line of code.
     """
     lines = []
     in_code = False
-    for line in markdown.split("\n"):
+    for line in reveal_links(markdown).split("\n"):
         if FENCE.match(line):
             in_code = not in_code
             lines.append("```")
@@ -86,7 +88,7 @@ def _inline_to_mrkdwn(text: str) -> str:
     for index, part in enumerate(parts):
         part = escape(part)
         if index % 2 == 0:
-            part = LINK.sub(r"<\2|\1>", part)
+            part = AUTOLINK.sub(r"<\1>", part)
             part = BOLD.sub(r"*\1*", part)
             part = STRIKE.sub(r"~\1~", part)
         parts[index] = part

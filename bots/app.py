@@ -50,7 +50,7 @@ async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitSt
 
 
 async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool) -> SQLiteLedger:
-    """The ledger file; `owner=False` for commands that run beside the service (reads and limits only)."""
+    """The ledger file; `owner=False` for commands that run beside the service (reads and budgets only)."""
     ledger = await SQLiteLedger.open(settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner)
     stack.push_async_callback(ledger.close)
     return ledger

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from contextlib import AsyncExitStack
 from datetime import date
@@ -14,26 +15,30 @@ from core.errors import IOIntelligenceError
 from core.ledger import LedgerError
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, text_table, to_plain
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings, mask_passwords
 
 from . import app
 from .logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit code. Errors are printed (with any URL's password masked), not raised."""
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(args.handler(args, settings)) or 0
     except (SettingsError, QuotaFileError, LedgerError, OSError) as exc:
-        print(f"iobot: {exc}", file=sys.stderr)
+        print(mask_passwords(f"iobot: {exc}"), file=sys.stderr)
         return 2
     except IOIntelligenceError as exc:
-        print(f"iobot: {exc.user_message} ({exc})", file=sys.stderr)
+        print(mask_passwords(f"iobot: {exc.user_message} ({exc})"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: its traceback goes through the log, which masks passwords
+        logging.getLogger("iobot").exception("iobot stopped on an unexpected error")
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,11 +103,17 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
         return
     table = [
         (row.day.isoformat(), row.user, row.model, f"{row.requests:,}", f"{row.total_tokens:,}",
-         f"{row.estimated_tokens:,}", f"{limits[row.user]:,}")
+         f"{row.estimated_tokens:,}", f"{row.interrupted_tokens:,}", f"{limits[row.user]:,}")
         for row in rows
     ]
-    header = ("day", "user", "model", "requests", "tokens", "estimated", "user limit/day")
+    header = ("day", "user", "model", "requests", "tokens", "estimated", "interrupted", "user limit/day")
     print(text_table(header, table))
+    interrupted = sum(row.interrupted_requests for row in rows)
+    if interrupted:
+        print(
+            f"interrupted: {interrupted:,} call(s) cut off when iobot stopped without finishing them; their estimate "
+            "counts against the model's daily quota, not the person's budget."
+        )
 
 
 async def _limits(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,6 +11,7 @@ from core import metrics
 from core.client import IOClient
 from core.ledger import Ledger
 from core.quotas import QuotaTable
+from core.settings import mask_passwords
 
 
 class HealthState:
@@ -41,7 +42,7 @@ async def _healthz(request: web.Request) -> web.Response:
         body.update(status="failing", ledger=f"unreachable: {type(exc).__name__}")
     if state.client.last_error is not None:
         when, what = state.client.last_error
-        body["last_api_error"] = {"seconds_ago": round(time.time() - when), "error": what}
+        body["last_api_error"] = {"seconds_ago": round(time.time() - when), "error": mask_passwords(what)}
     if state.stopping:
         body["status"] = "stopping"
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)

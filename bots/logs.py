@@ -1,4 +1,8 @@
-"""Logging for the process: plain text by default, one JSON object per line with IOBOT_LOG_FORMAT=json."""
+"""Logging for the process: plain text by default, one JSON object per line with IOBOT_LOG_FORMAT=json.
+
+Every line, tracebacks included, goes out with the password of any URL in it masked, whichever
+library logged it and at whatever level.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,17 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from core.settings import mask_passwords
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, then the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_passwords(super().format(record))
 
 
 class JSONFormatter(logging.Formatter):
@@ -21,7 +36,7 @@ class JSONFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return mask_passwords(json.dumps(entry, default=str))
 
 
 def configure_logging(level: str, format: str) -> None:
@@ -29,7 +44,7 @@ def configure_logging(level: str, format: str) -> None:
     if format == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -86,18 +86,47 @@ class RecordedRequest:
     fault: str | None
 
 
-class ApiError(Exception):
-    """An error answer, raised where it is found and sent as JSON by the dispatcher."""
+# OpenAI's `error.type` for each status; other statuses are "server_error" (5xx) or "invalid_request_error".
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+
+class ApiError(Exception):
+    """An error answer, raised where it is found and sent as JSON by the dispatcher.
+
+    Its body reads right to both kinds of client: FastAPI-style ones read `detail` (the message, or
+    the list of validation errors), OpenAI-style ones `error.message` (the official `openai` client
+    shows only that). `extra` adds top-level fields, such as vLLM's own.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
-        self.body = body
         self.headers = headers
+        kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.body = {
+            **(extra or {}),
+            "detail": message if detail is None else detail,
+            "error": {"message": message, "type": kind, "param": None, "code": status},
+        }
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
 class Emulator:
-    """The IO Intelligence API on 127.0.0.1, with faults on demand and a record of every request."""
+    """The IO Intelligence API on 127.0.0.1, with faults on demand and a record of every request.
+
+    `models_shape="openai"` lists models in OpenAI's shape alone, as some deployments do; by default
+    each entry carries both shapes, so that every client finds what it reads.
+    """
 
     def __init__(
         self,
@@ -105,7 +134,7 @@ class Emulator:
         *,
         api_key: str | None = None,
         answer_delay: float = 0.0,
-        models_shape: Literal["io", "openai"] = "io",
+        models_shape: Literal["both", "openai"] = "both",
     ) -> None:
         self.quotas = quotas if quotas is not None else load_quota_table()
         self._api_key = api_key
@@ -177,12 +206,12 @@ class Emulator:
         try:
             handler = self._route(request.method, path)
             if auth_problem is not None:
-                raise ApiError(401, {"detail": auth_problem}, {"WWW-Authenticate": "Bearer"})
+                raise ApiError(401, auth_problem, headers={"WWW-Authenticate": "Bearer"})
             if body_error is not None:
                 raise body_error
             reply = await handler(body)
         except ApiError as error:
-            return web.json_response(error.body, status=error.status, headers=error.headers)
+            return error.response()
         cut = fault is not None and fault.kind == "cut_stream"
         if isinstance(reply, list):
             return await _send_events(request, reply, cut)
@@ -193,9 +222,9 @@ class Emulator:
     def _route(self, method: str, path: str) -> Handler:
         methods = self._routes.get(path)
         if methods is None:
-            raise ApiError(404, {"detail": "Not Found"})
+            raise ApiError(404, "Not Found")
         if method not in methods:
-            raise ApiError(405, {"detail": "Method Not Allowed"})
+            raise ApiError(405, "Method Not Allowed")
         return methods[method]
 
     def _auth_problem(self, request: web.Request) -> str | None:
@@ -219,15 +248,14 @@ class Emulator:
     def _serve_fault(self, request: web.Request, fault: Fault, body: Any) -> web.Response:
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return web.json_response({"detail": _reason(fault.status)}, status=fault.status, headers=headers)
+            return ApiError(fault.status, _reason(fault.status), headers=headers).response()
         if fault.kind == "html":
             return web.Response(status=fault.status, text=_cloudflare_page(fault.status), content_type="text/html")
         if fault.kind == "context_length":
             model = body.get("model") if isinstance(body, dict) else None
             limits = self.quotas.get(model) if isinstance(model, str) else None
             limit = limits.context_tokens if limits else DEFAULT_CONTEXT_LENGTH
-            error = _context_error(limit, limit + 1, 0)
-            return web.json_response(error.body, status=error.status)
+            return _context_error(limit, limit + 1, 0).response()
         _hang_up(request)  # "drop"
         return web.Response()
 
@@ -235,11 +263,11 @@ class Emulator:
         _validate_chat(body)
         limits = self.quotas.get(body["model"])
         if limits is None or limits.kind != "chat":
-            raise ApiError(404, {"detail": f"Model '{body['model']}' not found"})
+            raise ApiError(404, f"Model '{body['model']}' not found")
         messages = body["messages"]
         urls = [url for message in messages for url in _image_urls(message["content"])]
         if len(urls) > MAX_IMAGES:
-            raise ApiError(400, {"detail": f"At most {MAX_IMAGES} images per request"})
+            raise ApiError(400, f"At most {MAX_IMAGES} images per request")
         seen = await asyncio.to_thread(_describe_images, urls) if urls else []
         prompt_tokens = sum(_message_tokens(message) for message in messages)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -274,21 +302,17 @@ class Emulator:
         return {**head, "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}], "usage": usage}
 
     async def _models(self, _body: Any) -> Reply:
-        if self.models_shape == "openai":
-            data = [
-                {"id": row.name, "object": "model", "created": MODELS_CREATED, "owned_by": "io-intelligence"}
-                for row in self.quotas
-            ]
-            return {"object": "list", "data": data}
+        """Each model in OpenAI's shape (`id`, `object`) and io.net's newer one (`name`, `metadata`) at once."""
         data = [
-            {
-                "name": row.name,
-                "model_id": row.name,
-                "metadata": {"context_window": row.context_tokens, "supports_images_input": row.images},
-            }
+            {"id": row.name, "object": "model", "created": MODELS_CREATED, "owned_by": "io-intelligence"}
             for row in self.quotas
         ]
-        return {"data": data, "pagination": {"page": 1, "page_size": len(data), "total": len(data)}}
+        if self.models_shape == "openai":
+            return {"object": "list", "data": data}
+        for entry, row in zip(data, self.quotas):
+            metadata = {"context_window": row.context_tokens, "supports_images_input": row.images}
+            entry.update(name=row.name, model_id=row.name, metadata=metadata)
+        return {"object": "list", "data": data, "pagination": {"page": 1, "page_size": len(data), "total": len(data)}}
 
     async def _agents(self, _body: Any) -> Reply:
         metadata = {"image_url": None, "tags": ["text"]}
@@ -312,7 +336,7 @@ class Emulator:
         try:
             fault = Fault(**await request.json())
         except (ValueError, TypeError) as exc:
-            return web.json_response({"detail": f"Invalid fault: {exc}"}, status=400)
+            return ApiError(400, f"Invalid fault: {exc}").response()
         self.inject(fault)
         return web.Response(status=204)
 
@@ -406,7 +430,9 @@ def _missing(loc: list[str | int]) -> dict[str, Any]:
 
 
 def _unprocessable(errors: list[dict[str, Any]]) -> ApiError:
-    return ApiError(422, {"detail": errors})
+    """FastAPI's 422: the list of errors as `detail`, and one line of them as the message."""
+    message = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors)
+    return ApiError(422, message, detail=errors)
 
 
 def _require_object(body: Any) -> None:
@@ -539,9 +565,8 @@ def _context_error(limit: int, prompt_tokens: int, completion_tokens: int) -> Ap
         f"{prompt_tokens + completion_tokens} tokens ({prompt_tokens} in the messages, {completion_tokens} in "
         "the completion). Please reduce the length of the messages or completion."
     )
-    return ApiError(
-        400, {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
-    )
+    vllm = {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+    return ApiError(400, message, extra=vllm)
 
 
 def _describe_images(urls: list[str]) -> list[str]:
@@ -575,7 +600,7 @@ def _describe_image(url: str) -> str:
 
 
 def _invalid_image(why: str) -> ApiError:
-    return ApiError(400, {"detail": f"Invalid image: {why}"})
+    return ApiError(400, f"Invalid image: {why}")
 
 
 def _last_question(messages: list[dict[str, Any]]) -> tuple[str, int]:

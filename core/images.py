@@ -656,7 +656,10 @@ def read_local_image(path: str | Path, limits: ImageLimits) -> tuple[str, bytes]
     The size is checked before reading, and at most one byte over the limit is ever read (the
     file could grow in between).
     """
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError as error:  # "~someone" for a user this machine does not know
+        raise ImageError(f"{path} does not exist.", "file") from error
     try:
         if not path.exists():
             raise ImageError(f"{path} does not exist.", "file")

@@ -9,11 +9,18 @@ checking the limits in SQL), which is why nothing in `Ledger` assumes SQLite.
 
 How `SQLiteLedger` stays exact and fast:
 
-* One process owns a ledger file. It holds an advisory lock on `<file>-lock` for its lifetime, so a
-  second service on the same file is refused, and the kernel drops the lock when the owner dies.
+* One process owns a ledger file. It holds an advisory `flock` on the database file itself for its
+  lifetime: the lock belongs to the file (its inode), so a second service is refused whatever name,
+  symbolic link or rename reached the file, and the kernel drops the lock when the owner dies.
   Whoever takes the lock therefore knows that every open reservation in the file was left by a dead
-  process, and expires them all at open. Other processes (the `iobot usage`, `limits` and `models`
-  commands) open the file with `owner=False`: they read it and set per-person limits, never reserve.
+  process. A file with several hard links is refused outright, by every process: SQLite keeps its
+  write-ahead log beside the name it was opened by, so two names mean two logs and lost rows. Other
+  processes (the `iobot usage`, `limits` and `models` commands) open the file with `owner=False`:
+  they read it and set per-person limits, never reserve.
+* A reservation left open by a dead owner may have paid for an API call whose answer nobody saw. The
+  next owner charges it to the model's daily total at its estimate (`interrupted_tokens`, shown by
+  `iobot usage`), never to the person, and frees its idempotency key so that the platform's
+  redelivery of the event is answered.
 * The owner keeps the running totals (settled + reserved, per model and per person, per day) in
   memory, loaded from the file at open. `reserve` checks and adds to them with no `await` in
   between, so no interleaving of tasks can let two reservations pass one limit. Only then does it
@@ -25,24 +32,33 @@ How `SQLiteLedger` stays exact and fast:
   reads for the checks, measured about 2,500 reserve-and-settle pairs/s, half the 5,000 wanted;
   batched, `benchmarks/ledger.py` measures 12,000 to 20,000 on a busy 2-CPU machine. A failed
   transaction fails every caller in it, and each undoes its change to the totals.
+* Idempotency keys stay in the file, never all in memory: the owner remembers the keys of the last
+  few minutes (a platform's retries), and each transaction looks up the others in one query before
+  it writes. Keys older than KEY_RETENTION are deleted a small chunk at a time, off the hot path.
+* A per-person limit set by any process applies to the next reservation after `set_user_limit`
+  returns: `set_user_limit` bumps a change counter in the same transaction, and `reserve` reads that
+  counter (and, when it moved, the overrides) before its checks, through a second, synchronous
+  connection: one indexed read of a few microseconds, with no `await` to let the check go stale.
 * WAL with `synchronous=NORMAL`: a commit survives the process being killed; a power cut may lose
   the last commits (under-counting a few requests) but never corrupts the file.
-* Per-person limits set by another process reach the owner within `LIMITS_REFRESH_SECONDS`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import math
 import os
+import socket
 import sqlite3
-import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import aiosqlite
 
@@ -50,7 +66,9 @@ log = logging.getLogger("iobot.ledger")
 
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 5000")
 KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least this long
-LIMITS_REFRESH_SECONDS = 1.0
+RECENT_KEYS_SECONDS = 600.0  # the owner keeps this much of its own keys in memory; older ones are looked up
+PRUNE_CHUNK = 1_000  # expired keys deleted per transaction, so that no reservation waits long behind it
+PRUNE_PAUSE = 0.01  # seconds between two chunks, in which the reservations' transactions have the file
 
 
 class LedgerError(Exception):
@@ -128,6 +146,10 @@ class UsageRow:
     total_tokens: int
     requests: int
     estimated_tokens: int  # the part of total_tokens that was estimated because the API reported none
+    # Calls cut off by a crash: charged to the model's daily quota at their estimate, not to the person
+    # (they are in no total_tokens and no budget).
+    interrupted_tokens: int = 0
+    interrupted_requests: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +161,8 @@ class UsageRow:
             "total_tokens": self.total_tokens,
             "requests": self.requests,
             "estimated_tokens": self.estimated_tokens,
+            "interrupted_tokens": self.interrupted_tokens,
+            "interrupted_requests": self.interrupted_requests,
         }
 
 
@@ -150,10 +174,13 @@ class Ledger(Protocol):
     ) -> Reservation:
         """Hold `tokens` for a call, or raise `BudgetExceeded`, `ModelQuotaExceeded` or `DuplicateRequest`.
 
-        The person's budget is checked first, since no other model helps a person over budget.
-        `model_limit` None means unlimited. A refused reservation does not use up the key, so the
-        service can try another model with it; a released one does (a platform's retry of the same
-        event is not run again). A fallback after a failed call therefore reserves without the key.
+        The person's budget is checked first, since no other model helps a person over budget; it is
+        the budget in force when `reserve` is called (a `set_user_limit` that returned, from any
+        process, applies). `model_limit` None means unlimited. The key is a duplicate while a
+        reservation holds it or once its call was settled or released (a platform's retry of the
+        same event is not run again). A refused reservation does not use up the key, so the service
+        can try another model with it; a fallback after a failed call therefore reserves without it.
+        A reservation cut off by a crash frees its key, so that the redelivered event is answered.
         """
         ...
 
@@ -168,7 +195,11 @@ class Ledger(Protocol):
         ...
 
     async def used_today(self, *, model: str | None = None, user: str | None = None) -> int:
-        """Settled plus reserved tokens today, for a model, a person, both, or everyone."""
+        """Settled plus reserved tokens today, for a model, a person, both, or everyone.
+
+        Without a person this is the account's spend and includes interrupted calls; with one it is
+        what that person is charged, which never does.
+        """
         ...
 
     async def usage(self, *, day: date | None = None, user: str | None = None) -> list[UsageRow]:
@@ -176,11 +207,14 @@ class Ledger(Protocol):
         ...
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
-        """Settled plus reserved tokens per model for one day (today by default)."""
+        """Settled, interrupted and reserved tokens per model for one day (today by default)."""
         ...
 
     async def set_user_limit(self, user: str, tokens: int | None) -> None:
-        """Override a person's daily budget; None goes back to the default."""
+        """Override a person's daily budget; None goes back to the default.
+
+        Once it returns, every reservation that starts afterwards, in any process, uses the new budget.
+        """
         ...
 
     async def user_limit(self, user: str) -> int: ...
@@ -255,11 +289,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE idempotency (key TEXT PRIMARY KEY, created_at REAL NOT NULL) WITHOUT ROWID;
     CREATE INDEX idempotency_by_age ON idempotency (created_at);
     """,
+    """
+    ALTER TABLE usage ADD COLUMN interrupted_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage ADD COLUMN interrupted_requests INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX usage_by_model;
+    CREATE INDEX usage_by_model ON usage (day, model, total_tokens, interrupted_tokens);
+    -- the key a reservation holds, freed if a crash cuts its call off
+    ALTER TABLE reservations ADD COLUMN idempotency_key TEXT;
+    -- bumped with every change to user_limits, so that the owner sees a change at its next reservation
+    CREATE TABLE limits_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+    INSERT INTO limits_version (id, version) VALUES (1, 0);
+    -- the process that owns the file, for the message that refuses a second one
+    CREATE TABLE owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+                        started_at REAL NOT NULL);
+    """,
 )
 
 # The writes reserve, settle and release queue. A batch runs them in this order, which is safe because
 # the only ones that do not commute are a reservation's insert and its delete, queued in that order.
-INSERT_RESERVATION = "INSERT INTO reservations (id, user, model, day, tokens, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_RESERVATION = (
+    "INSERT INTO reservations (id, user, model, day, tokens, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 REMEMBER_KEY = (
     "INSERT INTO idempotency (key, created_at) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at"
@@ -275,31 +325,58 @@ ADD_USAGE = """
         estimated_tokens = estimated_tokens + excluded.estimated_tokens
 """
 DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
-FORGET_KEYS = "DELETE FROM idempotency WHERE created_at < ?"
-WRITE_ORDER = (INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, DELETE_RESERVATION, FORGET_KEYS)
+WRITE_ORDER = (INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, DELETE_RESERVATION)
+
+# What a new owner does with the reservations a dead one left open (one transaction).
+LEFT_OPEN = "SELECT user, model, day, tokens, idempotency_key FROM reservations"
+ADD_INTERRUPTED = """
+    INSERT INTO usage (day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens,
+                       interrupted_tokens, interrupted_requests)
+    VALUES (?, ?, ?, 0, 0, 0, 0, 0, ?, 1)
+    ON CONFLICT (day, user, model) DO UPDATE SET
+        interrupted_tokens = interrupted_tokens + excluded.interrupted_tokens,
+        interrupted_requests = interrupted_requests + 1
+"""
+FREE_KEY = "DELETE FROM idempotency WHERE key = ?"
+
+# Keys of earlier processes that a batch is about to spend: the batch's keys as one JSON array.
+SPENT_KEYS = "SELECT key FROM idempotency WHERE key IN (SELECT value FROM json_each(?)) AND created_at >= ?"
+FORGET_KEYS = (
+    "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)"
+)
 
 # The reads, named so that a test can check with EXPLAIN QUERY PLAN that they use the indexes.
-USAGE_ROWS = (
-    "SELECT day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens"
-    " FROM usage WHERE day = ? ORDER BY user, model"
+USAGE_COLUMNS = (
+    "SELECT day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens,"
+    " interrupted_tokens, interrupted_requests FROM usage"
 )
-USAGE_ROWS_OF_USER = (
-    "SELECT day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens"
-    " FROM usage WHERE day = ? AND user = ? ORDER BY model"
+USAGE_ROWS = USAGE_COLUMNS + " WHERE day = ? ORDER BY user, model"
+USAGE_ROWS_OF_USER = USAGE_COLUMNS + " WHERE day = ? AND user = ? ORDER BY model"
+# A model's (the account's) spend includes interrupted calls; a person's does not.
+SPENT_BY_MODEL = "SELECT model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day = ? GROUP BY model"
+SPENT_BY_MODEL_SINCE = (
+    "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
 )
-SETTLED_BY_MODEL = "SELECT model, SUM(total_tokens) FROM usage WHERE day = ? GROUP BY model"
-SETTLED_BY_MODEL_SINCE = "SELECT day, model, SUM(total_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
 SETTLED_BY_USER_SINCE = "SELECT day, user, SUM(total_tokens) FROM usage WHERE day >= ? GROUP BY day, user"
 RESERVED_BY_MODEL = "SELECT model, SUM(tokens) FROM reservations WHERE day = ? GROUP BY model"
 SETTLED_SUM = "SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ?"
+SPENT_SUM = "SELECT COALESCE(SUM(total_tokens + interrupted_tokens), 0) FROM usage WHERE day = ?"
 RESERVED_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE day = ?"
+LIMITS_VERSION = "SELECT version FROM limits_version"
+USER_LIMITS = "SELECT user, tokens FROM user_limits"
 
 
 class _Batch:
-    """Writes committed together in one transaction; `done` resolves when it is committed."""
+    """Writes committed together in one transaction; `done` resolves when it is committed.
+
+    `keys` are the idempotency keys its reservations spend; those an earlier process already spent are
+    found in the transaction, their reservations left out, and listed in `duplicates`.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple]] = {sql: [] for sql in WRITE_ORDER}
+        self.keys: list[str] = []
+        self.duplicates: set[str] = set()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -311,7 +388,7 @@ class SQLiteLedger:
         db: aiosqlite.Connection,
         path: str,
         *,
-        owner_lock: int | None,
+        owner_lock: _OwnerLock | None,
         owner: bool,
         user_daily_tokens: int,
         reservation_ttl: float,
@@ -329,14 +406,16 @@ class SQLiteLedger:
         self._db_lock = asyncio.Lock()
         self._pending: _Batch | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         # The owner's authoritative state: settled + reserved tokens per (day, model) and (day, user),
-        # open reservations oldest first with their creation time, idempotency keys with theirs.
+        # open reservations oldest first with their creation time, its recent idempotency keys with theirs.
         self._model_used: dict[tuple[date, str], int] = {}
         self._user_used: dict[tuple[date, str], int] = {}
         self._open: dict[int | str, tuple[Reservation, float]] = {}
-        self._keys: dict[str, float] = {}
+        self._recent_keys: OrderedDict[str, float] = OrderedDict()
         self._limits: dict[str, int] = {}
-        self._limits_due = 0.0  # time.monotonic() when the overrides are read again
+        self._limits_reader: sqlite3.Connection | None = None  # the owner's synchronous look at limits_version
+        self._limits_version: int | None = None
         self._last_id = 0
         self._today = date.min
 
@@ -352,13 +431,16 @@ class SQLiteLedger:
     ) -> SQLiteLedger:
         """Open (creating or migrating) the ledger at `path`.
 
-        `owner=True` is for the one process that reserves (the service): it takes the file's lock,
-        or raises `LedgerError` when another live process has it, and expires the reservations a
-        dead owner left. `owner=False` is for commands run beside it: reads and limit overrides only.
+        `owner=True` is for the one process that reserves (the service): it locks the file, or raises
+        `LedgerError` naming the live process that has it, and settles what a dead owner left open.
+        `owner=False` is for commands run beside it: reads and limit overrides only.
         """
         if user_daily_tokens < 0 or reservation_ttl < 0:
             raise ValueError("user_daily_tokens and reservation_ttl must not be negative")
-        owner_lock = _take_owner_lock(path) if owner else None
+        owner_lock = None
+        if path != ":memory:":
+            path = _one_name(path)
+            owner_lock = _OwnerLock.take(path) if owner else None
         db: aiosqlite.Connection | None = None
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -376,30 +458,51 @@ class SQLiteLedger:
             if db is not None:
                 await db.close()
             if owner_lock is not None:
-                os.close(owner_lock)
+                owner_lock.release()
             if isinstance(exc, sqlite3.Error):
                 raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
             raise
 
     async def _load(self) -> None:
-        """Expire what a dead owner left open, then read the totals of yesterday and today into memory."""
+        """Settle what a dead owner left open, sign the file as ours, read the totals of yesterday and today.
+
+        Idempotency keys stay in the file: none is read here (the pruner deletes expired ones later).
+        """
         now = self._now()
         self._today = now.date()
         since = (self._today - timedelta(days=1)).isoformat()
-        [(self._last_id, left_open)] = await self._db.execute_fetchall(
-            "SELECT COALESCE(MAX(id), 0), COUNT(*) FROM reservations"
-        )
-        if left_open:
+        [(self._last_id,)] = await self._db.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM reservations")
+        left_open = list(await self._db.execute_fetchall(LEFT_OPEN))
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(ADD_INTERRUPTED, [(day, user, model, tokens) for user, model, day, tokens, _ in left_open])
+            await self._db.executemany(FREE_KEY, [(key,) for *_, key in left_open if key is not None])
             await self._db.execute("DELETE FROM reservations")
-            log.warning("expired %d reservation(s) left open by a previous process", left_open)
-        cutoff = (now - KEY_RETENTION).timestamp()
-        await self._db.execute(FORGET_KEYS, (cutoff,))
-        for day, model, tokens in await self._db.execute_fetchall(SETTLED_BY_MODEL_SINCE, (since,)):
+            await self._db.execute(
+                "INSERT INTO owner (id, pid, host, started_at) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, host = excluded.host, started_at = excluded.started_at",
+                (os.getpid(), socket.gethostname(), now.timestamp()),
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            raise
+        if left_open:
+            log.warning(
+                "%d call(s) were cut off by the end of the previous process: charged to their models at their "
+                "estimate (%d tokens), not to the people, whose events will be answered when redelivered",
+                len(left_open), sum(row[3] for row in left_open),
+            )
+        for day, model, tokens in await self._db.execute_fetchall(SPENT_BY_MODEL_SINCE, (since,)):
             self._model_used[date.fromisoformat(day), model] = tokens
         for day, user, tokens in await self._db.execute_fetchall(SETTLED_BY_USER_SINCE, (since,)):
             self._user_used[date.fromisoformat(day), user] = tokens
-        self._keys = dict(await self._db.execute_fetchall("SELECT key, created_at FROM idempotency"))
-        await self._refresh_limits()
+        self._limits = {user: tokens for user, tokens in await self._db.execute_fetchall(USER_LIMITS)}
+        if self._path != ":memory:":  # a memory database is this connection's alone: no one else sets limits
+            self._limits_reader = sqlite3.connect(self._path, timeout=1.0, isolation_level=None)
+            self._refresh_limits_if_changed()
+        self._start_pruning()
 
     # --- reserve, settle, release: the owner's hot path ---
 
@@ -409,15 +512,15 @@ class SQLiteLedger:
         self._check_owner()
         if tokens < 0:
             raise ValueError("tokens must not be negative")
-        if time.monotonic() >= self._limits_due:
-            await self._refresh_limits()
         # From here to the write there is no await: the checks and the charge are one atomic step.
+        self._refresh_limits_if_changed()
         now = self._now()
         day = now.date()
         if day != self._today:
             self._start_day(now)
         self._expire(now.timestamp())
-        if idempotency_key is not None and idempotency_key in self._keys:
+        self._forget_old_recent_keys(now.timestamp())
+        if idempotency_key is not None and idempotency_key in self._recent_keys:
             raise DuplicateRequest(idempotency_key)
         budget = self._limits.get(user, self._default_budget)
         user_used = self._user_used.get((day, user), 0)
@@ -432,21 +535,30 @@ class SQLiteLedger:
         created_at = now.timestamp()
         self._charge(reservation, tokens)
         self._open[reservation.id] = (reservation, created_at)
-        committed = self._queue(INSERT_RESERVATION, (reservation.id, user, model, day.isoformat(), tokens, created_at))
+        batch = self._queue(
+            INSERT_RESERVATION, (reservation.id, user, model, day.isoformat(), tokens, created_at, idempotency_key)
+        )
         if idempotency_key is not None:
-            self._keys[idempotency_key] = created_at
+            self._recent_keys[idempotency_key] = created_at
+            batch.keys.append(idempotency_key)
             self._queue(REMEMBER_KEY, (idempotency_key, created_at))
         try:
-            await asyncio.shield(committed)
+            await asyncio.shield(batch.done)
         except asyncio.CancelledError:
             raise  # the write goes on; the reservation expires after the TTL
         except Exception as exc:
-            if self._open.pop(reservation.id, None) is not None:
-                self._charge(reservation, -tokens)
+            self._undo_reserve(reservation)
             if idempotency_key is not None:
-                self._keys.pop(idempotency_key, None)
+                self._recent_keys.pop(idempotency_key, None)
             raise LedgerError(f"could not record the reservation: {exc}") from exc
+        if idempotency_key in batch.duplicates:  # spent by an earlier process: nothing was written
+            self._undo_reserve(reservation)
+            raise DuplicateRequest(idempotency_key)
         return reservation
+
+    def _undo_reserve(self, reservation: Reservation) -> None:
+        if self._open.pop(reservation.id, None) is not None:
+            self._charge(reservation, -reservation.tokens)
 
     async def settle(
         self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool
@@ -460,13 +572,13 @@ class SQLiteLedger:
         held = reservation.tokens if opened else 0
         self._charge(reservation, total - held)
         day, user, model = reservation.day.isoformat(), reservation.user, reservation.model
-        committed = self._queue(
+        batch = self._queue(
             ADD_USAGE, (day, user, model, prompt_tokens, completion_tokens, total, total if estimated else 0)
         )
         if opened:
             self._queue(DELETE_RESERVATION, (reservation.id,))
         try:
-            await asyncio.shield(committed)
+            await asyncio.shield(batch.done)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -482,7 +594,7 @@ class SQLiteLedger:
             return
         self._charge(reservation, -reservation.tokens)
         try:
-            await asyncio.shield(self._queue(DELETE_RESERVATION, (reservation.id,)))
+            await asyncio.shield(self._queue(DELETE_RESERVATION, (reservation.id,)).done)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -497,7 +609,7 @@ class SQLiteLedger:
     async def expire_stale(self) -> int:
         self._check_owner()
         expired = self._expire(self._now().timestamp())
-        if expired:
+        if expired and self._pending is not None:
             try:
                 await asyncio.shield(self._pending.done)
             except Exception as exc:  # freed in memory all the same; the next owner clears the rows at open
@@ -519,16 +631,22 @@ class SQLiteLedger:
             log.warning("expired %d reservation(s) older than %.0f s", expired, self._ttl)
         return expired
 
+    def _forget_old_recent_keys(self, now: float) -> None:
+        """Drop this process's keys older than RECENT_KEYS_SECONDS from memory (they stay in the file)."""
+        while self._recent_keys:
+            created_at = next(iter(self._recent_keys.values()))
+            if created_at > now - RECENT_KEYS_SECONDS:
+                return
+            self._recent_keys.popitem(last=False)
+
     def _start_day(self, now: datetime) -> None:
-        """A new UTC day: drop totals older than yesterday and keys older than KEY_RETENTION."""
+        """A new UTC day: drop totals older than yesterday, and start deleting keys older than KEY_RETENTION."""
         self._today = now.date()
         keep_from = self._today - timedelta(days=1)
         for totals in (self._model_used, self._user_used):
             for key in [key for key in totals if key[0] < keep_from]:
                 del totals[key]
-        cutoff = (now - KEY_RETENTION).timestamp()
-        self._keys = {key: created_at for key, created_at in self._keys.items() if created_at >= cutoff}
-        self._queue(FORGET_KEYS, (cutoff,))
+        self._start_pruning()
 
     def _charge(self, reservation: Reservation, tokens: int) -> None:
         by_user = (reservation.day, reservation.user)
@@ -536,14 +654,14 @@ class SQLiteLedger:
         self._user_used[by_user] = self._user_used.get(by_user, 0) + tokens
         self._model_used[by_model] = self._model_used.get(by_model, 0) + tokens
 
-    def _queue(self, sql: str, params: tuple) -> asyncio.Future[None]:
-        """Add a write to the next transaction; the future resolves when that transaction is committed."""
+    def _queue(self, sql: str, params: tuple) -> _Batch:
+        """Add a write to the next transaction, whose `done` resolves when it is committed."""
         if self._pending is None:
             self._pending = _Batch()
         self._pending.rows[sql].append(params)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return self._pending.done
+        return self._pending
 
     async def _flush(self) -> None:
         """Commit batches until none is waiting: each holds what was queued while the last one committed."""
@@ -553,6 +671,8 @@ class SQLiteLedger:
                 async with self._db_lock:
                     await self._db.execute("BEGIN IMMEDIATE")
                     try:
+                        if batch.keys:
+                            await self._leave_out_spent_keys(batch)
                         for sql, rows in batch.rows.items():
                             if rows:
                                 await self._db.executemany(sql, rows)
@@ -567,15 +687,56 @@ class SQLiteLedger:
             else:
                 batch.done.set_result(None)
 
+    async def _leave_out_spent_keys(self, batch: _Batch) -> None:
+        """Find the batch's keys that an earlier process spent, and drop the reservations that would spend them."""
+        cutoff = (self._now() - KEY_RETENTION).timestamp()
+        rows = await self._db.execute_fetchall(SPENT_KEYS, (json.dumps(batch.keys), cutoff))
+        batch.duplicates = {key for (key,) in rows}
+        if batch.duplicates:
+            reservations = batch.rows[INSERT_RESERVATION]
+            reservations[:] = [row for row in reservations if row[-1] not in batch.duplicates]  # the key is last
+            remembered = batch.rows[REMEMBER_KEY]
+            remembered[:] = [row for row in remembered if row[0] not in batch.duplicates]
+
+    def _start_pruning(self) -> None:
+        """Start deleting expired keys; one already at work reads the clock at each chunk, so it is enough."""
+        if self._pruner is None or self._pruner.done():
+            self._pruner = asyncio.create_task(self._prune_keys())
+
+    async def _prune_keys(self) -> None:
+        """Delete keys older than KEY_RETENTION, PRUNE_CHUNK per transaction, leaving the file to the batches in between."""
+        try:
+            while True:
+                async with self._db_lock:
+                    cutoff = (self._now() - KEY_RETENTION).timestamp()
+                    cursor = await self._db.execute(FORGET_KEYS, (cutoff, PRUNE_CHUNK))
+                if cursor.rowcount < PRUNE_CHUNK:
+                    return
+                await asyncio.sleep(PRUNE_PAUSE)
+        except sqlite3.Error as exc:  # the keys are only older than needed; the next day tries again
+            log.warning("could not delete expired idempotency keys: %s", exc)
+
+    def _refresh_limits_if_changed(self) -> None:
+        """Re-read the overrides if any process changed one since the last look (a few microseconds when not)."""
+        if self._limits_reader is None:
+            return
+        try:
+            [(version,)] = self._limits_reader.execute(LIMITS_VERSION).fetchall()
+            if version != self._limits_version:
+                self._limits = dict(self._limits_reader.execute(USER_LIMITS).fetchall())
+                self._limits_version = version
+        except sqlite3.Error as exc:
+            raise LedgerError(f"could not read the budgets: {exc}") from exc
+
     # --- queries and limits: any process ---
 
     async def used_today(self, *, model: str | None = None, user: str | None = None) -> int:
         filters = [(column, value) for column, value in (("model", model), ("user", user)) if value is not None]
         conditions = "".join(f" AND {column} = ?" for column, _ in filters)
         params = [self._now().date().isoformat(), *(value for _, value in filters)]
-        [(settled,)] = await self._read(SETTLED_SUM + conditions, params)
+        [(spent,)] = await self._read((SETTLED_SUM if user is not None else SPENT_SUM) + conditions, params)
         [(reserved,)] = await self._read(RESERVED_SUM + conditions, params)
-        return settled + reserved
+        return spent + reserved
 
     async def usage(self, *, day: date | None = None, user: str | None = None) -> list[UsageRow]:
         day_text = (day or self._now().date()).isoformat()
@@ -587,7 +748,7 @@ class SQLiteLedger:
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
         day_text = (day or self._now().date()).isoformat()
-        totals = dict(await self._read(SETTLED_BY_MODEL, (day_text,)))
+        totals = dict(await self._read(SPENT_BY_MODEL, (day_text,)))
         for model, reserved in await self._read(RESERVED_BY_MODEL, (day_text,)):
             totals[model] = totals.get(model, 0) + reserved
         return dict(sorted(totals.items()))
@@ -597,14 +758,22 @@ class SQLiteLedger:
             raise ValueError("a daily budget must not be negative")
         self._check_open()
         async with self._db_lock:
-            if tokens is None:
-                await self._db.execute("DELETE FROM user_limits WHERE user = ?", (user,))
-            else:
-                await self._db.execute(
-                    "INSERT INTO user_limits (user, tokens) VALUES (?, ?)"
-                    " ON CONFLICT (user) DO UPDATE SET tokens = excluded.tokens",
-                    (user, tokens),
-                )
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if tokens is None:
+                    await self._db.execute("DELETE FROM user_limits WHERE user = ?", (user,))
+                else:
+                    await self._db.execute(
+                        "INSERT INTO user_limits (user, tokens) VALUES (?, ?)"
+                        " ON CONFLICT (user) DO UPDATE SET tokens = excluded.tokens",
+                        (user, tokens),
+                    )
+                await self._db.execute("UPDATE limits_version SET version = version + 1")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
         if tokens is None:
             self._limits.pop(user, None)
         else:
@@ -622,16 +791,16 @@ class SQLiteLedger:
         if self._closed:
             return
         self._closed = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
         if self._flusher is not None:
             await self._flusher
+        if self._limits_reader is not None:
+            self._limits_reader.close()
         await self._db.close()
         if self._owner_lock is not None:
-            os.close(self._owner_lock)
-
-    async def _refresh_limits(self) -> None:
-        """Re-read the overrides, which `iobot limits` may have changed from another process."""
-        self._limits_due = time.monotonic() + LIMITS_REFRESH_SECONDS
-        self._limits = dict(await self._read("SELECT user, tokens FROM user_limits", ()))
+            self._owner_lock.release()  # after the connection: see _OwnerLock
 
     async def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
         self._check_open()
@@ -648,26 +817,84 @@ class SQLiteLedger:
     def _check_owner(self) -> None:
         self._check_open()
         if not self._owner:
-            raise LedgerError(f"the ledger {self._path} was opened with owner=False: it can be read, not charged")
+            raise LedgerError(
+                f"this process opened the ledger {self._path} to read it and set budgets; only the process "
+                "serving requests charges it"
+            )
 
 
-def _take_owner_lock(path: str) -> int | None:
-    """Lock `<path>-lock` for this process's lifetime, or raise LedgerError naming the process that has it."""
-    if path == ":memory:":
-        return None
-    fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT, 0o644)
+class _OwnerLock:
+    """An exclusive `flock` on the database file itself: one owner per file, whatever name reached it.
+
+    flock belongs to the open file, not to its name, so a symbolic link, a bind mount or a rename
+    reaches the same lock. SQLite's own locks are POSIX locks, which closing *any* descriptor of the
+    file drops for the whole process; so this process never opens a second descriptor of a file it
+    owns (`_held` answers first), and closes its descriptor only after its SQLite connection.
+    """
+
+    _held: ClassVar[set[tuple[int, int]]] = set()  # (device, inode) of the files this process owns
+
+    def __init__(self, fd: int, identity: tuple[int, int]) -> None:
+        self._fd = fd
+        self._identity = identity
+
+    @classmethod
+    def take(cls, path: str) -> _OwnerLock:
+        if os.path.exists(path):
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) in cls._held:
+                raise LedgerError(_in_use_message(path))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        info = os.fstat(fd)
+        identity = (info.st_dev, info.st_ino)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _refuse_hard_links(path, os.fstat(fd).st_nlink)  # a link made since the first look
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerError(_in_use_message(path)) from None
+        except LedgerError:
+            os.close(fd)
+            raise
+        cls._held.add(identity)
+        return cls(fd, identity)
+
+    def release(self) -> None:
+        self._held.discard(self._identity)
+        os.close(self._fd)
+
+
+def _in_use_message(path: str) -> str:
+    """Who holds the ledger (as it signed the file) and what the operator can do."""
+    holder = "another process"
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            [(pid, host, started_at)] = db.execute("SELECT pid, host, started_at FROM owner").fetchall()
+        since = datetime.fromtimestamp(started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        holder = f"iobot process {pid} on {host} (running since {since})"
+    except (sqlite3.Error, ValueError):
+        pass  # not signed yet, or by an older iobot
+    return (
+        f"the ledger {path} is in use by {holder}: only one process may serve requests from a ledger. "
+        "Stop that process before starting another, or give this one a ledger of its own; reading it "
+        "(iobot usage, iobot models) and setting budgets (iobot limits) work beside it."
+    )
+
+
+def _one_name(path: str) -> str:
+    """The file's real path (links followed, as SQLite does for its log), refusing a file with hard links."""
+    path = os.path.realpath(path)
+    _refuse_hard_links(path, os.stat(path).st_nlink if os.path.exists(path) else 1)
+    return path
+
+
+def _refuse_hard_links(path: str, links: int) -> None:
+    if links > 1:
         raise LedgerError(
-            f"the ledger {path} is in use by another iobot process (pid {holder}); only one process may charge "
-            "a SQLite ledger (open it with owner=False to read it beside that process)"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
+            f"the ledger {path} has {links} names (hard links to one file). SQLite keeps a write-ahead log "
+            "beside the name a file is opened by, so a second name gets a second log and settled rows can be "
+            f"lost. Keep one name: find the others with `find / -xdev -samefile {path}` and remove them."
+        )
 
 
 async def _migrate(db: aiosqlite.Connection, path: str) -> None:

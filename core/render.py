@@ -1,7 +1,7 @@
 """Results as text people read, in a neutral markdown each adapter converts for its platform.
 
-The neutral form: `**bold**`, `` `code` ``, fenced code blocks, `• ` bullets. Tables are code blocks so
-they line up everywhere.
+The neutral form: `**bold**`, `` `code` ``, fenced code blocks, `• ` bullets, `<https://...>` links.
+Tables are code blocks so they line up everywhere.
 """
 
 from __future__ import annotations
@@ -51,12 +51,19 @@ def render_result(result: WorkflowResult) -> str:
         case Moderation():
             return _moderation(result)
         case Translation(text, language):
-            return f"**{language.capitalize()}:** {text}"
+            return f"**{language_title(language)}:** {text}"
         case Classification(label, labels):
             return f"**Label:** {label} (out of {', '.join(labels)})"
         case Reasoning(text) | CustomResult(text):
             return text
     raise TypeError(f"no rendering for {type(result).__name__}")
+
+
+def language_title(language: str) -> str:
+    """A language as a heading: `french` capitalised, anything written with capitals or as a code (`pt-BR`) as it is."""
+    if language.replace(" ", "").isalpha() and language.islower():
+        return language[0].upper() + language[1:]
+    return language
 
 
 def _moderation(result: Moderation) -> str:
@@ -98,6 +105,46 @@ def render_models(quotas: QuotaTable, used: Mapping[str, int]) -> str:
         )
     header = ("model", "API tokens/day", "used today", "left", "context", "images")
     return "**Models** (quotas reset at 00:00 UTC)\n" + code_table(header, rows)
+
+
+# A code span or block as Discord reads one: a run of backticks up to the next run of the same length.
+# The run is taken whole (atomic) and only from its start, so that a long run cannot make this slow.
+CODE = r"(?<!`)(?P<ticks>(?>`+))[\s\S]*?[^`](?P=ticks)(?!`)"
+# A markdown link in every form Discord shows as a masked link: text with one level of brackets in it,
+# the target in angle brackets or not, a title after it.
+MASKED_LINK = (
+    r"!?\[(?P<text>(?:[^\[\]]|\[[^\[\]]*\])*)\]"
+    r"\(\s*<?(?P<target>[A-Za-z][A-Za-z0-9+.-]*:(?:[^\s<>()]|\([^\s<>()]*\)){0,2048}?)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
+)
+# What is left of link syntax that the pattern above did not take: `](` before an address.
+LINK_TAIL = r"\](?=\(\s*<?[A-Za-z][A-Za-z0-9+.-]*:)"
+LINKS = re.compile(f"(?P<code>{CODE})|(?P<link>{MASKED_LINK})|(?P<tail>{LINK_TAIL})")
+
+
+def reveal_links(markdown: str) -> str:
+    """Markdown links with their real target in view: `[text](url)` becomes `text (<url>)`.
+
+    Chat platforms show a link's text and hide its target, so model output such as
+    `[https://good.example](https://evil.example)` would point somewhere other than it says. Code is
+    left as it is. Link syntax the rewrite cannot read is broken (`] (`) so that it shows as written.
+    Each pass takes one `](` away, so nested links come out whole in a few passes.
+    """
+    while True:
+        revealed = LINKS.sub(_reveal, markdown)
+        if revealed == markdown:
+            return revealed
+        markdown = revealed
+
+
+def _reveal(match: re.Match[str]) -> str:
+    if match["code"]:
+        return match[0]
+    if match["tail"]:
+        return "] "
+    text, target = match["text"].strip(), match["target"]
+    if not text or text.rstrip("/") in (target.rstrip("/"), target.split("://", 1)[-1].rstrip("/")):
+        return f"<{target}>"
+    return f"{text} (<{target}>)"
 
 
 def to_plain(text: str) -> str:

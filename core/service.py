@@ -35,7 +35,16 @@ from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded,
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
 from .ratelimit import RateLimit, busy_message
 from .render import code_table, render_agents, render_models, render_result, short_model_name
-from .tokens import InputTooLong, estimate_message_tokens, estimate_text_tokens, fit_to_context, image_side_within, image_tokens
+from .tokens import (
+    Fitted,
+    InputTooLong,
+    NoRoom,
+    estimate_message_tokens,
+    estimate_text_tokens,
+    fit,
+    image_side_within,
+    image_tokens,
+)
 from .workflows import WorkflowResult
 
 log = logging.getLogger("iobot.service")
@@ -52,12 +61,41 @@ MODERATION_THRESHOLD = 0.5
 # a workflow answer carries no usage, so these make its (high) estimate.
 WORKFLOW_PROMPT_OVERHEAD = 600
 WORKFLOW_ANSWER_TOKENS = 400
+# The least room for an answer worth giving: when a person's budget, a model's quota or its context
+# leaves less beside the question, the request is refused with what is left instead.
+MIN_ANSWER_TOKENS = 256
+RESERVE_ATTEMPTS = 3  # the whole room, then what the budget leaves, then what the model's quota leaves
+CONTEXT = "the model's context"
 UNEXPECTED_FAILURE = "Something went wrong on our side while answering. It has been logged; please try again."
 BUSY = "The bot is answering many requests right now. Please try again in a minute."
 SHUTTING_DOWN = "The bot is restarting. Please try again in a minute."
 IMAGES_WAITING = "_Your images are queued: other images are being read. They are next._"
 # Images are never scaled below one Llama 3.2 Vision tile to make room: detail would be lost.
 SMALLEST_IMAGE_SIDE = 560
+
+
+class NotEnoughLeft(QuotaExceeded):
+    """What is left today of the person's budget or of a model's quota cannot hold the message and a short answer."""
+
+    def __init__(self, refusal: QuotaExceeded, no_room: NoRoom) -> None:
+        self.model = refusal.model if isinstance(refusal, ModelQuotaExceeded) else None  # None: the person's budget
+        left = max(0, refusal.limit - refusal.used)
+        if self.model is None:
+            limit, whose, resets = "your daily budget", f"You have {left:,} of your {refusal.limit:,} tokens left today", "Your budget resets"
+        else:
+            name = short_model_name(self.model)
+            limit, whose, resets = f"{name}'s daily quota", f"{name} has {left:,} of its {refusal.limit:,} tokens left today", "It resets"
+        if no_room.needed - no_room.message_tokens > refusal.limit:  # not even an empty message would fit
+            text = (
+                f"{limit[0].upper()}{limit[1:]} of {refusal.limit:,} tokens is too small for any answer: even a short one "
+                f"needs about {no_room.needed:,}. An operator can raise it."
+            )
+        elif no_room.needed > refusal.limit:  # not even a whole day's tokens would do
+            text = str(InputTooLong(limit, NoRoom(needed=no_room.needed, room=refusal.limit, message_tokens=no_room.message_tokens)))
+        else:
+            wait = time_until(refusal.resets_at - datetime.now(UTC))
+            text = f"{whose}; this message and a short answer need about {no_room.needed:,}. {resets} at 00:00 UTC ({wait})."
+        super().__init__(text, used=refusal.used, limit=refusal.limit, needed=no_room.needed, resets_at=refusal.resets_at)
 
 
 @dataclass(frozen=True)
@@ -308,15 +346,15 @@ class Service:
         passed_over: list[str] = []
         failures: list[Exception] = []
         for model in self.candidates(images):
-            row = self.quotas.get(model)
             try:
-                fitted = fit_to_context(messages, row.context_tokens if row else DEFAULT_CONTEXT_LENGTH, self.config.max_tokens, model)
-                estimate = estimate_message_tokens(fitted) + self.config.max_tokens
-                reservation = await self.ledger.reserve(
-                    user=request.user, model=model, tokens=estimate,
-                    model_limit=row.api_daily_tokens if row else None, idempotency_key=key,
-                )
+                reservation, fitted, limited_by = await self._reserve(request.user, model, messages, key)
             except (ModelQuotaExceeded, InputTooLong) as exc:
+                failures.append(exc)
+                passed_over.append(model)
+                continue
+            except NotEnoughLeft as exc:
+                if exc.model is None:  # the person's budget: no other model helps, but a shorter message might
+                    raise next((f for f in failures if isinstance(f, InputTooLong)), exc) from None
                 failures.append(exc)
                 passed_over.append(model)
                 continue
@@ -332,19 +370,60 @@ class Service:
             except BaseException:
                 await self.ledger.release(reservation)
                 raise
-            usage = await self._settle(reservation, result.usage, fitted, result.content)
+            usage = await self._settle(reservation, result.usage, fitted.messages, result.content)
             if not result.content:
                 return Reply("The model gave an empty answer. Please rephrase and try again.", outcome="error", model=model)
-            notes = (_stood_in(model, passed_over),) if passed_over else ()
-            return Reply(result.content, model=model, usage=usage, notes=notes)
+            notes = [_stood_in(model, passed_over)] if passed_over else []
+            if fitted.dropped:
+                which = "oldest message of this conversation was" if fitted.dropped == 1 else f"{fitted.dropped} oldest messages of this conversation were"
+                notes.append(f"The {which} left out to fit {limited_by}.")
+            if fitted.max_tokens < self.config.max_tokens and limited_by != CONTEXT:
+                notes.append(f"The answer was kept to about {fitted.max_tokens:,} tokens to fit {limited_by}.")
+            return Reply(result.content, model=model, usage=usage, notes=tuple(notes))
         raise failures[0]
 
-    async def _complete(self, model: str, messages: list[Message], progress: Progress | None) -> ChatResult:
+    async def _reserve(self, user: str, model: str, messages: list[Message], key: str | None) -> tuple[Reservation, Fitted, str]:
+        """Cut the conversation to what the model's context and today's limits leave, and reserve that.
+
+        The first try fits the model's context and asks the ledger for the whole answer room. When
+        the ledger refuses, its refusal says how much of the person's budget or the model's quota is
+        left: the conversation is cut to that (older turns first, then the answer's room, down to
+        `MIN_ANSWER_TOKENS`) and reserved again. The ledger's reservation stays the one atomic
+        check, so a request that took the room meanwhile makes it refuse again, as it always did.
+        Returns the reservation, what to send, and the limit that set its size.
+        """
+        row = self.quotas.get(model)
+        room, limited_by = (row.context_tokens if row else DEFAULT_CONTEXT_LENGTH), CONTEXT
+        min_answer = min(MIN_ANSWER_TOKENS, self.config.max_tokens)
+        refusal: QuotaExceeded | None = None
+        for _ in range(RESERVE_ATTEMPTS):
+            try:
+                fitted = fit(messages, room, self.config.max_tokens, min_answer)
+            except NoRoom as exc:
+                if refusal is None:
+                    raise InputTooLong(short_model_name(model), exc) from None
+                raise NotEnoughLeft(refusal, exc) from None
+            try:
+                reservation = await self.ledger.reserve(
+                    user=user, model=model, tokens=fitted.tokens,
+                    model_limit=row.api_daily_tokens if row else None, idempotency_key=key,
+                )
+                return reservation, fitted, limited_by
+            except QuotaExceeded as exc:
+                left = exc.limit - exc.used
+                if left >= room:  # a limit changed between the two reads: nothing smaller to try
+                    raise
+                refusal, room = exc, left
+                limited_by = "the model's daily quota" if isinstance(exc, ModelQuotaExceeded) else "your daily budget"
+        assert refusal is not None
+        raise refusal
+
+    async def _complete(self, model: str, fitted: Fitted, progress: Progress | None) -> ChatResult:
         """One completion: streamed when someone watches its progress, plain otherwise."""
         if progress is None:
-            return await self.client.chat(model, messages, max_tokens=self.config.max_tokens)
+            return await self.client.chat(model, fitted.messages, max_tokens=fitted.max_tokens)
         answer = ""
-        async with self.client.stream_chat(model, messages, max_tokens=self.config.max_tokens) as stream:
+        async with self.client.stream_chat(model, fitted.messages, max_tokens=fitted.max_tokens) as stream:
             async for piece in stream:
                 answer += piece
                 await progress(answer)
@@ -376,7 +455,8 @@ class Service:
         answer_room = max(WORKFLOW_ANSWER_TOKENS, 2 * command.max_words) if task == "summarize_text" else WORKFLOW_ANSWER_TOKENS
         context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
         if prompt + answer_room > context:
-            raise InputTooLong(prompt + answer_room, context, model)
+            no_room = NoRoom(needed=prompt + answer_room, room=context, message_tokens=estimate_text_tokens(command.text))
+            raise InputTooLong(short_model_name(model), no_room)
         reservation = await self.ledger.reserve(
             user=request.user, model=model, tokens=prompt + answer_room,
             model_limit=row.api_daily_tokens if row else None, idempotency_key=request.request_id,

@@ -5,8 +5,10 @@ Only `bots/` calls `load_settings()`; the rest of the code receives what it need
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,6 +22,38 @@ DEFAULT_FALLBACK_MODELS = (
 
 CommaList = Annotated[list[str], NoDecode]
 IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
+
+
+# What `mask_passwords` hides: the password of `scheme://user:password@host`, taken up to the last @
+# before a space, so that a password with a raw @, /, ? or # is hidden whole (a port followed later
+# by an @, as in `http://h:80/users/@me`, is hidden too: better too much than a password), and a
+# libpq-style `?password=` parameter.
+URL_PASSWORD = re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:)\S*(?=@)")
+QUERY_PASSWORD = re.compile(r"(?P<keep>[?&;]password=)[^&#\s]*", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***, fit to print, log or answer with."""
+    text = URL_PASSWORD.sub(rf"\g<keep>{MASK}", text)
+    return QUERY_PASSWORD.sub(rf"\g<keep>{MASK}", text)
+
+
+class DatabaseURL(SecretStr):
+    """`IOBOT_DATABASE_URL`, a secret since a PostgreSQL URL may carry a password.
+
+    `str()` and `repr()` show it with the password masked (a SQLite URL in full);
+    `get_secret_value()` gives the whole URL, for the code that connects.
+    """
+
+    def _display(self) -> str:
+        return mask_passwords(self.get_secret_value())
+
+    @property
+    def kind(self) -> str:
+        """The database: `sqlite` or `postgresql`."""
+        scheme = self.get_secret_value().partition(":")[0].lower()
+        return "postgresql" if scheme in ("postgres", "postgresql") else scheme
 
 
 class SettingsError(ValueError):
@@ -39,7 +73,7 @@ class Settings(BaseSettings):
     model: str = _env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
     vision_model: str = _env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
     fallback_models: CommaList = _env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
-    database_url: str = _env("IOBOT_DATABASE_URL", default="sqlite:///iobot.sqlite3")
+    database_url: DatabaseURL = _env("IOBOT_DATABASE_URL", default=DatabaseURL("sqlite:///iobot.sqlite3"))
     user_daily_tokens: int = _env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
     quota_file: Path | None = _env("IOBOT_QUOTA_FILE", default=None)
     max_tokens: int = _env("IOBOT_MAX_TOKENS", default=1024, gt=0)
@@ -103,6 +137,8 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if mask_passwords(value) != value:  # the HTTP clients would send it in place of the token
+            raise ValueError("must not carry a password: the API key or bot token is the credential")
         return value
 
     @field_validator("discord_gateway_url")
@@ -119,8 +155,10 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
+    def _sqlite_url(cls, value: DatabaseURL) -> DatabaseURL:
+        if value.kind == "postgresql":
+            raise ValueError("PostgreSQL is not supported yet: use a sqlite:///path URL")
+        if not value.get_secret_value().startswith("sqlite:///"):
             raise ValueError("must be a sqlite:///path URL")
         return value
 
@@ -140,9 +178,14 @@ class Settings(BaseSettings):
             raise ValueError("SLACK_BOT_TOKEN is required when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set")
         return self
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """As pydantic shows them, with the password of a URL (a proxy's, say) masked."""
+        for name, value in super().__repr_args__():
+            yield name, mask_passwords(value) if isinstance(value, str) else value
+
     @property
     def database_path(self) -> str:
-        return self.database_url.removeprefix("sqlite:///")
+        return self.database_url.get_secret_value().removeprefix("sqlite:///")
 
     @property
     def slack_enabled(self) -> bool:
@@ -153,8 +196,12 @@ class Settings(BaseSettings):
         return self.discord_bot_token is not None
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment and `.env`; a clear `SettingsError` naming the variable otherwise."""
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `.env`; a clear `SettingsError` naming the variable otherwise.
+
+    The error never holds a secret: secret variables are named, not echoed, and every URL in it has
+    its password masked.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -172,7 +219,7 @@ def _explain(exc: ValidationError) -> str:
             problems.append(f"{variable}: {message}")  # never echo a secret
         else:
             problems.append(f"{variable}: {message} (got {error.get('input')!r})")
-    return "invalid settings: " + "; ".join(problems)
+    return mask_passwords("invalid settings: " + "; ".join(problems))
 
 
 def _secret_variables() -> set[str]:

@@ -1,4 +1,4 @@
-"""Offline token estimates that err on the high side.
+"""Offline token estimates that err on the high side, and conversations cut to fit a number of tokens.
 
 Llama and Qwen tokenizers average about four bytes of English per token; counting three bytes per
 token, plus a few tokens of framing per message, overestimates ordinary text so that a reservation
@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+
+from .client import Message
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
@@ -22,6 +25,8 @@ TOKENS_PER_MESSAGE = 8
 IMAGE_PATCH = 28
 IMAGE_FRAMING = 2  # the tokens that open and close an image
 LARGEST_IMAGE_SIDE = 4096  # the API's limit: an image whose size cannot be read counts as this big
+# An English word and the space after it average about six bytes: two tokens by the estimate above.
+TOKENS_PER_WORD = 2
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -70,36 +75,73 @@ def _image_url_tokens(url: str) -> int:
     return image_tokens(LARGEST_IMAGE_SIDE, LARGEST_IMAGE_SIDE)
 
 
-class InputTooLong(ValueError):
-    """The newest message alone, with room for the answer, exceeds the model's context length."""
+def words(tokens: int) -> int:
+    """About how many words of English `tokens` estimated tokens hold."""
+    return max(0, tokens) // TOKENS_PER_WORD
 
-    def __init__(self, needed: int, limit: int, model: str) -> None:
+
+class NoRoom(ValueError):
+    """The system prompt, the newest message and the shortest useful answer do not fit in the room."""
+
+    def __init__(self, *, needed: int, room: int, message_tokens: int) -> None:
+        super().__init__(f"needs {needed:,} tokens, has {room:,}")
+        self.needed = needed  # the least that must fit: system prompt, newest message, shortest answer
+        self.room = room
+        self.message_tokens = message_tokens  # the newest message alone
+
+
+class InputTooLong(ValueError):
+    """The newest message cannot fit a limit however the rest is cut: `str()` says so, in words."""
+
+    def __init__(self, limit: str, no_room: NoRoom) -> None:
+        # `limit` names what the message is too long for: "Llama-3.3-70B-Instruct", "your daily budget".
+        most = no_room.room - no_room.needed + no_room.message_tokens  # room for the message itself
         super().__init__(
-            f"That message is about {needed:,} tokens with room for the answer, but {model.rsplit('/', 1)[-1]} "
-            f"takes at most {limit:,}. Please shorten it."
+            f"That message is too long for {limit}: it is about {words(no_room.message_tokens):,} words, and "
+            f"{limit} has room for about {words(most):,} words ({no_room.room:,} tokens, a short answer "
+            "included). Please shorten it or send it in parts."
         )
-        self.needed = needed
         self.limit = limit
 
 
-def fit_to_context(messages: list[Mapping[str, Any]], context_length: int, max_tokens: int, model: str) -> list[Mapping[str, Any]]:
-    """Drop the oldest history (never the system prompt or the newest message) until prompt + answer fit."""
+@dataclass(frozen=True)
+class Fitted:
+    """A conversation cut to fit: the messages to send, the answer's room, and how many turns were left out."""
+
+    messages: list[Message]
+    max_tokens: int
+    dropped: int
+
+    @property
+    def tokens(self) -> int:
+        """What the call may use at most: the prompt's estimate plus the answer's room."""
+        return estimate_message_tokens(self.messages) + self.max_tokens
+
+
+def fit(messages: Sequence[Message], room: int, max_tokens: int, min_answer: int) -> Fitted:
+    """Cut a conversation to `room` tokens, its answer included.
+
+    The system prompt (when first) and the newest message always stay. The answer gets up to
+    `max_tokens` of what is left, and never less than `min_answer` (else `NoRoom`); the history gets
+    the rest, newest turns first. Raises `NoRoom` when even that minimum does not fit.
+    """
     system = [m for m in messages[:1] if m.get("role") == "system"]
     history = list(messages[len(system) : -1])
-    newest = messages[-1:]
-    fixed = estimate_message_tokens(system + newest) + max_tokens
-    if fixed > context_length:
-        raise InputTooLong(fixed, context_length, model)
-    budget = context_length - fixed
-    kept: list[Mapping[str, Any]] = []
+    newest = list(messages[-1:])
+    fixed = estimate_message_tokens(system + newest)
+    answer = min(max_tokens, room - fixed)
+    if answer < min_answer:
+        raise NoRoom(needed=fixed + min_answer, room=room, message_tokens=estimate_message_tokens(newest))
+    left = room - fixed - answer
+    kept: list[Message] = []
     for message in reversed(history):
         cost = estimate_message_tokens([message])
-        if cost > budget:
+        if cost > left:
             break
         kept.append(message)
-        budget -= cost
+        left -= cost
     kept.reverse()
     # A conversation should not start with an orphaned assistant turn.
     while kept and kept[0].get("role") == "assistant":
         kept.pop(0)
-    return system + kept + newest
+    return Fitted(system + kept + newest, answer, len(history) - len(kept))

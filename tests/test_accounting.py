@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 
@@ -43,9 +44,9 @@ QUOTAS = parse_quota_table(
 )
 
 
-def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL) -> Service:
+def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL, max_tokens=200) -> Service:
     config = ServiceConfig(
-        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=200, allow_loopback_images=True,
+        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=max_tokens, allow_loopback_images=True,
         user_requests_per_minute=1_000,  # these tests are about the ledger, not the rate limit
     )
     return Service(client, ledger, QUOTAS, config, httpx.AsyncClient())
@@ -60,6 +61,12 @@ async def spend(ledger, model: str, tokens: int) -> None:
     user = f"heavy-user:{model}"
     await ledger.set_user_limit(user, tokens)
     reservation = await ledger.reserve(user=user, model=model, tokens=0, model_limit=None)
+    await ledger.settle(reservation, prompt_tokens=tokens, completion_tokens=0, estimated=False)
+
+
+async def charge(ledger, user: str, tokens: int) -> None:
+    """Settle `tokens` of use to a person, as earlier requests would have."""
+    reservation = await ledger.reserve(user=user, model=MODEL, tokens=0, model_limit=None)
     await ledger.settle(reservation, prompt_tokens=tokens, completion_tokens=0, estimated=False)
 
 
@@ -141,13 +148,12 @@ async def test_vision_never_falls_back_to_a_text_only_model(client, ledger, emul
     assert chat_calls(emulator) == []
 
 
-async def test_over_budget_person_is_told_what_they_used_their_limit_and_the_reset(client, ledger, emulator):
+async def test_over_budget_person_is_told_what_is_left_of_their_limit_and_the_reset(client, ledger, emulator):
     await ledger.set_user_limit(USER, 1_000)
-    reservation = await ledger.reserve(user=USER, model=MODEL, tokens=0, model_limit=None)
-    await ledger.settle(reservation, prompt_tokens=900, completion_tokens=0, estimated=False)
+    await charge(ledger, USER, 900)
     reply = await make_service(client, ledger).handle(ask("hello"))
     assert reply.outcome == "refused" and reply.private
-    assert "900" in reply.text and "1,000" in reply.text and "00:00 UTC" in reply.text
+    assert reply.text.startswith("You have 100 of your 1,000 tokens left today;") and "00:00 UTC" in reply.text
     assert chat_calls(emulator) == []
     other = await make_service(client, ledger).handle(Request(user="slack:T1:U2", text="hello"))
     assert other.outcome == "ok", "someone else is still served"
@@ -178,6 +184,22 @@ async def test_the_same_request_id_is_run_and_charged_once(client, ledger, emula
     assert (await service.handle(ask("sentiment good", request_id="Ev123"))).outcome == "duplicate"
 
 
+async def test_a_long_history_is_trimmed_to_the_budget_newest_first_and_says_so(client, ledger, emulator):
+    # A long thread: 60 turns of about 860 tokens, some 51,000 in all, against a budget of 5,000.
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 500} for i in range(60)]
+    await ledger.set_user_limit(USER, 5_000)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("And now?", history=history))
+    assert reply.outcome == "ok", reply.text
+    sent = chat_calls(emulator)[-1].body["messages"]
+    kept = len(sent) - 2
+    assert sent[-1]["content"] == "And now?" and 1 <= kept < 6
+    assert sent[1:-1] == history[-kept:], "the newest turns are kept"
+    assert sent[1]["role"] == "user", "no orphaned answer first"
+    assert chat_calls(emulator)[-1].body["max_tokens"] == 1024, "the answer's room comes before the history"
+    assert f"The {60 - kept} oldest messages of this conversation were left out to fit your daily budget." in reply.notes
+    assert await ledger.used_today(user=USER) <= 5_000
+
+
 async def test_history_is_trimmed_to_the_model_context(client, ledger, emulator):
     history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 300} for i in range(8)]
     service = make_service(client, ledger, model="microsoft/phi-4")
@@ -187,13 +209,104 @@ async def test_history_is_trimmed_to_the_model_context(client, ledger, emulator)
     assert sent[0]["role"] == "system" and sent[-1]["content"] == "And now?"
     assert 1 < len(sent) < len(history) + 2, "some, not all, of the history went along"
     assert sent[1:-1] == history[len(history) - (len(sent) - 2) :], "the newest turns are kept"
+    assert f"The {len(history) - (len(sent) - 2)} oldest messages of this conversation were left out to fit the model's context." in reply.notes
 
 
 async def test_an_input_too_long_for_the_model_is_refused_with_its_limit(client, ledger, emulator):
     service = make_service(client, ledger, model="microsoft/phi-4", fallbacks=())
     reply = await service.handle(ask("word " * 3_000))
-    assert reply.outcome == "refused" and "2,000" in reply.text and "phi-4" in reply.text
+    assert reply.outcome == "refused" and reply.text.startswith("That message is too long for phi-4: it is about")
+    assert "2,000 tokens" in reply.text and re.search(r"room for about [\d,]+ words", reply.text)
     assert chat_calls(emulator) == []
+
+
+async def test_too_long_for_the_model_is_not_reported_as_a_budget_problem(client, ledger, emulator):
+    """The configured model's context is too small, and the one fallback with room costs more than the budget."""
+    await ledger.set_user_limit(USER, 4_000)
+    service = make_service(client, ledger, model="microsoft/phi-4", fallbacks=(MODEL,))
+    reply = await service.handle(ask("word " * 3_000))
+    assert reply.outcome == "refused" and reply.text.startswith("That message is too long for phi-4:"), reply.text
+    assert "budget" not in reply.text
+    assert chat_calls(emulator) == [] and await ledger.used_today(user=USER) == 0
+
+
+async def test_a_message_longer_than_a_whole_days_budget_is_too_long_in_words(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 4_000)
+    reply = await make_service(client, ledger).handle(ask("word " * 3_000))
+    assert reply.outcome == "refused"
+    assert reply.text.startswith("That message is too long for your daily budget: it is about"), reply.text
+    assert "4,000 tokens" in reply.text and "00:00" not in reply.text, "waiting for tomorrow would not help"
+    assert chat_calls(emulator) == []
+
+
+# --- a small budget or quota: the answer's room shrinks to what is left ---------------------------
+
+
+async def test_a_budget_too_small_for_any_answer_says_so_rather_than_wait(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 100)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "refused" and reply.text.startswith("Your daily budget of 100 tokens is too small for any answer")
+    assert chat_calls(emulator) == []
+
+
+async def test_a_budget_smaller_than_max_tokens_still_gets_an_answer(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 600)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("What is io.net?"))
+    assert reply.outcome == "ok", reply.text
+    [call] = chat_calls(emulator)
+    assert 256 <= call.body["max_tokens"] < 600
+    assert any("kept to about" in note and "your daily budget" in note for note in reply.notes)
+    assert await ledger.used_today(user=USER) <= 600
+
+
+async def test_what_is_left_of_a_budget_sets_the_answers_room(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 5_000)
+    await charge(ledger, USER, 4_300)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "ok", reply.text
+    [call] = chat_calls(emulator)
+    assert 500 < call.body["max_tokens"] < 700, "700 left, less the prompt"
+    assert await ledger.used_today(user=USER) <= 5_000
+
+
+async def test_too_little_left_for_a_short_answer_is_refused_naming_the_limit_and_what_is_left(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 5_000)
+    await charge(ledger, USER, 4_800)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "refused" and reply.private
+    assert reply.text.startswith("You have 200 of your 5,000 tokens left today; this message and a short answer need about")
+    assert "resets at 00:00 UTC" in reply.text
+    assert chat_calls(emulator) == [] and await ledger.used_today(user=USER) == 4_800
+
+
+async def test_what_is_left_of_a_models_quota_sets_the_answers_room(client, ledger, emulator):
+    await spend(ledger, MODEL, 499_400)
+    reply = await make_service(client, ledger, fallbacks=(), max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "ok" and reply.model == MODEL, reply.text
+    assert chat_calls(emulator)[0].body["max_tokens"] < 600
+    assert any("the model's daily quota" in note for note in reply.notes)
+    assert await ledger.used_today(model=MODEL) <= 500_000
+
+
+async def test_a_model_with_too_little_left_hands_over_to_the_next(client, ledger, emulator):
+    await spend(ledger, MODEL, 499_900)
+    reply = await make_service(client, ledger, max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "ok" and reply.model == FALLBACK
+    await spend(ledger, FALLBACK, 499_900)
+    reply = await make_service(client, ledger, fallbacks=(FALLBACK,), max_tokens=1024).handle(ask("hello"))
+    assert reply.outcome == "refused" and reply.text.startswith("Llama-3.3-70B-Instruct has 100 of its 500,000 tokens left today")
+
+
+async def test_concurrent_requests_on_a_small_budget_shrink_but_never_spend_past_it(client, ledger, emulator):
+    await ledger.set_user_limit(USER, 2_500)
+    service = make_service(client, ledger, max_tokens=1024)
+    replies = await asyncio.gather(*(service.handle(ask(f"question {n}")) for n in range(30)))
+    answered = [reply for reply in replies if reply.outcome == "ok"]
+    refused = [reply for reply in replies if reply.outcome == "refused"]
+    assert len(answered) + len(refused) == 30 and len(answered) >= 2, [r.text for r in replies]
+    assert all("of your 2,500 tokens" in reply.text for reply in refused)
+    assert all(call.body["max_tokens"] >= 256 for call in chat_calls(emulator))
+    assert await ledger.used_today(user=USER) <= 2_500
 
 
 async def test_usage_shows_a_person_their_own_use_and_what_is_left(client, ledger):

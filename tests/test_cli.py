@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from core.ledger import SQLiteLedger
 
 LINES = [
     "ask What is the capital of France?",
@@ -129,16 +131,54 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
         assert "console:bo: 100" in iobot(tmp_path, "limits").stdout
         assert iobot(tmp_path, "limits", "console:bo").stdout.strip() == "console:bo: 100 tokens a day"
         assert iobot(tmp_path, "limits", "console:bo", "-5").returncode == 2
-        time.sleep(1.2)  # the service re-reads limits at most once a second
-        service.stdin.write("ask second question\n")
+        service.stdin.write("ask second question\n")  # at once: the next reservation sees the new budget
         service.stdin.flush()
         service.stdin.close()
         rest = service.stdout.read()
-        assert "of your 100 tokens" in rest and "00:00 UTC" in rest
+        assert "Your daily budget of 100 tokens is too small for any answer" in rest
         assert service.wait(timeout=30) == 0
     finally:
         service.kill()
     assert iobot(tmp_path, "limits", "console:bo", "--clear").stdout.strip() == "console:bo: 50,000 tokens a day"
+
+
+def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_first(tmp_path):
+    service = subprocess.Popen(
+        [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
+    )
+    try:
+        service.stdin.write("ask are you there?\n")
+        service.stdin.flush()
+        assert "are you there" in service.stdout.readline()
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "iobot.sqlite3").symlink_to(tmp_path / "ledger.sqlite3")
+        second = iobot(
+            tmp_path, "run", "--emulator", stdin="ask hi\n",
+            IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}",
+        )
+        assert second.returncode == 2
+        assert f"{tmp_path / 'ledger.sqlite3'} is in use by iobot process {service.pid} on " in second.stderr
+        assert "Stop that process" in second.stderr and "owner=" not in second.stderr
+        assert iobot(tmp_path, "usage", IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}").returncode == 0
+        service.stdin.close()
+        assert service.wait(timeout=30) == 0
+    finally:
+        service.kill()
+
+
+def test_usage_shows_calls_cut_off_by_a_crash_apart_from_the_person(tmp_path):
+    async def leave_a_call_open() -> None:
+        ledger = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=50_000)
+        await ledger.reserve(user="console:cy", model="Qwen/QwQ-32B", tokens=1_280, model_limit=None)
+        await ledger.close()  # as if the process died mid-call: the next owner finds it open
+
+    asyncio.run(leave_a_call_open())
+    asyncio.run(leave_a_call_open())  # this owner charges the first call as interrupted
+    [row] = json.loads(iobot(tmp_path, "usage", "--json").stdout)
+    assert (row["total_tokens"], row["requests"], row["interrupted_tokens"], row["interrupted_requests"]) == (0, 0, 1_280, 1)
+    table = iobot(tmp_path, "usage").stdout
+    assert "interrupted" in table and "1,280" in table and "not the person's budget" in table
 
 
 def test_agents_from_the_emulator(tmp_path):

@@ -8,6 +8,7 @@ import json
 import math
 
 import httpx
+import openai
 import pytest
 from PIL import Image
 
@@ -53,6 +54,15 @@ def sse_payloads(raw: str) -> list[str]:
     assert events[-1] == ""
     assert all(event.startswith("data: ") and "\n" not in event for event in events[:-1])
     return [event.removeprefix("data: ") for event in events[:-1]]
+
+
+def error_message(response: httpx.Response) -> str:
+    """The message of an error body, checking that FastAPI-style (`detail`) and OpenAI-style
+    (`error.message`) clients both read it."""
+    body = response.json()
+    assert body["error"]["message"] == body["detail"]
+    assert body["error"]["code"] == response.status_code and body["error"]["type"]
+    return body["detail"]
 
 
 # --- chat completions ------------------------------------------------------------------------------
@@ -184,7 +194,7 @@ async def test_auth_refusals(headers: dict, detail: str) -> None:
     async with Emulator(api_key="io-v2-right") as emu, httpx.AsyncClient(base_url=emu.base_url) as http:
         response = await http.post("/chat/completions", json=chat_body("hi"), headers=headers)
         assert response.status_code == 401
-        assert response.json() == {"detail": detail}
+        assert error_message(response) == detail
         assert "io-v2" not in response.text
         ok = await http.get("/models", headers={"Authorization": "Bearer io-v2-right"})
         assert ok.status_code == 200
@@ -200,7 +210,7 @@ async def test_any_bearer_token_works_without_api_key(client: httpx.AsyncClient)
 async def test_unknown_or_non_chat_model_is_404(client: httpx.AsyncClient, model: str) -> None:
     response = await client.post("/chat/completions", json=chat_body("hi", model))
     assert response.status_code == 404
-    assert response.json() == {"detail": f"Model '{model}' not found"}
+    assert error_message(response) == f"Model '{model}' not found"
 
 
 @pytest.mark.parametrize(
@@ -270,7 +280,7 @@ async def test_more_than_ten_images_is_400(client: httpx.AsyncClient) -> None:
     content = [{"type": "text", "text": "Many"}, *[image_part("https://example.com/a.png")] * 11]
     response = await client.post("/chat/completions", json=chat_body(content, VISION_MODEL))
     assert response.status_code == 400
-    assert response.json() == {"detail": "At most 10 images per request"}
+    assert error_message(response) == "At most 10 images per request"
 
 
 @pytest.mark.parametrize(
@@ -296,7 +306,7 @@ async def test_image_over_20_mb_is_400(client: httpx.AsyncClient) -> None:
         "/chat/completions", json=chat_body([image_part(f"data:image/png;base64,{payload}")], VISION_MODEL)
     )
     assert response.status_code == 400
-    assert response.json() == {"detail": "Invalid image: larger than 20 MB"}
+    assert error_message(response) == "Invalid image: larger than 20 MB"
 
 
 async def test_truncated_image_is_400(client: httpx.AsyncClient) -> None:
@@ -327,15 +337,16 @@ async def test_over_context_length_is_400(
     response = await client.post("/chat/completions", json=body)
     assert response.status_code == 400
     completion = max_tokens or 0
-    assert response.json() == {
-        "object": "error",
-        "message": f"This model's maximum context length is {limit} tokens. However, you requested "
+    message = (
+        f"This model's maximum context length is {limit} tokens. However, you requested "
         f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
-        "Please reduce the length of the messages or completion.",
-        "type": "BadRequestError",
-        "param": None,
-        "code": 400,
-    }
+        "Please reduce the length of the messages or completion."
+    )
+    body = response.json()
+    assert error_message(response) == message
+    assert {key: body[key] for key in ("object", "message", "type", "param", "code")} == {
+        "object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400,
+    }, "vLLM's own fields too"
 
 
 async def test_just_under_context_length_is_answered(client: httpx.AsyncClient) -> None:
@@ -346,11 +357,13 @@ async def test_just_under_context_length_is_answered(client: httpx.AsyncClient) 
 # --- models, agents, workflows ---------------------------------------------------------------------
 
 
-async def test_models_io_shape(client: httpx.AsyncClient) -> None:
+async def test_models_in_both_shapes_at_once(client: httpx.AsyncClient) -> None:
     response = await client.get("/models")
     reply = response.json()
     table = load_quota_table()
+    assert reply["object"] == "list"
     assert [model["name"] for model in reply["data"]] == [row.name for row in table]
+    assert all(model["id"] == model["name"] and model["object"] == "model" for model in reply["data"])
     assert reply["pagination"] == {"page": 1, "page_size": len(table), "total": len(table)}
     by_name = {model["name"]: model for model in reply["data"]}
     assert by_name[VISION_MODEL]["model_id"] == VISION_MODEL
@@ -487,6 +500,8 @@ async def test_malformed_workflow_is_422(client: httpx.AsyncClient, body: dict, 
     response = await client.post("/workflows/run", json=body)
     assert response.status_code == 422
     assert [error["loc"] for error in response.json()["detail"]] == [loc]
+    [error] = response.json()["detail"]
+    assert response.json()["error"]["message"] == f"{'.'.join(map(str, loc))}: {error['msg']}"
 
 
 async def test_answer_delay_slows_chat_and_workflows_only() -> None:
@@ -510,7 +525,7 @@ async def test_status_fault_counts_down(emu: Emulator, client: httpx.AsyncClient
         response = await client.post("/chat/completions", json=chat_body("hi"))
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1"
-        assert response.json() == {"detail": "Too Many Requests"}
+        assert error_message(response) == "Too Many Requests"
     assert (await client.post("/chat/completions", json=chat_body("hi"))).status_code == 200
     assert [recorded.fault for recorded in emu.requests] == ["status", "status", None]
 
@@ -520,7 +535,7 @@ async def test_status_fault_without_retry_after(emu: Emulator, client: httpx.Asy
     response = await client.get("/models")
     assert response.status_code == 503
     assert "Retry-After" not in response.headers
-    assert response.json() == {"detail": "Service Unavailable"}
+    assert error_message(response) == "Service Unavailable"
 
 
 async def test_html_fault(emu: Emulator, client: httpx.AsyncClient) -> None:
@@ -621,7 +636,8 @@ async def test_control_endpoints(emu: Emulator, client: httpx.AsyncClient) -> No
     async with httpx.AsyncClient() as bare:  # no Authorization header
         fault = {"kind": "status", "status": 429, "retry_after": "2", "path": "/chat/completions", "times": 2}
         assert (await bare.post(control + "/faults", json=fault)).status_code == 204
-        assert (await bare.post(control + "/faults", json={"kind": "explode"})).status_code == 400
+        refused = await bare.post(control + "/faults", json={"kind": "explode"})
+        assert refused.status_code == 400 and error_message(refused) == "Invalid fault: unknown fault kind 'explode'"
         assert (await bare.post(control + "/faults", json={"kind": "drop", "colour": "red"})).status_code == 400
 
         first = await client.post("/chat/completions", json=chat_body("hi"))
@@ -637,3 +653,72 @@ async def test_control_endpoints(emu: Emulator, client: httpx.AsyncClient) -> No
         assert recorded[0]["body"] == chat_body("hi")
         assert (await bare.delete(control + "/requests")).status_code == 204
         assert (await bare.get(control + "/requests")).json() == []
+
+
+# --- the official openai client --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def openai_client(emu: Emulator):
+    async with openai.AsyncOpenAI(base_url=emu.base_url, api_key="io-v2-test-key", max_retries=0) as official:
+        yield official
+
+
+async def test_openai_client_lists_models(openai_client: openai.AsyncOpenAI) -> None:
+    models = [model async for model in openai_client.models.list()]
+    assert [model.id for model in models] == [row.name for row in load_quota_table()]
+    assert all(model.object == "model" and model.owned_by for model in models)
+
+
+async def test_openai_client_chats(openai_client: openai.AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "What is io.net?"}], max_tokens=200
+    )
+    assert 'you asked "What is io.net?"' in completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop" and completion.model == CHAT_MODEL
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
+
+
+async def test_openai_client_streams_with_usage(openai_client: openai.AsyncOpenAI) -> None:
+    stream = await openai_client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "Stream this"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert 'you asked "Stream this"' in text
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == math.ceil(len(text) / 4)
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+
+
+async def test_openai_client_sends_an_image_as_a_data_url(openai_client: openai.AsyncOpenAI) -> None:
+    completion = await openai_client.chat.completions.create(
+        model=VISION_MODEL,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part(data_url())]}],
+    )
+    assert "Image 1: PNG, 64x48 pixels." in completion.choices[0].message.content
+    assert completion.usage.prompt_tokens > 1_000, "an image costs its tokens"
+
+
+async def test_openai_client_reads_the_message_of_a_404(openai_client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await openai_client.chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "hi"}])
+    assert str(caught.value) == "Error code: 404 - Model 'no/such-model' not found"
+    assert caught.value.type == "not_found_error"
+
+
+async def test_openai_client_reads_the_message_and_retry_after_of_a_429(
+    emu: Emulator, openai_client: openai.AsyncOpenAI
+) -> None:
+    emu.inject(Fault("status", status=429, retry_after="7", path="/chat/completions"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        await openai_client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert str(caught.value) == "Error code: 429 - Too Many Requests"
+    assert caught.value.response.headers["retry-after"] == "7" and caught.value.type == "rate_limit_error"
+
+
+async def test_openai_client_reads_a_validation_error(openai_client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        await openai_client.chat.completions.create(model=CHAT_MODEL, messages=[])
+    assert "body.messages: List should have at least 1 item" in str(caught.value)

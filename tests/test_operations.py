@@ -21,16 +21,75 @@ def make_service(client, ledger, **config) -> Service:
     return Service(client, ledger, load_quota_table(), settings, httpx.AsyncClient())
 
 
-def test_rate_limit_is_a_sliding_minute_per_person():
+def test_rate_limit_allows_a_burst_then_one_request_per_slot():
     now = [0.0]
-    limit = RateLimit(3, clock=lambda: now[0])
+    limit = RateLimit(3, clock=lambda: now[0])  # a slot is 20 s
     assert [limit.wait_needed("ana") for _ in range(3)] == [0, 0, 0]
-    assert limit.wait_needed("ana") == 60
+    assert limit.wait_needed("ana") == 20
     assert limit.wait_needed("bo") == 0, "someone else is not held back"
-    now[0] = 30
-    assert limit.wait_needed("ana") == 30
-    now[0] = 60.5
-    assert limit.wait_needed("ana") == 0
+    now[0] = 15
+    assert limit.wait_needed("ana") == 5
+    now[0] = 20
+    assert limit.wait_needed("ana") == 0, "one slot has come back"
+    assert limit.wait_needed("ana") == 20
+    now[0] = 200
+    assert [limit.wait_needed("ana") for _ in range(4)][-1] == 20, "an idle person gets a whole burst again, no more"
+
+
+def test_rate_limit_holds_a_person_to_per_minute_over_time():
+    now = [0.0]
+    limit = RateLimit(7, clock=lambda: now[0])  # a slot of 60/7 s does not add up exactly in floats
+    allowed = []
+    for step in range(10 * 60 * 4):  # ten minutes of asking four times a second
+        now[0] = step / 4
+        if limit.wait_needed("ana") == 0:
+            allowed.append(now[0])
+    assert allowed[:8] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 8.75], "a burst of seven, then one per slot"
+    assert 7 + 10 * 7 - 1 <= len(allowed) <= 7 + 10 * 7, "the burst, then seven a minute"
+    for start in range(0, 600, 5):  # any minute: at most the burst plus a minute's slots
+        assert len([t for t in allowed if start <= t < start + 60]) <= 2 * 7
+
+
+def count_lines_run(call) -> int:
+    """How many lines of core/ratelimit.py one call executes: the work it does, without a clock."""
+    import sys
+
+    import core.ratelimit
+
+    lines = 0
+
+    def trace(frame, event, _arg):
+        nonlocal lines
+        if frame.f_code.co_filename != core.ratelimit.__file__:
+            return None
+        if event == "line":
+            lines += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return lines
+
+
+def test_rate_limit_memory_is_bounded_and_each_request_costs_the_same_with_50000_people():
+    now = [0.0]
+    limit = RateLimit(2, clock=lambda: now[0])  # two at once: remembered a whole minute after
+    alone = count_lines_run(lambda: limit.wait_needed("console:alone"))
+    largest = 0
+    for person in range(50_000):  # 50,000 people over five minutes, 10,000 in any minute
+        now[0] = person * 0.006
+        assert limit.wait_needed(f"console:{person}") == limit.wait_needed(f"console:{person}") == 0
+        largest = max(largest, len(limit))
+    assert 10_000 <= largest <= 10_002, "those idle for a minute are forgotten as others ask"
+    crowded = count_lines_run(lambda: limit.wait_needed("console:newcomer"))
+    assert crowded == alone, "a request does the same work among 10,000 people as alone"
+    now[0] += 60
+    for person in range(5_001):  # a minute later, the next people clear the idle crowd as they ask
+        assert limit.wait_needed(f"discord:{person}") == 0
+    assert len(limit) == 5_001
 
 
 async def test_a_person_over_the_rate_limit_is_told_and_others_are_served(client, ledger, emulator):

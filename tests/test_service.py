@@ -107,7 +107,7 @@ async def test_only_bad_images_is_a_clear_refusal_with_no_call(service, emulator
     reply = await service.handle(ask(f"vision {image_server}/not-an-image.png"))
     assert reply.outcome == "refused" and "not-an-image.png" in reply.text
     reply = await service.handle(ask("vision ftp://example.com/cat.png"))
-    assert reply.outcome == "refused"
+    assert reply.outcome == "usage" and "`ftp:` links are not supported" in reply.text
     assert not [r for r in emulator.requests if r.path == "/chat/completions"]
 
 
@@ -135,7 +135,7 @@ async def test_informational_commands_are_private(service, line, heading):
 
 async def test_usage_line_for_bad_arguments_calls_nothing(service, emulator):
     reply = await service.handle(ask("translate"))
-    assert reply.outcome == "usage" and reply.text == "Usage: translate <language> <text>"
+    assert reply.outcome == "usage" and "\nUsage: translate <language> <text>\n" in reply.text
     assert emulator.requests == []
 
 

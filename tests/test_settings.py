@@ -28,7 +28,7 @@ def test_defaults_match_the_design():
     assert settings.model == "meta-llama/Llama-3.3-70B-Instruct"
     assert settings.vision_model == "meta-llama/Llama-3.2-90B-Vision-Instruct"
     assert len(settings.fallback_models) >= 2
-    assert settings.database_url == "sqlite:///iobot.sqlite3" and settings.database_path == "iobot.sqlite3"
+    assert settings.database_url.get_secret_value() == "sqlite:///iobot.sqlite3" and settings.database_path == "iobot.sqlite3"
     assert settings.user_daily_tokens == 50_000
     assert (settings.host, settings.port) == ("0.0.0.0", 3000)
     assert settings.slack_api_url == "https://slack.com/api/" and settings.slack_file_hosts == ["files.slack.com"]
@@ -69,6 +69,9 @@ def test_secrets_are_hidden_in_repr(monkeypatch):
         ("DISCORD_GATEWAY_URL", "http://x", "DISCORD_GATEWAY_URL"),
         ("SLACK_BOT_TOKEN", "xoxb-1", "SLACK_SIGNING_SECRET"),
         ("SLACK_SIGNING_SECRET", "s3cr3t-value", "SLACK_BOT_TOKEN"),
+        ("IOINTELLIGENCE_BASE_URL", "https://bob:pa55word@proxy.internal/api/v1", "bob:***@proxy.internal"),
+        ("SLACK_API_URL", "https://bob:pa55word@proxy.internal/api/", "SLACK_API_URL: must not carry a password"),
+        ("DISCORD_API_URL", "https://proxy.internal/api/v10?password=pa55word", "DISCORD_API_URL"),
     ],
 )
 def test_malformed_or_missing_settings_name_the_variable(monkeypatch, name, value, mentions):
@@ -78,3 +81,4 @@ def test_malformed_or_missing_settings_name_the_variable(monkeypatch, name, valu
     assert mentions in str(caught.value)
     if name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
         assert value not in str(caught.value)
+    assert "pa55word" not in str(caught.value)

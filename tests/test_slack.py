@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -144,10 +145,13 @@ async def start_bot(service, slack):
     """Starts an adapter (a fresh one each call, as after a restart) on its own HTTP server."""
     cleanups = []
 
-    async def start() -> Bot:
+    async def start(timeout: float | None = None) -> Bot:
+        """`timeout` bounds each Web API call (the adapter's defaults otherwise)."""
+        limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+            file_hosts=["127.0.0.1"], image_limits=limits,
+            **({} if timeout is None else {"web_api_timeout": timeout}),
         )
         app = web.Application()
         adapter.add_routes(app)
@@ -243,11 +247,14 @@ async def emulator_saw_the_question(emulator) -> None:
 
 
 async def test_an_over_budget_person_is_told_privately_and_nothing_is_called(bot, ledger, emulator, slack):
-    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 100)
+    person = f"slack:{TEAM_ID}:{ANA}"
+    await ledger.set_user_limit(person, 1_000)
+    reservation = await ledger.reserve(user=person, model=MODEL, tokens=0, model_limit=None)
+    await ledger.settle(reservation, prompt_tokens=900, completion_tokens=0, estimated=False)
     _, key = await bot.command("ask What is io.net?")
     [answer] = await bot.responses(key)
     assert answer["response_type"] == "ephemeral"
-    assert "100" in shown(answer) and "00:00 UTC" in shown(answer)
+    assert "You have 100 of your 1,000 tokens left today" in shown(answer) and "00:00 UTC" in shown(answer)
 
     event = bot.message("What is io.net?")
     await bot.deliver(event)
@@ -454,6 +461,144 @@ async def test_a_download_that_returns_a_web_page_names_the_missing_scope(bot, s
     assert api_calls(emulator) == []
 
 
+# --- Slack failing: every Web API call, every way ---------------------------------------------------
+
+# What the adapter makes of each fault the stand-in serves.
+SAID = {"json_error": "fatal_error", "text_405": "HTTP 405", "html_502": "HTTP 502", "timeout": "no answer in time",
+        "drop": "the connection failed"}
+FAILING = ["conversations.replies", "files.info", "download", "chat.postMessage", "chat.update", "response"]
+
+
+def no_loud_logs(caplog) -> None:
+    """Nothing above WARNING, and no traceback at all, reached the log."""
+    loud = [r for r in caplog.records if r.levelno > logging.WARNING or r.exc_info]
+    assert not loud, [f"{r.name}: {r.getMessage()}" for r in loud]
+
+
+@pytest.mark.parametrize("fault", list(SAID))
+@pytest.mark.parametrize("method", FAILING)
+async def test_a_failing_web_api_call_still_answers_and_charges_only_what_was_delivered(
+    start_bot, slack, emulator, ledger, caplog, method, fault
+):
+    caplog.set_level(logging.INFO)
+    bot = await start_bot(timeout=0.5)
+    slack.fail(method, fault)
+    if method == "response":
+        _, key = await bot.command("ask What is io.net?")
+        await slack.wait_for(lambda: slack.calls_to("response_failed") and not bot.adapter._working)
+        # The answer was computed and settled before Slack failed to take it: it stays charged, and says so.
+        [row] = await ledger.usage()
+        assert row.requests == 1 and slack.responses(key) == []
+        assert any("response_url" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert any("stay charged" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        no_loud_logs(caplog)
+        return
+
+    if method == "conversations.replies":
+        parent = slack.add_message(CHANNEL, ANA, "Earlier: what is io.net?")
+        event = bot.message("And who runs it?", thread_ts=parent["ts"])
+    elif method in ("files.info", "download"):
+        image = slack.add_file("cat.png", png_bytes())
+        listed = image if method == "download" else {"id": image["id"], "file_access": "check_file_info"}
+        event = bot.message("What is in this picture?", files=[listed])
+    else:
+        event = bot.message("What is io.net?")
+    await bot.deliver(event)
+
+    if method == "chat.postMessage":  # the placeholder could not go up: nothing is asked, nothing charged
+        await slack.wait_for(lambda: slack.calls_to("chat.postMessage") and not bot.adapter._working)
+        assert api_calls(emulator) == [] and await ledger.usage() == []
+        assert any("left unanswered" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        no_loud_logs(caplog)
+        return
+
+    [answer] = await bot.answer(event)
+    text = shown(answer)
+    if method == "conversations.replies":  # answered without the thread, with a note
+        assert has_footer(answer) and f"I could not read this thread's earlier messages (Slack: {SAID[fault]})." in text
+        assert [m["role"] for m in chat_calls(emulator)[0].body["messages"]] == ["system", "user"]
+    elif method == "files.info":  # the one image could not be read: a clear refusal, and no call
+        assert text.startswith(":no_entry:") and f"(Slack: {SAID[fault]})" in text
+    elif method == "download":
+        assert text.startswith(":no_entry:") and "cat.png" in text
+    else:  # chat.update: the answer went up as a new message in place of the placeholder
+        assert has_footer(answer) and slack.bot_replies(CHANNEL, event["ts"]) == [answer]
+        assert answer["ts"] != slack.calls_to("chat.postMessage")[0].args.get("ts")
+    rows = await ledger.usage()
+    if has_footer(answer):
+        assert [row.requests for row in rows] == [1] and len(chat_calls(emulator)) == 1
+    else:
+        assert rows == [] and api_calls(emulator) == []
+    await slack.wait_for(lambda: not bot.adapter._working)
+    no_loud_logs(caplog)
+
+
+async def test_a_private_reply_slack_will_not_take_becomes_a_public_notice(bot, slack, ledger, caplog):
+    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 100)
+    slack.fail("chat.postEphemeral", "text_405")
+    event = bot.message("What is io.net?")
+    await bot.deliver(event)
+    [notice] = await bot.answer(event)
+    assert notice["text"] == ":warning: I could not send my reply privately (Slack: HTTP 405)."
+    assert "budget" not in shown(notice), "what was private stays private"
+    no_loud_logs(caplog)
+
+
+async def test_a_placeholder_slack_will_not_delete_stays_and_the_private_reply_still_goes(bot, slack, ledger, caplog):
+    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 100)
+    slack.fail("chat.delete", "drop")
+    event = bot.message("What is io.net?")
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not bot.adapter._working)
+    [ephemeral] = slack.calls_to("chat.postEphemeral")
+    assert "daily budget" in shown(ephemeral.args)
+    assert any("could not delete" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    no_loud_logs(caplog)
+
+
+async def test_an_answer_that_outgrows_a_failing_edit_is_posted_in_order(bot, slack, emulator):
+    slack.fail("chat.update", "html_502")
+    event = bot.message("emulate:long=7000 tell me everything")
+    await bot.deliver(event)
+    replies = await bot.answer(event)
+    assert len(replies) >= 3 and [has_footer(reply) for reply in replies][-1]
+    whole = "\n".join(reply["text"] for reply in replies)
+    assert all(f"    total += {n}\n" in whole for n in range(1, 27)), "every part, in order"
+    assert PLACEHOLDER not in whole
+
+
+async def test_the_part_of_a_long_answer_slack_would_not_take_is_named(bot, slack, ledger, caplog):
+    slack.fail("chat.postMessage", "html_502", after=1)  # the placeholder goes up, nothing after it
+    event = bot.message("emulate:long=7000 tell me everything")
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.postMessage")[1:] and not bot.adapter._working)
+    [shown_part] = slack.bot_replies(CHANNEL, event["ts"])
+    assert shown_part["text"].startswith("This paragraph comes from the IO Intelligence emulator"), "the first part"
+    assert "The rest of this answer could not be posted (Slack: HTTP 502)." in shown(shown_part)
+    assert [row.requests for row in await ledger.usage()] == [1], "computed and settled: it stays charged"
+    assert any("stay charged" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    no_loud_logs(caplog)
+
+
+# --- long threads ----------------------------------------------------------------------------------
+
+
+async def test_a_thread_over_a_thousand_messages_sends_its_first_and_newest_in_few_calls(bot, slack, emulator):
+    parent = slack.add_message(CHANNEL, ANA, "Kick-off: the launch plan")
+    for n in range(1, 1_300):
+        slack.add_message(CHANNEL, "U0BEA" if n % 2 else ANA, f"reply {n}", thread_ts=parent["ts"])
+    event = bot.message("So what did we decide?", thread_ts=parent["ts"])
+    await bot.deliver(event)
+    [answer] = await bot.answer(event)
+
+    calls = slack.calls_to("conversations.replies")
+    assert len(calls) <= 8 and all(call.args["ts"] == parent["ts"] for call in calls)
+    sent = "\n".join(m["content"] for m in chat_calls(emulator)[0].body["messages"][1:-1])
+    assert sent.startswith("Kick-off: the launch plan") and sent.endswith("reply 1299")
+    assert "reply 1250" in sent and "reply 1249" not in sent and "reply 999" not in sent, "the newest 50, not the oldest pages"
+    assert "This thread is long: its first message and the newest" in shown(answer)
+
+
 # --- Socket Mode ---------------------------------------------------------------------------------
 
 
@@ -506,7 +651,7 @@ def test_the_manifest_asks_for_what_the_adapter_uses():
 def test_markdown_becomes_mrkdwn_and_code_is_left_alone():
     markdown = "# Plan\n**Bold** and ~~old~~, see [docs](https://io.net/docs?a=1&b=2).\n- one\n* two\n```python\nx = a**2 < b\n```\nUse `**kwargs`."
     assert to_mrkdwn(markdown) == (
-        "*Plan*\n*Bold* and ~old~, see <https://io.net/docs?a=1&amp;b=2|docs>.\n• one\n• two\n```\nx = a**2 &lt; b\n```\nUse `**kwargs`."
+        "*Plan*\n*Bold* and ~old~, see docs (<https://io.net/docs?a=1&amp;b=2>).\n• one\n• two\n```\nx = a**2 &lt; b\n```\nUse `**kwargs`."
     )
 
 

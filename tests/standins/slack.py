@@ -6,6 +6,10 @@ without it a sign-in page (HTML, status 200). Requests to the app under test are
 slack_sdk's own `SignatureVerifier`, as Slack signs them.
 
 slack_sdk sends some methods as JSON, others as form data or query parameters: all are accepted.
+
+`fail(method, kind)` makes a Web API method, the file host ("download") or `response_url`
+("response") misbehave as Slack and the proxies in front of it do: a JSON error, a plain-text or
+HTML error page, no answer in time, or a dropped connection.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ TEAM_ID = "T0TEST"
 BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
 SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to your workspace</body></html>"
+BAD_GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+FAULTS = ("json_error", "text_405", "html_502", "timeout", "drop")
+FAULT_DELAY = 5.0  # seconds a "timeout" fault holds the request: past the clients' timeouts in tests
 
 
 @dataclass
@@ -49,12 +56,23 @@ class StoredFile:
 
 
 @dataclass
+class Fault:
+    """A misbehaviour of one method for its next `times` calls (None: every call), after `after` good ones."""
+
+    method: str
+    kind: str
+    times: int | None = None
+    after: int = 0
+
+
+@dataclass
 class SlackStandIn:
     bot_token: str
     app_token: str | None = None
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     files: dict[str, StoredFile] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
     base_url: str = ""  # http://127.0.0.1:PORT, set by start()
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
     _runner: web.AppRunner | None = None
@@ -117,6 +135,12 @@ class SlackStandIn:
             "url_private": link, "url_private_download": link,
         }
 
+    def fail(self, method: str, kind: str, *, times: int | None = None, after: int = 0) -> None:
+        """Make `method` ("chat.update", "download", "response", ...) misbehave; `kind` is one of FAULTS."""
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}")
+        self.faults.append(Fault(method, kind, times, after))
+
     def response_url(self, key: str) -> str:
         return f"{self.base_url}/response/{key}"
 
@@ -167,9 +191,41 @@ class SlackStandIn:
                 self.calls.append(Call("socket_ack", json.loads(frame.data)))
         return socket
 
+    # --- faults ---
+
+    def _fault(self, method: str) -> Fault | None:
+        """The fault to serve for this call of `method`, if any (counting the call)."""
+        for fault in self.faults:
+            if fault.method != method:
+                continue
+            if fault.after:
+                fault.after -= 1
+                return None
+            if fault.times is not None:
+                if fault.times == 0:
+                    continue
+                fault.times -= 1
+            return fault
+        return None
+
+    async def _serve_fault(self, request: web.Request, fault: Fault, *, error_status: int = 200) -> web.StreamResponse:
+        """`error_status`: the Web API answers its errors with 200; a response_url with 404 and the like."""
+        if fault.kind == "json_error":
+            return web.json_response({"ok": False, "error": "fatal_error"}, status=error_status)
+        if fault.kind == "text_405":
+            return web.Response(status=405, text="Method Not Allowed", content_type="text/plain")
+        if fault.kind == "html_502":
+            return web.Response(status=502, text=BAD_GATEWAY_PAGE, content_type="text/html")
+        if fault.kind == "timeout":
+            await asyncio.sleep(FAULT_DELAY)
+            return web.json_response({"ok": False, "error": "too_late"})
+        if request.transport is not None:  # "drop": hang up without a word
+            request.transport.close()
+        return web.Response()
+
     # --- the Web API ---
 
-    async def _api(self, request: web.Request) -> web.Response:
+    async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         args: dict[str, Any] = dict(request.query)
         if request.content_type == "application/json":
@@ -181,6 +237,8 @@ class SlackStandIn:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token if scheme == "Bearer" else args.pop("token", None)
         self.calls.append(Call(method, args, token))
+        if fault := self._fault(method):
+            return await self._serve_fault(request, fault)
         if token not in (self.bot_token, self.app_token) or token is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -221,12 +279,23 @@ class SlackStandIn:
         return {"message_ts": self.next_ts()}
 
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: oldest first, `oldest`/`latest` bound the replies (exclusive unless `inclusive`), the
+        first page starts with the parent (carrying `reply_count`), and a cursor pages on."""
         found = self.thread(args["channel"], args["ts"])
         if not found:
             return {"error": "thread_not_found"}
+        parent, replies = {**found[0], "reply_count": len(found) - 1}, found[1:]
+        inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+        if args.get("oldest"):
+            oldest = float(args["oldest"])
+            replies = [m for m in replies if float(m["ts"]) > oldest or (inclusive and float(m["ts"]) == oldest)]
+        if args.get("latest"):
+            latest = float(args["latest"])
+            replies = [m for m in replies if float(m["ts"]) < latest or (inclusive and float(m["ts"]) == latest)]
+        listed = [parent, *replies]
         start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
-        page = found[start : start + limit]
-        more = start + limit < len(found)
+        page = listed[start : start + limit]
+        more = start + limit < len(listed)
         return {"messages": page, "has_more": more, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +314,11 @@ class SlackStandIn:
 
     # --- files and response_url ---
 
-    async def _download(self, request: web.Request) -> web.Response:
+    async def _download(self, request: web.Request) -> web.StreamResponse:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         self.calls.append(Call("download", {"path": request.path, "host": request.host}, token or None))
+        if fault := self._fault("download"):
+            return await self._serve_fault(request, fault)
         stored = self.files.get(request.match_info["id"])
         if stored is None:
             raise web.HTTPNotFound()
@@ -257,8 +328,12 @@ class SlackStandIn:
             return web.Response(text=SIGN_IN_PAGE, content_type="text/html")
         return web.Response(body=stored.body, content_type=stored.mimetype)
 
-    async def _response(self, request: web.Request) -> web.Response:
-        self.calls.append(Call("response", {"key": request.match_info["key"], "body": await request.json()}))
+    async def _response(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if fault := self._fault("response"):
+            self.calls.append(Call("response_failed", {"key": request.match_info["key"], "body": body}))
+            return await self._serve_fault(request, fault, error_status=404)
+        self.calls.append(Call("response", {"key": request.match_info["key"], "body": body}))
         return web.Response(text="ok")
 
 
