@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import discord
-import httpx
 import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
@@ -37,7 +36,7 @@ from core.commands import (
     parse_labels,
     parse_language,
 )
-from core.images import ImageError, ImageLimits, download_image
+from core.images import ImageLimits, ImageSource
 from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
 from core.settings import Settings
@@ -118,7 +117,6 @@ class DiscordAdapter:
         api_url: str,
         gateway_url: str,
         access: DiscordAccess,
-        http: httpx.AsyncClient,
         image_limits: ImageLimits,
         state_dir: Path | None = None,
     ) -> None:
@@ -128,7 +126,6 @@ class DiscordAdapter:
         self.service = service
         self.token = token
         self.access = access
-        self.http = http  # downloads attachments; Discord's CDN links need no credential
         self.image_limits = image_limits
         self.state_dir = state_dir if state_dir is not None else Path(".")
         self._answering: set[asyncio.Task] = set()  # handlers with an answer to post, for a clean close
@@ -228,7 +225,7 @@ class DiscordAdapter:
 
         edits = ThrottledEdits(AnswerMessages(send).show, EDIT_INTERVAL)
         async with message.channel.typing():
-            images, notes = await self._images(message.attachments)
+            images, notes = self._images(message.attachments)
             if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
                 reply, notes = Reply("\n".join(notes), outcome="refused"), []  # without its images the question is moot
             else:
@@ -298,7 +295,7 @@ class DiscordAdapter:
         self._track()
         private = command.name in INFORMATIONAL
         await interaction.response.defer(thinking=True, ephemeral=private)
-        images, notes = await self._images(attachments)
+        images, notes = self._images(attachments)
         answer = followups(interaction, ephemeral=private)
         edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
         if attachments and not images:
@@ -336,11 +333,12 @@ class DiscordAdapter:
         channels = {channel_id, getattr(channel, "parent_id", None)} - {None}  # a thread counts as its parent too
         return self.access.permits(user=user.id, roles=roles, guild=guild, channels=channels)
 
-    async def _images(self, attachments: Sequence[discord.Attachment]) -> tuple[list[tuple[str, bytes]], list[str]]:
-        """The image attachments' bytes, and notes on what was left out.
+    def _images(self, attachments: Sequence[discord.Attachment]) -> tuple[list[ImageSource], list[str]]:
+        """The image attachments to download, and notes on what was left out.
 
-        Type, count and size are checked from what Discord says about each file before a byte is
-        downloaded; the image pipeline in the service then checks the bytes themselves.
+        Type, count and size are checked from what Discord says about each file, so nothing
+        refused is downloaded; the service then downloads the rest (Discord's CDN links need no
+        credential) and checks the bytes themselves.
         """
         notes = []
         others = [a.filename for a in attachments if _content_type(a) not in IMAGE_TYPES]
@@ -356,22 +354,7 @@ class DiscordAdapter:
         for attachment in [a for a in wanted if a.size > self.image_limits.max_bytes]:
             notes.append(f"{attachment.filename} is over the {megabytes:g} MB limit for images.")
         wanted = [a for a in wanted if a.size <= self.image_limits.max_bytes]
-
-        async def fetch(attachment: discord.Attachment) -> bytes | ImageError:
-            try:
-                return await download_image(
-                    self.http, attachment.url, name=attachment.filename, limits=self.image_limits
-                )
-            except ImageError as exc:
-                return exc
-
-        images = []
-        for attachment, result in zip(wanted, await asyncio.gather(*(fetch(a) for a in wanted))):
-            if isinstance(result, ImageError):
-                notes.append(str(result))
-            else:
-                images.append((attachment.filename, result))
-        return images, notes
+        return [ImageSource(a.filename, a.url, size=a.size or None) for a in wanted], notes
 
 
 class AnswerMessages:

@@ -46,7 +46,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from core.chunks import ThrottledEdits
 from core.client import Message
 from core.commands import is_informational
-from core.images import ImageError, ImageLimits, download_image
+from core.images import ImageError, ImageLimits, ImageSource
 from core.service import Progress, Reply, Request, Service
 
 from .slack_render import (
@@ -96,7 +96,6 @@ class SlackAdapter:
         signing_secret: str | None,
         api_url: str,
         file_hosts: Sequence[str],
-        http: httpx.AsyncClient,
         image_limits: ImageLimits,
         web_api_timeout: float = WEB_API_TIMEOUT,
     ) -> None:
@@ -104,7 +103,6 @@ class SlackAdapter:
         self._bot_token = bot_token
         self._signing_secret = signing_secret
         self._file_hosts = frozenset(host.lower() for host in file_hosts)
-        self._http = http  # no credentials of its own: the bot token goes per request, to Slack's hosts only
         self._image_limits = image_limits
         # No signing secret means Socket Mode, where Slack's own connection stands for the signature.
         self.bolt = AsyncApp(
@@ -338,12 +336,15 @@ class SlackAdapter:
 
     async def _attachments(
         self, client: AsyncWebClient, files: Sequence[Payload]
-    ) -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
-        """The images among a message's files, downloaded: (images, notes on other files, images that failed)."""
-        images: list[tuple[str, bytes]] = []
+    ) -> tuple[list[ImageSource], list[str], list[str]]:
+        """The images among a message's files, to download: (images, notes on other files, images refused).
+
+        Nothing is downloaded here: the service checks the count against the vision model first,
+        then downloads each within the process's image budget.
+        """
+        images: list[ImageSource] = []
         notes: list[str] = []
         unreadable: list[str] = []
-        wanted = []
         for file in files:
             if file.get("file_access") == "check_file_info":  # the event carries only the id
                 try:
@@ -352,22 +353,17 @@ class SlackAdapter:
                     unreadable.append(f"Could not read file {file['id']} (Slack: {_said(error)}).")
                     continue
             name = file.get("name") or file["id"]
-            if file.get("mimetype", "").startswith("image/"):
-                wanted.append((name, file))
-            else:
+            if not file.get("mimetype", "").startswith("image/"):
                 notes.append(f"{name} is not an image, so it was not read.")
-        results = await asyncio.gather(*(self._download(name, file) for name, file in wanted), return_exceptions=True)
-        for (name, _), result in zip(wanted, results):
-            if isinstance(result, ImageError):
-                unreadable.append(str(result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                images.append((name, result))
+                continue
+            try:
+                images.append(self._image_source(name, file))
+            except ImageError as error:
+                unreadable.append(str(error))
         return images, notes, unreadable
 
-    async def _download(self, name: str, file: Payload) -> bytes:
-        """A file's bytes, fetched with the bot token from Slack's own file hosts and nowhere else."""
+    def _image_source(self, name: str, file: Payload) -> ImageSource:
+        """Where to download a file: with the bot token, from Slack's own file hosts and nowhere else."""
         url = file.get("url_private_download") or file.get("url_private")
         if not url:
             raise ImageError(f"Could not download {name}: Slack gave no link to it.", "address")
@@ -375,25 +371,33 @@ class SlackAdapter:
             raise ImageError(
                 f"Could not download {name}: its link is not on Slack's file hosts, so it was not followed.", "address"
             )
-        headers = {"Authorization": f"Bearer {self._bot_token}"}
-        try:
-            return await download_image(self._http, url, name=name, limits=self._image_limits, headers=headers)
-        except ImageError as error:
-            if error.reason == "html":  # Slack's sign-in page, its answer when the token may not read files
-                raise ImageError(
-                    f"Could not download {name}: Slack sent a web page instead of the file. The app probably lacks "
-                    "the files:read scope: add it in the app's settings and reinstall the app.",
-                    error.reason,
-                ) from error
-            raise
+        size = file.get("size") if isinstance(file.get("size"), int) else None
+        if size is not None and size > self._image_limits.max_bytes:  # refused unread, as it would be anyway
+            megabytes = self._image_limits.max_bytes / (1024 * 1024)
+            raise ImageError(f"{name} is over the {megabytes:g} MB limit for images.", "too_large")
+        return ImageSource(
+            name,
+            url,
+            headers={"Authorization": f"Bearer {self._bot_token}"},
+            size=size or None,
+            # Slack's sign-in page: its answer when the token may not read files.
+            html_refusal=(
+                f"Could not download {name}: Slack sent a web page instead of the file. The app probably lacks "
+                "the files:read scope: add it in the app's settings and reinstall the app."
+            ),
+        )
 
     def _is_file_host(self, url: str) -> bool:
-        """https to a listed host; plain http only to a listed 127.0.0.1 (the tests' stand-in)."""
+        """https to a listed host; plain http only to a listed 127.0.0.1 (the tests' stand-in).
+
+        Hosts are compared as sent (ASCII, punycode kept): decoding punycode can fail, and two
+        spellings of one name must not differ in what they are allowed.
+        """
         try:
             parsed = httpx.URL(url)
         except httpx.InvalidURL:
             return False
-        host = parsed.host.lower()
+        host = parsed.raw_host.decode("ascii").lower()
         if host not in self._file_hosts:
             return False
         return parsed.scheme == "https" or (parsed.scheme == "http" and host == "127.0.0.1")

@@ -77,7 +77,7 @@ def make_service(
 
 
 async def start_slack(
-    settings: Settings, service: Service, http: httpx.AsyncClient, web_app: web.Application, stack: AsyncExitStack
+    settings: Settings, service: Service, web_app: web.Application, stack: AsyncExitStack
 ) -> SlackAdapter:
     """Slack over HTTP (routes on the service's server) or, with SLACK_APP_TOKEN, over Socket Mode."""
     slack = SlackAdapter(
@@ -86,7 +86,6 @@ async def start_slack(
         signing_secret=settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None,
         api_url=settings.slack_api_url,
         file_hosts=settings.slack_file_hosts,
-        http=http,
         image_limits=service.config.image_limits,
     )
     stack.push_async_callback(slack.close)  # runs after the drain, once the HTTP server has stopped
@@ -119,7 +118,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         service = make_service(settings, client, ledger, quotas, http)
         health = HealthState(ledger, client, quotas)
         web_app = make_http_app(health)
-        slack = await start_slack(settings, service, http, web_app, stack) if settings.slack_enabled else None
+        slack = await start_slack(settings, service, web_app, stack) if settings.slack_enabled else None
         runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, port)
@@ -139,7 +138,6 @@ async def run(settings: Settings, *, emulator: bool) -> int:
                 api_url=settings.discord_api_url,
                 gateway_url=settings.discord_gateway_url,
                 access=DiscordAccess.from_settings(settings),
-                http=http,
                 image_limits=service.config.image_limits,
                 state_dir=Path(settings.database_path).resolve().parent,  # noqa: ASYNC240 (once, at start)
             )

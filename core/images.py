@@ -1,41 +1,56 @@
 """From "a person attached an image" to "the vision model sees it".
 
-Every adapter brings image bytes here: `download_image` (a platform file, with the adapter's own
-auth headers), `fetch_public_image` (the `vision <url>` command), `read_local_image` (the console).
-`prepare_image` then checks and normalises the bytes with Pillow so that what is uploaded is a
-JPEG, PNG or WEBP the API takes: at most `max_bytes`, at most `target_side` pixels on the long side,
-upright, in a plain colour mode, and small. Anything unusable is refused with an `ImageError` whose
-text is a short sentence naming the file, fit to show the person as it is.
+Adapters describe the images of a message as `ImageSource`s (a link, the headers it needs, the size
+the platform declared); the console reads files with `read_local_image`; `vision <url>` becomes a
+source through `public_image`. `prepare_images` then brings each one in and normalises it with
+Pillow so that what is uploaded is a JPEG, PNG or WEBP the API takes: at most `max_bytes`, at most
+`target_side` pixels on the long side, upright, in a plain colour mode, and small. Anything
+unusable is refused with an `ImageError` whose text is a short sentence naming the file, fit to
+show the person as it is.
 
 Limits come from the API (JPEG, PNG, WEBP, static GIF; 20 MB and 4096 px per image; 10 images per
 request) and are enforced before anything costs memory or money: downloads stop at the byte limit,
-and an image's pixel count is checked from its header before a single pixel is decoded.
+and an image's pixel count is checked from its header before a single pixel is decoded. Memory is
+bounded across requests too: every image in flight holds a share of one `ImageBudget` from before
+its download until it is prepared, downloads are spooled to a temporary file rather than held in
+memory, and decoding runs on one thread.
+
+Every download, a platform's file as much as a link someone typed, goes only to public addresses:
+the host is resolved, every address checked (IPv4 carried inside IPv6 included), and the request
+sent to the checked address, so that nobody can make the bot fetch from the network it runs in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import socket
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import httpx
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "ImageBudget",
     "ImageError",
     "ImageLimits",
+    "ImageSource",
     "PreparedImage",
+    "decoded_bytes",
     "download_image",
-    "fetch_public_image",
+    "may_fetch_from",
     "prepare_image",
     "prepare_images",
+    "public_image",
     "read_local_image",
 ]
 
@@ -117,6 +132,8 @@ _AS_IS_MODES = {"L", "RGB", "RGBA"}
 # `_encodings_for`. Greyscale has only 256 levels in all, so its bound is lower.
 _FEW_COLOURS = 256
 _FEW_GREYS = 64
+# Pillow keeps RGB and RGBA pixels in four bytes, and the other modes in fewer.
+_BYTES_PER_PIXEL = 4
 
 # `prepare_images` decodes on this one thread, process-wide, for memory's sake: a decode can take
 # 4 bytes a pixel (268 MB at `max_pixels`), and glibc gives every thread that allocates its own
@@ -139,8 +156,8 @@ _PNG = _Encoding("PNG", "image/png", {})
 _WEBP = _Encoding("WEBP", "image/webp", {"quality": 85})
 
 
-def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -> PreparedImage:
-    """Check `data` and normalise it for upload, or raise `ImageError`.
+def prepare_image(data: bytes | IO[bytes], name: str, limits: ImageLimits = ImageLimits()) -> PreparedImage:
+    """Check `data` (bytes, or a seekable file Pillow reads in pieces) and normalise it, or raise `ImageError`.
 
     The real format is sniffed from the content (the name and declared type are never trusted).
     The pixel count is checked from the header, before decoding. The image is then fully decoded
@@ -153,12 +170,10 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
     CPU-bound and thread-safe (it changes no global Pillow setting). From async code, call
     `prepare_images`, which runs it off the event loop with bounded memory.
     """
-    if not data:
-        raise ImageError(f"{name} is empty.", "empty")
-    if len(data) > limits.max_bytes:
-        raise _too_large(name, limits)
+    file = io.BytesIO(data) if isinstance(data, bytes) else data
+    size = _checked_size(file, name, limits)
     bound = min(limits.target_side, limits.max_side)
-    image = _open(data, name, limits)
+    image = _open(file, name, limits)
     source_format, source_mode = image.format, image.mode
     try:
         # An MPO is a JPEG carrying extra pictures (depth or gain maps), not an animation.
@@ -193,21 +208,44 @@ def prepare_image(data: bytes, name: str, limits: ImageLimits = ImageLimits()) -
         and orientation == 1
         and max(width, height) <= bound
     )
-    if sendable_as_is and len(data) <= len(encoded):
-        return PreparedImage(name, data, _AS_IS_MIMES[source_format], width, height, len(data))
+    if sendable_as_is and size <= len(encoded):
+        file.seek(0)
+        return PreparedImage(name, file.read(), _AS_IS_MIMES[source_format], width, height, size)
 
     notes = []
     if animated:
         notes.append(f"{name} is animated: only its first frame was used.")
     if image.size != (width, height):
         notes.append(f"{name} was scaled down from {width}x{height} to {image.width}x{image.height}.")
-    return PreparedImage(name, encoded, mime, image.width, image.height, len(data), tuple(notes))
+    return PreparedImage(name, encoded, mime, image.width, image.height, size, tuple(notes))
 
 
-def _open(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
+def decoded_bytes(file: IO[bytes], name: str, limits: ImageLimits) -> int:
+    """The memory `prepare_image` will decode `file` into, read from its header (a JPEG decodes reduced).
+
+    Raises the `ImageError` that `prepare_image` would for what is empty, too big, no image or a bomb.
+    """
+    _checked_size(file, name, limits)
+    with _open(file, name, limits) as image:
+        image.draft(image.mode, _fit(image.size, min(limits.target_side, limits.max_side)))
+        return image.width * image.height * _BYTES_PER_PIXEL
+
+
+def _checked_size(file: IO[bytes], name: str, limits: ImageLimits) -> int:
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    if not size:
+        raise ImageError(f"{name} is empty.", "empty")
+    if size > limits.max_bytes:
+        raise _too_large(name, limits)
+    return size
+
+
+def _open(file: IO[bytes], name: str, limits: ImageLimits) -> Image.Image:
     """Identify the image from its content and refuse a bomb from its header, before decoding."""
+    file.seek(0)
     try:
-        image = Image.open(io.BytesIO(data), formats=_INPUT_FORMATS)
+        image = Image.open(file, formats=_INPUT_FORMATS)
     except Image.DecompressionBombError as error:
         raise _too_many_pixels(name, limits) from error
     except UnidentifiedImageError as error:
@@ -281,18 +319,130 @@ def _fit(size: tuple[int, int], bound: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-async def prepare_images(
-    items: Sequence[tuple[str, bytes]], limits: ImageLimits = ImageLimits()
-) -> tuple[list[PreparedImage], list[ImageError]]:
-    """Prepare `(name, bytes)` pairs on the decoding thread, in order; returns (prepared, refusals).
+# --- Bringing images in, within one memory budget ------------------------------------------------
 
-    Refusals are the `ImageError`s, in order, then one naming the images beyond `max_images`,
-    which are skipped unread. Any other exception is a bug and propagates.
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image a platform holds: its link, the headers it needs, what the platform says it weighs.
+
+    `headers` go with the request as they are (the adapter decided the host may receive them).
+    `size` is the platform's declared size, the share of the budget the image holds; unknown sizes
+    hold `max_bytes`. `html_refusal`, when set, replaces the generic message for a web page that
+    came back instead of the image (a platform's sign-in page has a known cause).
     """
+
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # may carry a token: never shown
+    size: int | None = None
+    html_refusal: str | None = None
+
+
+# An image given as (name, bytes), already in memory, or one still to download.
+ImageInput = tuple[str, bytes] | ImageSource
+OnWait = Callable[[], Awaitable[None]]
+
+# Downloads up to this size stay in memory; bigger ones go on to a temporary file, which Pillow
+# reads from in pieces, so ten 20 MB downloads are not ten 20 MB byte strings.
+SPOOL_IN_MEMORY = 1024 * 1024
+# The budget `prepare_images` uses when given none. The service keeps one for the whole process.
+DEFAULT_BUDGET = 128 * 1024 * 1024
+
+
+class ImageBudget:
+    """Bytes of images in flight, process-wide: downloaded or being decoded, not yet prepared.
+
+    Each image holds a share from before its download until it is prepared: its size at first,
+    then, while it is decoded, its decoded pixels if those are more. An image that does not fit
+    waits, first come first served (one bigger than the whole budget goes once it is alone).
+    Growing a share never waits: the image already holds its place and decoding runs one image at a
+    time, so the queue always drains; new images wait until the total is back under `capacity`.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("the image budget must be positive")
+        self.capacity = capacity
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int, on_wait: OnWait | None = None) -> AsyncIterator[BudgetShare]:
+        """Hold `amount` bytes for the block, waiting for room first (`on_wait` runs if it must wait)."""
+        if self._waiting or not self._fits(amount):
+            future = asyncio.get_running_loop().create_future()
+            self._waiting.append((amount, future))
+            try:
+                if on_wait is not None:
+                    await on_wait()
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled():  # room was granted just as we gave up
+                    self._release(amount)
+                else:
+                    future.cancel()
+                    with contextlib.suppress(ValueError):  # `_wake` may have dropped it already
+                        self._waiting.remove((amount, future))
+                    self._wake()
+                raise
+        else:
+            self.used += amount
+        share = BudgetShare(self, amount)
+        try:
+            yield share
+        finally:
+            self._release(share.amount)
+
+    def _fits(self, amount: int) -> bool:
+        return self.used == 0 or self.used + amount <= self.capacity
+
+    def _release(self, amount: int) -> None:
+        self.used -= amount
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            amount, future = self._waiting.popleft()
+            if not future.done():  # done: cancelled, its request gave up waiting
+                self.used += amount
+                future.set_result(None)
+
+
+class BudgetShare:
+    """What one image holds of an `ImageBudget`."""
+
+    def __init__(self, budget: ImageBudget, amount: int) -> None:
+        self._budget = budget
+        self.amount = amount
+
+    def grow_to(self, amount: int) -> None:
+        """Hold at least `amount` from now on, without waiting (see `ImageBudget`)."""
+        if amount > self.amount:
+            self._budget.used += amount - self.amount
+            self.amount = amount
+
+
+async def prepare_images(
+    items: Sequence[ImageInput],
+    limits: ImageLimits = ImageLimits(),
+    *,
+    budget: ImageBudget | None = None,
+    http: httpx.AsyncClient | None = None,
+    allow_loopback: bool = False,
+    on_wait: OnWait | None = None,
+) -> tuple[list[PreparedImage], list[ImageError]]:
+    """Bring in and prepare images, in order; returns (prepared, refusals).
+
+    Downloads (with `http`) run at once, each as soon as it has room in `budget` (`on_wait` runs
+    when one has to wait; without a budget, one for this call alone of `DEFAULT_BUDGET`); decoding
+    runs on one thread. Refusals are the `ImageError`s, in order, then one naming the images beyond
+    `max_images`, which are skipped unread. Any other exception is a bug and propagates.
+    """
+    budget = budget or ImageBudget(DEFAULT_BUDGET)
     kept, skipped = items[: limits.max_images], items[limits.max_images :]
-    loop = asyncio.get_running_loop()
     results = await asyncio.gather(
-        *(loop.run_in_executor(_DECODER, prepare_image, data, name, limits) for name, data in kept),
+        *(_prepare_one(item, limits, budget, http, allow_loopback, on_wait) for item in kept),
         return_exceptions=True,
     )
     prepared: list[PreparedImage] = []
@@ -305,57 +455,123 @@ async def prepare_images(
         else:
             raise result
     if skipped:
-        names = ", ".join(name for name, _ in skipped)
+        names = ", ".join(_name(item) for item in skipped)
         message = f"At most {limits.max_images} images are taken per request, so these were skipped: {names}."
         refusals.append(ImageError(message, "too_many_images"))
     return prepared, refusals
 
 
-# --- Getting the bytes ---------------------------------------------------------------------------
+
+async def _prepare_one(
+    item: ImageInput,
+    limits: ImageLimits,
+    budget: ImageBudget,
+    http: httpx.AsyncClient | None,
+    allow_loopback: bool,
+    on_wait: OnWait | None,
+) -> PreparedImage:
+    loop = asyncio.get_running_loop()
+    name = _name(item)
+    share = min(item.size or limits.max_bytes, limits.max_bytes) if isinstance(item, ImageSource) else len(item[1])
+    async with budget.hold(share, on_wait) as held:
+        with _spool(item) as file:
+            if isinstance(item, ImageSource):
+                if http is None:
+                    raise ValueError("downloading images needs an HTTP client")
+                await download_image(http, item, file, limits=limits, allow_loopback=allow_loopback)
+            held.grow_to(await loop.run_in_executor(_DECODER, decoded_bytes, file, name, limits))
+            return await loop.run_in_executor(_DECODER, prepare_image, file, name, limits)
+
+
+def _spool(item: ImageInput) -> IO[bytes]:
+    if isinstance(item, ImageSource):
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    return io.BytesIO(item[1])  # shares the bytes' buffer: no copy
+
+
+def _name(item: ImageInput) -> str:
+    return item.name if isinstance(item, ImageSource) else item[0]
+
+
+# --- Downloads, to public addresses only ---------------------------------------------------------
+
+
+def public_image(url: str) -> ImageSource:
+    """The source for `vision <url>`, named after the link's last path segment; refuses non-http links."""
+    parsed = _parse_link(url)
+    return ImageSource(parsed.path.rsplit("/", 1)[-1][:100] or "image", url)
+
+
+def _parse_link(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise ImageError(f"{_shorten(url)} is not a valid link.", "address") from error
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise ImageError(f"{_shorten(url)} is not an http or https link.", "address")
+    return parsed
 
 
 async def download_image(
     http: httpx.AsyncClient,
-    url: str,
+    source: ImageSource,
+    into: IO[bytes],
     *,
-    name: str,
     limits: ImageLimits,
-    headers: Mapping[str, str] | None = None,
-) -> bytes:
-    """Download one image, streamed and cut off as soon as more than `max_bytes` arrived.
+    allow_loopback: bool = False,
+) -> None:
+    """Download `source` into `into`, streamed and cut off as soon as more than `max_bytes` arrived.
 
-    Redirects are not followed (a 3xx is refused, naming where it led): the adapter decided that
-    this host may receive `headers`, not wherever the host points to. `limits.timeout` bounds the
-    whole download, not just each read, so a server trickling bytes cannot hold a request open.
-    Checking which hosts may receive auth headers is the adapter's job.
+    The host is resolved first and refused if any of its addresses is not public (see
+    `_may_fetch_from`; `allow_loopback`, for tests, admits loopback only). The request then goes to
+    the checked address itself (the Host header and TLS name stay the link's), so a DNS answer that
+    changes between check and connection cannot slip a private address in. Redirects are not
+    followed (a 3xx is refused, naming where it led): the adapter decided that this host may
+    receive the source's headers, not wherever it points to. `limits.timeout` bounds the lookup
+    and, separately, the whole download, so a server trickling bytes cannot hold a request open.
     """
     try:
-        request = http.build_request("GET", url, headers=headers, timeout=limits.timeout)
-    except httpx.InvalidURL as error:
-        raise ImageError(f"Could not download {name}: {_shorten(url)} is not a valid link.", "address") from error
-    return await _download(http, request, name, limits)
+        parsed = _parse_link(source.url)
+    except ImageError as error:
+        raise ImageError(f"Could not download {source.name}: {error}", error.reason) from error
+    host = parsed.raw_host.decode("ascii")  # punycode stays as it is: decoding it can fail
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    address = await _public_address(host, port, name=source.name, limits=limits, allow_loopback=allow_loopback)
+    request = http.build_request(
+        "GET",
+        parsed.copy_with(host=address),
+        headers={**source.headers, "Host": parsed.netloc.decode("ascii")},
+        extensions={"sni_hostname": host},
+        timeout=limits.timeout,
+    )
+    try:
+        await _download(http, request, source.name, limits, into)
+    except ImageError as error:
+        if error.reason == "html" and source.html_refusal:
+            raise ImageError(source.html_refusal, error.reason) from error
+        raise
 
 
-async def _download(http: httpx.AsyncClient, request: httpx.Request, name: str, limits: ImageLimits) -> bytes:
+async def _download(
+    http: httpx.AsyncClient, request: httpx.Request, name: str, limits: ImageLimits, into: IO[bytes]
+) -> None:
     failed = f"Could not download {name}"
     try:
         async with asyncio.timeout(limits.timeout):
             response = await http.send(request, stream=True, follow_redirects=False)
             try:
-                return await _read_body(response, name, limits)
+                await _read_body(response, name, limits, into)
             finally:
                 await response.aclose()
     except (TimeoutError, httpx.TimeoutException) as error:
         raise ImageError(f"{failed}: it took longer than {limits.timeout:g} seconds.", "download") from error
-    except httpx.UnsupportedProtocol as error:
-        raise ImageError(f"{failed}: {_shorten(str(request.url))} is not an http or https link.", "address") from error
     except httpx.ConnectError as error:
         raise ImageError(f"{failed}: the server could not be reached.", "download") from error
     except httpx.HTTPError as error:  # the connection broke, or the server spoke no valid HTTP
         raise ImageError(f"{failed}: the connection broke off.", "download") from error
 
 
-async def _read_body(response: httpx.Response, name: str, limits: ImageLimits) -> bytes:
+async def _read_body(response: httpx.Response, name: str, limits: ImageLimits, into: IO[bytes]) -> None:
     failed = f"Could not download {name}"
     if response.is_redirect or 300 <= response.status_code < 400:
         target = response.url.join(response.headers.get("location", "")).copy_with(query=None, fragment=None)
@@ -367,51 +583,21 @@ async def _read_body(response: httpx.Response, name: str, limits: ImageLimits) -
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise _too_large(name, limits)
-    # BytesIO grows in place and hands its buffer over without a copy: one image, one copy in memory.
-    body = io.BytesIO()
+    received = 0
     async for chunk in response.aiter_bytes():
-        body.write(chunk)
-        if body.tell() > limits.max_bytes:
+        received += len(chunk)
+        if received > limits.max_bytes:
             raise _too_large(name, limits)
-    return body.getvalue()
-
-
-async def fetch_public_image(
-    http: httpx.AsyncClient, url: str, *, limits: ImageLimits, allow_loopback: bool = False
-) -> tuple[str, bytes]:
-    """Download a public http(s) image for `vision <url>`; returns (name from the URL, bytes).
-
-    The host is resolved first and refused if any of its addresses is private, loopback,
-    link-local, reserved or multicast (`allow_loopback`, for tests, admits loopback only), so that
-    a person cannot make the bot fetch from the network it runs in. The request then goes to the
-    checked address itself (the Host header and TLS name stay the URL's), so a DNS answer that
-    changes between check and connection cannot slip a private address in.
-    """
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as error:
-        raise ImageError(f"{_shorten(url)} is not a valid link.", "address") from error
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ImageError(f"{_shorten(url)} is not an http or https link.", "address")
-    name = parsed.path.rsplit("/", 1)[-1][:100] or "image"
-    host = parsed.raw_host.decode("ascii")
-    address = await _public_address(host, parsed.port or (443 if parsed.scheme == "https" else 80),
-                                    name=name, limits=limits, allow_loopback=allow_loopback)
-    request = http.build_request(
-        "GET",
-        parsed.copy_with(host=address),
-        headers={"Host": parsed.netloc.decode("ascii")},
-        extensions={"sni_hostname": host},
-        timeout=limits.timeout,
-    )
-    return name, await _download(http, request, name, limits)
+        into.write(chunk)
 
 
 async def _public_address(host: str, port: int, *, name: str, limits: ImageLimits, allow_loopback: bool) -> str:
     """An address of `host` to connect to, once every address it resolves to passed the check.
 
-    IPv4 is preferred: the connection goes to this one address only (no fallback between
-    families), and many servers have no working IPv6 route.
+    The lookup is the system's own, so hosts written as integers (2130706433, 0x7f.1, 0177.1) come
+    back as the address they mean and are checked as such. IPv4 is preferred: the connection goes
+    to this one address only (no fallback between families), and many servers have no working
+    IPv6 route.
     """
     try:
         async with asyncio.timeout(limits.timeout):
@@ -422,14 +608,42 @@ async def _public_address(host: str, port: int, *, name: str, limits: ImageLimit
         raise ImageError(f"Could not download {name}: the host {host} was not found.", "address") from error
     # IPv6 link-local addresses come with a zone ("fe80::1%eth0") that ipaddress does not parse.
     addresses = [ipaddress.ip_address(str(sockaddr[0]).split("%")[0]) for *_, sockaddr in found]
-    if not addresses or not all(_may_fetch_from(address, allow_loopback) for address in addresses):
+    if not addresses or not all(may_fetch_from(address, allow_loopback) for address in addresses):
         raise ImageError(f"Could not download {name}: {host} is a private or local address.", "address")
     return str(min(addresses, key=lambda address: address.version))
 
 
-def _may_fetch_from(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+# IPv6 ranges that carry an IPv4 address in their last 32 bits: IPv4-mapped (::ffff:0:0/96),
+# SIIT's IPv4-translated (::ffff:0:0:0/96), NAT64's well-known prefix (64:ff9b::/96) and the old
+# IPv4-compatible form (::/96, e.g. ::127.0.0.1). 6to4 (2002::/16) and Teredo (2001::/32) carry
+# theirs elsewhere; Python's ipaddress finds those.
+_CARRYING_IPV4 = tuple(
+    ipaddress.IPv6Network(network) for network in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
+)
+_UNSPECIFIED_AND_LOOPBACK = ipaddress.IPv6Network("::/127")
+# IPv6 ranges never public, whatever Python's `is_global` says: site-local (deprecated, fec0::/10)
+# and the NAT64 prefix for local use (64:ff9b:1::/48), which translates to private networks.
+_NEVER_PUBLIC = tuple(ipaddress.IPv6Network(network) for network in ("fec0::/10", "64:ff9b:1::/48"))
+
+
+def may_fetch_from(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool = False) -> bool:
+    """Whether a download may connect to `address`: a public unicast address, and nothing else.
+
+    An IPv6 address that carries an IPv4 address reaches that IPv4 host, so it is judged as that
+    host: 64:ff9b::7f00:1 is 127.0.0.1, 2002:a00:1:: is 10.0.0.1. Teredo carries two (the relay
+    server and the client): both must be public.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _UNSPECIFIED_AND_LOOPBACK:  # :: and ::1 are themselves, not IPv4
+            return address.is_loopback and allow_loopback
+        if any(address in network for network in _NEVER_PUBLIC):
+            return False
+        if address.teredo:
+            return all(may_fetch_from(carried, allow_loopback) for carried in address.teredo)
+        if address.sixtofour:
+            return may_fetch_from(address.sixtofour, allow_loopback)
+        if any(address in network for network in _CARRYING_IPV4):
+            return may_fetch_from(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), allow_loopback)
     if address.is_loopback:
         return allow_loopback
     # is_global is False for private, link-local, reserved, shared (CGNAT) and unspecified ranges.

@@ -21,12 +21,30 @@ from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
 from .commands import DEFAULT_VISION_QUESTION, INFORMATIONAL, Command, UsageError, help_text, parse_command
 from .errors import IOIntelligenceError, RateLimitError
-from .images import ImageError, ImageLimits, fetch_public_image, prepare_images, read_local_image
+from .images import (
+    DEFAULT_BUDGET,
+    ImageBudget,
+    ImageError,
+    ImageInput,
+    ImageLimits,
+    prepare_images,
+    public_image,
+    read_local_image,
+)
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
 from .ratelimit import RateLimit, busy_message
 from .render import code_table, render_agents, render_models, render_result, short_model_name
-from .tokens import Fitted, InputTooLong, NoRoom, estimate_message_tokens, estimate_text_tokens, fit
+from .tokens import (
+    Fitted,
+    InputTooLong,
+    NoRoom,
+    estimate_message_tokens,
+    estimate_text_tokens,
+    fit,
+    image_side_within,
+    image_tokens,
+)
 from .workflows import WorkflowResult
 
 log = logging.getLogger("iobot.service")
@@ -51,6 +69,9 @@ CONTEXT = "the model's context"
 UNEXPECTED_FAILURE = "Something went wrong on our side while answering. It has been logged; please try again."
 BUSY = "The bot is answering many requests right now. Please try again in a minute."
 SHUTTING_DOWN = "The bot is restarting. Please try again in a minute."
+IMAGES_WAITING = "_Your images are queued: other images are being read. They are next._"
+# Images are never scaled below one Llama 3.2 Vision tile to make room: detail would be lost.
+SMALLEST_IMAGE_SIDE = 560
 
 
 class NotEnoughLeft(QuotaExceeded):
@@ -86,7 +107,7 @@ class Request:
     command: Command | None = None  # set when the platform parsed it already (typed slash commands)
     history: Sequence[Message] = ()  # earlier turns of the conversation, oldest first
     request_id: str | None = None  # the platform's event or interaction id: a retry is not run twice
-    images: Sequence[tuple[str, bytes]] = ()  # attached images, downloaded by the adapter: (file name, bytes)
+    images: Sequence[ImageInput] = ()  # attached images: where to download them, or (file name, bytes)
     local_files: bool = False  # `vision <path>` may read a local file (the console only)
 
 
@@ -108,7 +129,8 @@ class ServiceConfig:
     max_tokens: int = 1024
     system_prompt: str = SYSTEM_PROMPT
     image_limits: ImageLimits = ImageLimits()
-    allow_loopback_images: bool = False  # tests serve `vision <url>` images from 127.0.0.1
+    allow_loopback_images: bool = False  # tests serve images from 127.0.0.1
+    image_budget_bytes: int = DEFAULT_BUDGET  # images in flight, all requests together (see ImageBudget)
     user_requests_per_minute: int = 20
     max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
     queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
@@ -125,6 +147,7 @@ class Service:
         self.http = http  # for images at public URLs: never carries a credential
         self.rate_limit = RateLimit(config.user_requests_per_minute)
         self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._image_budget = ImageBudget(config.image_budget_bytes)
         self._active: set[asyncio.Task] = set()
         self._closing = False
 
@@ -234,18 +257,35 @@ class Service:
                 return await self._workflow(request, command)
 
     async def _vision(self, request: Request, command: Command, progress: Progress | None) -> Reply:
-        """Images (attached, at a URL or, in the console, in a file) checked, normalised, then asked about."""
-        items = list(request.images)
+        """Images (attached, at a URL or, in the console, in a file) checked, normalised, then asked about.
+
+        Whether they fit the vision model's context is checked from their count before any is
+        downloaded; they are scaled down as far as needed for that. Waiting for room in the image
+        budget is shown as progress, and noted in the reply.
+        """
+        items: list[ImageInput] = list(request.images)
         if command.name == "vision":
             question = command.text
             if command.image.startswith(("http://", "https://")) or not request.local_files:
-                limits, loopback = self.config.image_limits, self.config.allow_loopback_images
-                items.insert(0, await fetch_public_image(self.http, command.image, limits=limits, allow_loopback=loopback))
+                items.insert(0, public_image(command.image))
             else:
                 items.insert(0, read_local_image(command.image, self.config.image_limits))
         else:
             question = request.text.strip() or DEFAULT_VISION_QUESTION  # the whole message is the question
-        prepared, refusals = await prepare_images(items, self.config.image_limits)
+        limits = self._image_limits_for(min(len(items), self.config.image_limits.max_images), question)
+        waiting_since: float | None = None
+
+        async def on_wait() -> None:
+            nonlocal waiting_since
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                if progress is not None:
+                    await progress(IMAGES_WAITING)
+
+        prepared, refusals = await prepare_images(
+            items, limits, budget=self._image_budget, http=self.http,
+            allow_loopback=self.config.allow_loopback_images, on_wait=on_wait,
+        )
         for refusal in refusals:
             metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
         if not prepared:
@@ -257,8 +297,34 @@ class Service:
         message = vision_message(question, [image.data_url for image in prepared])
         reply = await self._chat(request, message, images=True, progress=progress)
         metrics.IMAGE_BYTES_SAVED.inc(max(0, sum(image.saved_bytes for image in prepared)))
-        notes = (*map(str, refusals), *(note for image in prepared for note in image.notes))
+        notes = [*map(str, refusals), *(note for image in prepared for note in image.notes)]
+        if waiting_since is not None:
+            notes.append(f"Your images waited {time.monotonic() - waiting_since:.0f} s for room: other images were being read.")
         return replace(reply, notes=(*notes, *reply.notes))
+
+    def _image_limits_for(self, count: int, question: str) -> ImageLimits:
+        """The image limits for `count` images: sides small enough that all of them fit the vision model.
+
+        Each image is counted at its largest (a square at the side bound), with the question, the
+        system prompt and room for the answer; the side is the largest that fits, up to the
+        configured one. Refused, before anything is downloaded, when even small images cannot fit.
+        """
+        limits = self.config.image_limits
+        model = self.config.vision_model
+        row = self.quotas.get(model)
+        context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
+        text = estimate_message_tokens([{"role": "system", "content": self.config.system_prompt}, vision_message(question, [])])
+        room = context - self.config.max_tokens - text
+        side = min(limits.target_side, image_side_within(room // max(count, 1)))
+        if side < SMALLEST_IMAGE_SIDE:
+            most = room // image_tokens(SMALLEST_IMAGE_SIDE, SMALLEST_IMAGE_SIDE)
+            ask = f"please send at most {most} at once" if most else "please shorten the question"
+            raise ImageError(
+                f"{count} images with this question do not fit {short_model_name(model)}, which takes "
+                f"{context:,} tokens at most: {ask}.",
+                "too_many_images",
+            )
+        return replace(limits, target_side=side)
 
     # --- chat, with fallback ---------------------------------------------------------------
 

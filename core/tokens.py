@@ -7,16 +7,24 @@ made from an estimate is rarely smaller than what the API later reports.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from .client import Message
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
-TOKENS_PER_IMAGE = 1_600  # a 1024x1024 tile sequence on Llama 3.2 Vision, rounded up
+# Images cost one token per 28x28 pixel patch: Qwen2-VL's rate, which counts images into the
+# context; Llama 3.2 Vision's largest canvas (1120x1120, four 560 px tiles) comes to 1,600 at it.
+IMAGE_PATCH = 28
+IMAGE_FRAMING = 2  # the tokens that open and close an image
+LARGEST_IMAGE_SIDE = 4096  # the API's limit: an image whose size cannot be read counts as this big
 # An English word and the space after it average about six bytes: two tokens by the estimate above.
 TOKENS_PER_WORD = 2
 
@@ -38,8 +46,33 @@ def estimate_message_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
                 if part.get("type") == "text":
                     total += estimate_text_tokens(part.get("text", ""))
                 elif part.get("type") == "image_url":
-                    total += TOKENS_PER_IMAGE
+                    total += _image_url_tokens(part.get("image_url", {}).get("url", ""))
     return total
+
+
+def image_tokens(width: int, height: int) -> int:
+    """What an image of `width` x `height` pixels costs at most."""
+    return math.ceil(width / IMAGE_PATCH) * math.ceil(height / IMAGE_PATCH) + IMAGE_FRAMING
+
+
+def image_side_within(tokens: int) -> int:
+    """The longest side (whole patches) at which an image of any shape costs at most `tokens`; 0 if none."""
+    return math.isqrt(max(0, tokens - IMAGE_FRAMING)) * IMAGE_PATCH
+
+
+def _image_url_tokens(url: str) -> int:
+    """An image part's cost, from the size in its data URL's header; the API's largest image otherwise.
+
+    Only the header is parsed, but the whole image is decoded from base64: a JPEG's size can come
+    after a large colour profile, and Pillow hands a WEBP to libwebp whole.
+    """
+    if url.startswith("data:"):
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))) as image:
+                return image_tokens(*image.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            pass  # not an image Pillow knows: count the largest
+    return image_tokens(LARGEST_IMAGE_SIDE, LARGEST_IMAGE_SIDE)
 
 
 def words(tokens: int) -> int:

@@ -57,16 +57,16 @@ async def http():
 
 @pytest.fixture
 def service(client, ledger, http):
-    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=2048)
+    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=2048, allow_loopback_images=True)
     return Service(client, ledger, load_quota_table(), config, http)
 
 
 @pytest.fixture
-def make_adapter(service, standin, http, tmp_path):
+def make_adapter(service, standin, tmp_path):
     def make(access: DiscordAccess = DiscordAccess(), standin: DiscordStandIn = standin) -> DiscordAdapter:
         return DiscordAdapter(
             service, token=TOKEN, api_url=standin.api_url, gateway_url=standin.gateway_url, access=access,
-            http=http, image_limits=ImageLimits(), state_dir=tmp_path,
+            image_limits=ImageLimits(), state_dir=tmp_path,
         )
 
     return make

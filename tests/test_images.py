@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ipaddress
 import socket
 import struct
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,17 +24,27 @@ import pytest
 from aiohttp import web
 from PIL import ExifTags, Image, ImageStat
 
+from adapters.slack import SlackAdapter
 from core import images
+from core.client import IOClient
+from core.emulator import Emulator
 from core.images import (
+    ImageBudget,
     ImageError,
     ImageLimits,
+    ImageSource,
     PreparedImage,
     download_image,
-    fetch_public_image,
+    may_fetch_from,
     prepare_image,
     prepare_images,
+    public_image,
     read_local_image,
 )
+from core.ledger import Ledger
+from core.quotas import load_quota_table
+from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
+from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
 
 LIMITS = ImageLimits()
 MB = 1024 * 1024
@@ -420,6 +433,8 @@ def test_read_local_image_refuses_a_big_file_without_opening_it(tmp_path: Path, 
 
 CAT = encode(Image.new("RGB", (32, 32), "orange"), "PNG")
 BIG_BODY = 25 * MB
+# About 6 MB that PNG cannot shrink (stored uncompressed), quick to make and to decode.
+NOISE = encode(Image.merge("RGB", [Image.effect_noise((1450, 1450), 64)] * 3), "PNG", compress_level=0)
 
 
 @dataclass
@@ -497,6 +512,13 @@ async def server() -> AsyncIterator[Server]:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
+    async def noise(request: web.Request) -> web.Response:
+        return web.Response(body=NOISE, content_type="image/png")
+
+    async def late(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(body=CAT, content_type="image/png")
+
     @web.middleware
     async def record(request: web.Request, handler: object) -> web.StreamResponse:
         state.hits.append(request.path)
@@ -513,6 +535,8 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/moved.png", moved)
     app.router.add_get("/page.png", page)
     app.router.add_get("/missing.png", missing)
+    app.router.add_get("/noise.png", noise)
+    app.router.add_get("/late.png", late)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -529,18 +553,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS) -> str:
+async def download(
+    http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, *, allow_loopback: bool = True, **source: object
+) -> bytes:
+    into = io.BytesIO()
+    await download_image(http, ImageSource("x.png", url, **source), into, limits=limits, allow_loopback=allow_loopback)  # type: ignore[arg-type]
+    return into.getvalue()
+
+
+async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, **source: object) -> str:
     with pytest.raises(ImageError) as caught:
-        await download_image(http, url, name="x.png", limits=limits)
+        await download(http, url, limits, **source)
     assert "x.png" in str(caught.value)
     return str(caught.value)
 
 
-async def test_download_returns_the_bytes_and_sends_the_adapters_headers(server: Server, http: httpx.AsyncClient) -> None:
+async def test_download_returns_the_bytes_and_sends_the_sources_headers(server: Server, http: httpx.AsyncClient) -> None:
     url = f"{server.base}/private.png"
     assert "HTTP 403" in await download_refusal(http, url)
-    data = await download_image(http, url, name="x.png", limits=LIMITS, headers={"Authorization": "Bearer xoxb-test"})
-    assert data == CAT
+    assert await download(http, url, headers={"Authorization": "Bearer xoxb-test"}) == CAT
 
 
 async def test_download_stops_at_the_limit_while_streaming(server: Server, http: httpx.AsyncClient) -> None:
@@ -573,6 +604,8 @@ async def test_download_does_not_follow_redirects(server: Server, http: httpx.As
 async def test_download_refuses_an_html_page(server: Server, http: httpx.AsyncClient) -> None:
     message = await download_refusal(http, f"{server.base}/page.png")
     assert message == "Could not download x.png: an HTML page came back instead of the image."
+    explained = await download_refusal(http, f"{server.base}/page.png", html_refusal="x.png: sign-in page, check scopes.")
+    assert explained == "x.png: sign-in page, check scopes."
 
 
 async def test_download_times_out_waiting_for_an_answer(server: Server, http: httpx.AsyncClient) -> None:
@@ -599,7 +632,7 @@ async def test_download_reports_an_unreachable_server(http: httpx.AsyncClient) -
     assert message == "Could not download x.png: the server could not be reached."
 
 
-# --- Public URLs (`vision <url>`) ----------------------------------------------------------------
+# --- Public addresses only (`vision <url>` and every file download) -------------------------------
 
 
 @pytest.fixture
@@ -614,37 +647,104 @@ async def watched_http() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Re
         yield client, attempted
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:{port}/cat.png",
-        "http://localhost:{port}/cat.png",
-        "http://[::1]:{port}/cat.png",
-        "http://[::ffff:127.0.0.1]:{port}/cat.png",
-        "http://10.1.2.3/cat.png",
-        "http://192.168.0.1/cat.png",
-        "http://169.254.169.254/latest/meta-data/",
-        "http://0.0.0.0:{port}/cat.png",
-        "http://224.0.0.1/cat.png",
-    ],
-)
+# Every way of writing a host that is, or reaches, this machine or a private network.
+PRIVATE_LINKS = [
+    "http://127.0.0.1:{port}/cat.png",
+    "http://localhost:{port}/cat.png",
+    "http://LOCALHOST:{port}/cat.png",
+    "http://10.1.2.3/cat.png",
+    "http://192.168.0.1/cat.png",
+    "http://100.64.0.1/cat.png",  # shared address space (carrier-grade NAT)
+    "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+    "http://0.0.0.0:{port}/cat.png",
+    "http://0:{port}/cat.png",
+    "http://224.0.0.1/cat.png",
+    # IPv4 written as one number, in hex, in octal, or shortened: the resolver reads them all.
+    "http://2130706433:{port}/cat.png",
+    "http://0x7f000001:{port}/cat.png",
+    "http://0x7f.1:{port}/cat.png",
+    "http://017700000001:{port}/cat.png",
+    "http://127.1:{port}/cat.png",
+    "http://167772161/cat.png",  # 10.0.0.1
+    # IPv6 itself.
+    "http://[::1]:{port}/cat.png",
+    "http://[::]:{port}/cat.png",
+    "http://[fe80::1]/cat.png",  # link-local
+    "http://[fc00::1]/cat.png",  # unique local
+    "http://[fd12:3456::1]/cat.png",
+    "http://[fec0::1]/cat.png",  # site-local (deprecated, still routed by some)
+    "http://[ff02::1]/cat.png",  # multicast
+    # IPv6 that carries a private or loopback IPv4.
+    "http://[::ffff:127.0.0.1]:{port}/cat.png",  # IPv4-mapped
+    "http://[::ffff:7f00:1]:{port}/cat.png",
+    "http://[::ffff:0:127.0.0.1]/cat.png",  # SIIT, IPv4-translated
+    "http://[::ffff:0:a00:1]/cat.png",
+    "http://[::127.0.0.1]/cat.png",  # IPv4-compatible
+    "http://[::a00:1]/cat.png",
+    "http://[64:ff9b::127.0.0.1]/cat.png",  # NAT64, well-known prefix
+    "http://[64:ff9b::7f00:1]/cat.png",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # 169.254.169.254
+    "http://[64:ff9b:1::808:808]/cat.png",  # NAT64 for local use: private whatever it carries
+    "http://[2002:7f00:1::1]/cat.png",  # 6to4 of 127.0.0.1
+    "http://[2002:c0a8:1::]/cat.png",  # 6to4 of 192.168.0.1
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/cat.png",  # Teredo
+    "http://[2001:0:7f00:1:0:0:80ff:fffe]/cat.png",  # Teredo, server 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", PRIVATE_LINKS)
 async def test_private_addresses_are_refused_without_a_request(
     url: str, server: Server, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]
 ) -> None:
     client, attempted = watched_http
     with pytest.raises(ImageError, match="is a private or local address"):
-        await fetch_public_image(client, url.format(port=server.port), limits=LIMITS)
+        await download_image(client, public_image(url.format(port=server.port)), io.BytesIO(), limits=LIMITS)
     assert attempted == [] and server.hits == []
 
 
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("::ffff:8.8.8.8", True),  # a public IPv4, however it is written
+        ("64:ff9b::808:808", True),  # NAT64 to a public IPv4: how IPv6-only networks reach it
+        ("2002:808:808::1", True),  # 6to4 of a public IPv4
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1::808:808", False),
+        ("2002:a00:1::", False),
+        ("::ffff:0:7f00:1", False),
+        ("::7f00:1", False),
+        ("fec0::1", False),
+        ("ff0e::1", False),
+        ("::", False),
+    ],
+)
+def test_which_addresses_are_public(address: str, public: bool) -> None:
+    assert may_fetch_from(ipaddress.ip_address(address)) is public
+
+
+def test_loopback_allowance_covers_loopback_in_every_spelling_and_nothing_else() -> None:
+    for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::"):
+        assert may_fetch_from(ipaddress.ip_address(address), allow_loopback=True), address
+    for address in ("10.0.0.1", "64:ff9b::a00:1", "fec0::1", "::"):
+        assert not may_fetch_from(ipaddress.ip_address(address), allow_loopback=True), address
+
+
 async def test_loopback_is_allowed_only_when_asked(server: Server, http: httpx.AsyncClient) -> None:
-    name, data = await fetch_public_image(http, f"{server.base}/cat.png?size=large", limits=LIMITS, allow_loopback=True)
-    assert (name, data) == ("cat.png", CAT)
+    source = public_image(f"{server.base}/cat.png?size=large")
+    assert source.name == "cat.png"
+    assert await download(http, source.url) == CAT
     with pytest.raises(ImageError, match="private or local"):
-        await fetch_public_image(http, "http://10.1.2.3/cat.png", limits=LIMITS, allow_loopback=True)
+        await download(http, source.url, allow_loopback=False)
+    with pytest.raises(ImageError, match="private or local"):
+        await download(http, "http://10.1.2.3/cat.png")
 
 
-async def test_fetch_connects_to_the_checked_address_under_the_original_name() -> None:
+async def test_download_connects_to_the_checked_address_under_the_original_name() -> None:
     """The address that passed the check is the one connected to: a second DNS answer cannot differ."""
     seen: list[httpx.Request] = []
 
@@ -653,8 +753,10 @@ async def test_fetch_connects_to_the_checked_address_under_the_original_name() -
         return httpx.Response(200, content=CAT, headers={"Content-Type": "image/png"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        name, data = await fetch_public_image(client, "http://localhost:8080/pics/", limits=LIMITS, allow_loopback=True)
-    assert (name, data) == ("image", CAT)
+        source = public_image("http://localhost:8080/pics/")
+        into = io.BytesIO()
+        await download_image(client, source, into, limits=LIMITS, allow_loopback=True)
+    assert (source.name, into.getvalue()) == ("image", CAT)
     [request] = seen
     assert request.url.host == "127.0.0.1" and request.url.path == "/pics/"
     assert request.headers["Host"] == "localhost:8080"
@@ -664,13 +766,265 @@ async def test_fetch_connects_to_the_checked_address_under_the_original_name() -
 @pytest.mark.parametrize(
     "url", ["ftp://example.com/cat.png", "file:///etc/passwd", "javascript:alert(1)", "cat.png", "http://"]
 )
-async def test_only_http_links_are_fetched(url: str, watched_http: tuple[httpx.AsyncClient, list[httpx.Request]]) -> None:
-    client, attempted = watched_http
+def test_only_http_links_are_taken(url: str) -> None:
     with pytest.raises(ImageError, match="is not an http or https link"):
-        await fetch_public_image(client, url, limits=LIMITS)
-    assert attempted == []
+        public_image(url)
 
 
-async def test_an_unknown_host_is_reported(http: httpx.AsyncClient) -> None:
-    with pytest.raises(ImageError, match=r"the host no-such-host\.invalid was not found"):
-        await fetch_public_image(http, "https://no-such-host.invalid/cat.png", limits=LIMITS)
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://no-such-host.invalid/cat.png", r"the host no-such-host\.invalid was not found"),
+        ("http://xn--zz.invalid/cat.png", r"the host xn--zz\.invalid was not found"),  # punycode that does not decode
+        ("http://xn--80ak6aa92e.invalid/cat.png", r"the host xn--80ak6aa92e\.invalid was not found"),
+        ("http://ⓛⓞⓒⓐⓛⓗⓞⓢⓣ/cat.png", "is not a valid link"),
+        ("http://0177.0.0.1/cat.png", "is not a valid link"),  # octal with a leading zero: httpx refuses it
+    ],
+)
+async def test_unusual_hosts_get_a_clear_refusal(url: str, message: str, http: httpx.AsyncClient) -> None:
+    with pytest.raises(ImageError, match=message):
+        await download_image(http, ImageSource("x.png", url), io.BytesIO(), limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("url", "listed"),
+    [
+        ("https://files.slack.com/files-pri/T1-F1/cat.png", True),
+        ("https://FILES.SLACK.COM/files-pri/T1-F1/cat.png", True),
+        ("https://xn--zz.slack.com/cat.png", False),  # invalid punycode: refused, not a crash
+        ("https://xn--fles-5qa.slack.com/cat.png", False),  # "fîles": a look-alike name
+        ("https://xn--80ak6aa92e.com/cat.png", True),  # a listed punycode host matches as written
+        ("http://files.slack.com/cat.png", False),  # never the token over plain http
+        ("https://files.slack.com.evil.example/cat.png", False),
+        ("https://[::ffff:127.0.0.1]/cat.png", False),
+        ("not a link", False),
+    ],
+)
+async def test_slack_sends_its_token_only_to_listed_file_hosts(url: str, listed: bool) -> None:
+    async with slack_adapter() as adapter:
+        assert adapter._is_file_host(url) is listed
+
+
+@asynccontextmanager
+async def slack_adapter() -> AsyncIterator[SlackAdapter]:
+    """A Slack adapter for its file checks alone: no service, never started."""
+    adapter = SlackAdapter(
+        None,  # type: ignore[arg-type]
+        bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
+        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS,
+    )
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
+
+
+async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_size() -> None:
+    file = {"id": "F1", "name": "cat.png", "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png", "size": 12_345}
+    async with slack_adapter() as adapter:
+        source = adapter._image_source("cat.png", file)
+        assert (source.url, source.size) == (file["url_private"], 12_345)
+        assert source.headers == {"Authorization": "Bearer xoxb-test"}
+        assert source.html_refusal is not None and "files:read" in source.html_refusal
+        with pytest.raises(ImageError, match=r"^cat\.png is over the 20 MB limit for images\.$"):
+            adapter._image_source("cat.png", {**file, "size": 30 * MB})  # refused unread, never queued
+
+
+# --- One memory budget for every image in flight ----------------------------------------------------
+
+
+async def test_budget_queues_first_come_first_served() -> None:
+    budget = ImageBudget(100)
+    order: list[str] = []
+    first = budget.hold(60)
+    await first.__aenter__()
+    waited: list[str] = []
+
+    async def take(name: str, amount: int) -> None:
+        async def on_wait() -> None:
+            waited.append(name)
+
+        async with budget.hold(amount, on_wait):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(take("big", 60)), asyncio.create_task(take("small", 10))]
+    await asyncio.sleep(0.01)
+    # "small" would fit, but waits behind "big": nobody is overtaken for ever by smaller images.
+    assert order == [] and waited == ["big", "small"] and budget.used == 60
+    await first.__aexit__(None, None, None)
+    await asyncio.gather(*tasks)
+    assert order == ["big", "small"] and budget.used == 0
+
+
+async def test_an_image_bigger_than_the_budget_goes_alone() -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(250):
+        assert budget.used == 250
+        late = asyncio.create_task(_enter_and_leave(budget, 1))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+    await late
+    assert budget.used == 0
+
+
+async def _enter_and_leave(budget: ImageBudget, amount: int) -> None:
+    async with budget.hold(amount):
+        pass
+
+
+async def test_decoding_grows_a_share_without_waiting_and_later_images_wait() -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(20) as share:
+        share.grow_to(150)  # the image being decoded never waits: the queue always drains
+        assert budget.used == 150
+        share.grow_to(30)  # never shrinks while held
+        assert budget.used == 150
+        late = asyncio.create_task(_enter_and_leave(budget, 1))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+    await late
+    assert budget.used == 0
+
+
+@pytest.mark.parametrize("release_at_once", [False, True])
+async def test_a_request_that_gives_up_waiting_leaves_no_hole_in_the_queue(release_at_once: bool) -> None:
+    budget = ImageBudget(100)
+    async with budget.hold(100):
+        quitter = asyncio.create_task(_enter_and_leave(budget, 50))
+        patient = asyncio.create_task(_enter_and_leave(budget, 50))
+        await asyncio.sleep(0.01)
+        quitter.cancel()
+        if not release_at_once:  # else room frees up before the quitter has even noticed
+            await asyncio.sleep(0.01)
+    await patient
+    await asyncio.gather(quitter, return_exceptions=True)
+    assert quitter.cancelled() and budget.used == 0
+
+
+async def test_downloads_wait_for_room_in_the_budget(server: Server, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    running, most = [0], [0]
+    real_download = images.download_image
+
+    async def counting_download(*args: object, **kwargs: object) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await real_download(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(images, "download_image", counting_download)
+    waits: list[int] = []
+
+    async def on_wait() -> None:
+        waits.append(1)
+
+    sources = [ImageSource(f"n{i}.png", f"{server.base}/noise.png", size=len(NOISE)) for i in range(6)]
+    budget = ImageBudget(2 * len(NOISE))
+    prepared, refusals = await prepare_images(
+        sources, ImageLimits(target_side=256), budget=budget, http=http, allow_loopback=True, on_wait=on_wait
+    )
+    assert [image.name for image in prepared] == [f"n{i}.png" for i in range(6)] and not refusals
+    assert most[0] <= 2 and len(waits) >= 4 and budget.used == 0
+
+
+async def test_downloads_are_spooled_to_disk_not_held_in_memory(server: Server, http: httpx.AsyncClient) -> None:
+    """Eight 6 MB downloads at once: each keeps at most SPOOL_IN_MEMORY in memory, the rest on disk."""
+    sources = [ImageSource(f"n{i}.png", f"{server.base}/noise.png") for i in range(8)]
+    tracemalloc.start()
+    try:
+        prepared, refusals = await prepare_images(sources, ImageLimits(target_side=256), http=http, allow_loopback=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(prepared) == 8 and not refusals
+    assert peak < 8 * len(NOISE) / 2, f"{peak / MB:.1f} MB of Python objects at peak"
+
+
+# --- The vision path: fitting the model, waiting for room ------------------------------------------
+
+VISION = "meta-llama/Llama-3.2-90B-Vision-Instruct"
+
+
+def vision_service(client: IOClient, ledger: Ledger, http: httpx.AsyncClient, **config: object) -> Service:
+    settings = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model=VISION, allow_loopback_images=True, **config)  # type: ignore[arg-type]
+    return Service(client, ledger, load_quota_table(), settings, http)
+
+
+def sent_images(emulator: Emulator) -> list[Image.Image]:
+    [call] = [r for r in emulator.requests if r.path == "/chat/completions"]
+    parts = call.body["messages"][-1]["content"]
+    urls = [part["image_url"]["url"] for part in parts if part["type"] == "image_url"]
+    return [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) for url in urls]
+
+
+async def test_ten_images_fit_the_default_vision_model(client, ledger, emulator, http) -> None:
+    """The documented "up to 10": with the default settings, ten big images are scaled down to fit 16,000 tokens."""
+    service = vision_service(client, ledger, http)  # max_tokens 1024, images up to 2048 px
+    screenshot = encode(Image.new("RGB", (3000, 2000), "navy"), "PNG")
+    request = Request(user="console:ana", text="what changed between these?", images=[(f"s{i}.png", screenshot) for i in range(10)])
+    reply = await service.handle(request)
+    assert reply.outcome == "ok", reply.text
+    seen = sent_images(emulator)
+    assert len(seen) == 10 and all(max(image.size) <= 1064 for image in seen)
+    [call] = [r for r in emulator.requests if r.path == "/chat/completions"]
+    assert estimate_message_tokens(call.body["messages"]) + 1024 <= 16_000
+    assert reply.usage is not None
+
+
+async def test_one_image_keeps_the_configured_side(client, ledger, emulator, http) -> None:
+    service = vision_service(client, ledger, http)
+    photo_png = encode(Image.new("RGB", (3000, 2000), "navy"), "PNG")
+    reply = await service.handle(Request(user="console:ana", text="what is it?", images=[("s.png", photo_png)]))
+    assert reply.outcome == "ok", reply.text
+    assert [image.size for image in sent_images(emulator)] == [(2048, 1365)]
+
+
+async def test_images_that_cannot_fit_are_refused_before_any_download(client, ledger, emulator, http, server: Server) -> None:
+    service = vision_service(client, ledger, http, max_tokens=14_000)  # leaves 2,000 tokens for ten images
+    sources = [ImageSource(f"p{i}.png", f"{server.base}/cat.png") for i in range(10)]
+    reply = await service.handle(Request(user="console:ana", text="compare", images=sources))
+    assert reply.outcome == "refused"
+    assert reply.text == (
+        "10 images with this question do not fit Llama-3.2-90B-Vision-Instruct, which takes 16,000 tokens at most: "
+        "please send at most 4 at once."
+    )
+    assert server.hits == [] and emulator.requests == []
+
+
+async def test_waiting_for_room_is_shown_and_noted(client, ledger, emulator, http, server: Server) -> None:
+    service = vision_service(client, ledger, http, image_budget_bytes=1)  # one image at a time, process-wide
+    seen: list[list[str]] = [[], []]
+
+    def progress(index: int) -> Progress:
+        async def show(text: str) -> None:
+            seen[index].append(text)
+
+        return show
+
+    first = asyncio.create_task(service.handle(
+        Request(user="console:ana", text="a", images=[ImageSource("late.png", f"{server.base}/late.png")]), progress(0)
+    ))
+    await asyncio.sleep(0.1)  # the first request's download holds the budget
+    second = await service.handle(Request(user="console:bob", text="b", images=[("cat.png", CAT)]), progress(1))
+    assert (await first).outcome == "ok" and second.outcome == "ok"
+    assert IMAGES_WAITING not in seen[0]
+    assert seen[1][0] == IMAGES_WAITING and seen[1][-1].strip() == second.text  # the answer then replaces the note
+    assert any(note.startswith("Your images waited") for note in second.notes)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "WEBP"])
+def test_an_image_is_estimated_from_its_own_size(format: str) -> None:
+    # A JPEG's size may come after a big colour profile; Pillow reads a WEBP whole.
+    data = encode(photo(900, 700), format, **({"icc_profile": bytes(200_000)} if format == "JPEG" else {}))
+    url = f"data:image/{format.lower()};base64,{base64.b64encode(data).decode()}"
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+    assert estimate_message_tokens([message]) == TOKENS_PER_MESSAGE + image_tokens(900, 700) == TOKENS_PER_MESSAGE + 33 * 25 + 2
+    unreadable = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}]}
+    assert estimate_message_tokens([unreadable]) == TOKENS_PER_MESSAGE + image_tokens(4096, 4096)
+
+
+def test_a_sources_headers_never_show_in_its_text() -> None:
+    source = ImageSource("cat.png", "https://files.slack.com/cat.png", headers={"Authorization": "Bearer xoxb-secret"})
+    assert "xoxb-secret" not in repr(source) and "xoxb-secret" not in str(Request(user="console:a", text="", images=[source]))

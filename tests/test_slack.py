@@ -146,12 +146,11 @@ async def start_bot(service, slack):
     cleanups = []
 
     async def start(timeout: float | None = None) -> Bot:
-        """`timeout` bounds each Web API call and file download (the adapter's defaults otherwise)."""
-        downloads = httpx.AsyncClient(follow_redirects=False)
+        """`timeout` bounds each Web API call (the adapter's defaults otherwise)."""
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], http=downloads, image_limits=limits,
+            file_hosts=["127.0.0.1"], image_limits=limits,
             **({} if timeout is None else {"web_api_timeout": timeout}),
         )
         app = web.Application()
@@ -160,14 +159,13 @@ async def start_bot(service, slack):
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         sender = httpx.AsyncClient(timeout=15)
-        cleanups.append((adapter, runner, downloads, sender))
+        cleanups.append((adapter, runner, sender))
         return Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
 
     yield start
-    for adapter, runner, downloads, sender in cleanups:
+    for adapter, runner, sender in cleanups:
         await adapter.close()
         await runner.cleanup()
-        await downloads.aclose()
         await sender.aclose()
 
 
@@ -605,33 +603,32 @@ async def test_a_thread_over_a_thousand_messages_sends_its_first_and_newest_in_f
 
 
 async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(service, slack, emulator):
-    async with httpx.AsyncClient(follow_redirects=False) as downloads:
-        adapter = SlackAdapter(
-            service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], http=downloads, image_limits=ImageLimits(),
-        )
-        with pytest.raises(ValueError, match="signing secret"):
-            adapter.add_routes(web.Application())
-        try:
-            await adapter.start_socket_mode(APP_TOKEN)
-            [opened] = slack.calls_to("apps.connections.open")
-            assert opened.token == APP_TOKEN
-            command = command_fields("ask hello", user=ANA, response_url=slack.response_url("sm"), trigger_id="sm.1")
-            envelope = await slack.send_envelope("slash_commands", command)
-            await slack.wait_for(lambda: any(c.args.get("envelope_id") == envelope for c in slack.calls_to("socket_ack")))
-            [answer] = await slack.wait_for(lambda: slack.responses("sm"))
-            assert answer["response_type"] == "in_channel" and 'you asked "hello"' in shown(answer)
+    adapter = SlackAdapter(
+        service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
+        file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+    )
+    with pytest.raises(ValueError, match="signing secret"):
+        adapter.add_routes(web.Application())
+    try:
+        await adapter.start_socket_mode(APP_TOKEN)
+        [opened] = slack.calls_to("apps.connections.open")
+        assert opened.token == APP_TOKEN
+        command = command_fields("ask hello", user=ANA, response_url=slack.response_url("sm"), trigger_id="sm.1")
+        envelope = await slack.send_envelope("slash_commands", command)
+        await slack.wait_for(lambda: any(c.args.get("envelope_id") == envelope for c in slack.calls_to("socket_ack")))
+        [answer] = await slack.wait_for(lambda: slack.responses("sm"))
+        assert answer["response_type"] == "in_channel" and 'you asked "hello"' in shown(answer)
 
-            event = {"type": "message", "channel": DM, "channel_type": "im", "user": ANA, "text": "hi", "ts": slack.next_ts()}
-            payload = event_fields(event, event_id="Ev0SOCKET")
-            await slack.send_envelope("events_api", payload)
-            await slack.send_envelope("events_api", payload, retry_attempt=1)
-            await slack.wait_for(lambda: len(slack.calls_to("socket_ack")) == 3)
-            await slack.wait_for(lambda: len(chat_calls(emulator)) == 2)
-            await asyncio.sleep(0.2)
-            assert len(chat_calls(emulator)) == 2
-        finally:
-            await adapter.close()
+        event = {"type": "message", "channel": DM, "channel_type": "im", "user": ANA, "text": "hi", "ts": slack.next_ts()}
+        payload = event_fields(event, event_id="Ev0SOCKET")
+        await slack.send_envelope("events_api", payload)
+        await slack.send_envelope("events_api", payload, retry_attempt=1)
+        await slack.wait_for(lambda: len(slack.calls_to("socket_ack")) == 3)
+        await slack.wait_for(lambda: len(chat_calls(emulator)) == 2)
+        await asyncio.sleep(0.2)
+        assert len(chat_calls(emulator)) == 2
+    finally:
+        await adapter.close()
 
 
 # --- the app manifest ----------------------------------------------------------------------------
