@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.ledger import PRAGMAS, SQLiteLedger
+from core.ledger import SQLiteLedger
+from core.ledger.sqlite import PRAGMAS
 
 TASKS = 64
 SECONDS = 3.0

@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core import ledger as ledger_module
 from core.emulator import Emulator
 from core.ledger import (
     BudgetExceeded,
@@ -31,6 +30,7 @@ from core.ledger import (
     UsageRow,
     next_reset,
 )
+from core.ledger import sqlite as ledger_module
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ledger_worker.py"

@@ -1,0 +1,49 @@
+"""The `Store` in memory: one process's state, gone when it stops.
+
+For a process with nothing to share and nothing worth keeping, and for tests of the code that
+uses a store; the persistent stores pass the same contract suite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..ratelimit import RateLimit
+from .store import CLAIM_SECONDS
+
+
+class MemoryStore:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._claims: dict[str, float] = {}  # key -> when it may be claimed again
+        self._threads: set[str] = set()
+        self._rates: dict[int, RateLimit] = {}
+        self._settings: dict[tuple[str, str], str] = {}
+
+    async def claim(self, key: str, *, ttl: float = CLAIM_SECONDS) -> bool:
+        now = self._clock()
+        if self._claims.get(key, now) > now:
+            return False
+        self._claims[key] = now + ttl
+        return True
+
+    async def follow_thread(self, thread: str) -> None:
+        self._threads.add(thread)
+
+    async def follows_thread(self, thread: str) -> bool:
+        return thread in self._threads
+
+    async def take_request(self, person: str, per_minute: int) -> float:
+        if per_minute not in self._rates:
+            self._rates[per_minute] = RateLimit(per_minute, clock=self._clock)
+        return self._rates[per_minute].wait_needed(person)
+
+    async def setting(self, scope: str, name: str) -> str | None:
+        return self._settings.get((scope, name))
+
+    async def set_setting(self, scope: str, name: str, value: str | None) -> None:
+        if value is None:
+            self._settings.pop((scope, name), None)
+        else:
+            self._settings[(scope, name)] = value
