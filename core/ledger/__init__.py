@@ -2,7 +2,7 @@
 `Store` (everything else replicas share), each a protocol with its implementations beside it."""
 
 from .memory import MemoryStore
-from .sqlite import (
+from .protocol import (
     BudgetExceeded,
     DuplicateRequest,
     Ledger,
@@ -10,11 +10,12 @@ from .sqlite import (
     ModelQuotaExceeded,
     QuotaExceeded,
     Reservation,
-    SQLiteLedger,
     UsageRow,
     next_reset,
     time_until,
 )
+from .sqlite import SQLiteLedger
+from .sqlite_store import SQLiteStore
 from .store import CLAIM_SECONDS, Store
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "QuotaExceeded",
     "Reservation",
     "SQLiteLedger",
+    "SQLiteStore",
     "Store",
     "UsageRow",
     "next_reset",

@@ -1,11 +1,8 @@
-"""The ledger: how many tokens each person spent on each model on each UTC day, and the limits on that.
+"""`SQLiteLedger`: the ledger (protocol.py) in one SQLite file, owned by one process.
 
-The service reserves before every API call (estimated prompt tokens plus `max_tokens`), settles after
-it with the tokens the API reports, and releases the reservation when the call fails. A reservation
-is refused when it would pass the account's daily quota for the model (all people together) or the
-person's daily budget. `Ledger` is the interface; `SQLiteLedger` is the implementation every
-deployment of one process uses. Several replicas would need a shared implementation (PostgreSQL,
-checking the limits in SQL), which is why nothing in `Ledger` assumes SQLite.
+The same file and the same open hold the rest of the shared state, `SQLiteStore` (sqlite_store.py),
+reached as `ledger.store`: one file to back up, one owner lock, one close. Several replicas need a
+shared implementation instead (PostgreSQL, checking the limits in SQL).
 
 How `SQLiteLedger` stays exact and fast:
 
@@ -49,18 +46,20 @@ import asyncio
 import fcntl
 import json
 import logging
-import math
 import os
 import socket
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import aiosqlite
+
+from .protocol import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, UsageRow, as_utc
+from .sqlite_store import MIGRATION as STORE_MIGRATION
+from .sqlite_store import SQLiteStore
 
 log = logging.getLogger("iobot.ledger")
 
@@ -69,191 +68,6 @@ KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least t
 RECENT_KEYS_SECONDS = 600.0  # the owner keeps this much of its own keys in memory; older ones are looked up
 PRUNE_CHUNK = 1_000  # expired keys deleted per transaction, so that no reservation waits long behind it
 PRUNE_PAUSE = 0.01  # seconds between two chunks, in which the reservations' transactions have the file
-
-
-class LedgerError(Exception):
-    """The ledger could not record or answer something (a refused reservation is `QuotaExceeded`)."""
-
-
-class QuotaExceeded(LedgerError):
-    """A reservation would pass a daily limit. `str()` is a sentence to show the person."""
-
-    def __init__(self, message: str, *, used: int, limit: int, needed: int, resets_at: datetime) -> None:
-        super().__init__(message)
-        self.used = used  # settled + reserved today
-        self.limit = limit
-        self.needed = needed  # what the refused request asked for
-        self.resets_at = resets_at  # next 00:00 UTC
-
-    @property
-    def user_message(self) -> str:
-        return str(self)
-
-
-class ModelQuotaExceeded(QuotaExceeded):
-    """The account's daily API quota for this model would be passed; another model may still have room."""
-
-    def __init__(self, *, model: str, used: int, limit: int, needed: int, now: datetime) -> None:
-        resets_at = next_reset(now)
-        name = model.rsplit("/", 1)[-1]
-        super().__init__(
-            f"{name} has used {used:,} of its {limit:,} tokens for today; this request needs about {needed:,} "
-            f"more. It resets at 00:00 UTC ({time_until(resets_at - now)}).",
-            used=used, limit=limit, needed=needed, resets_at=resets_at,
-        )
-        self.model = model
-
-
-class BudgetExceeded(QuotaExceeded):
-    """The person's daily budget (all models together) would be passed."""
-
-    def __init__(self, *, user: str, used: int, limit: int, needed: int, now: datetime) -> None:
-        resets_at = next_reset(now)
-        super().__init__(
-            f"You have used {used:,} of your {limit:,} tokens today; this request needs about {needed:,} more. "
-            f"Your budget resets at 00:00 UTC ({time_until(resets_at - now)}).",
-            used=used, limit=limit, needed=needed, resets_at=resets_at,
-        )
-        self.user = user
-
-
-class DuplicateRequest(LedgerError):
-    """A reservation was already made with this idempotency key: a retried delivery of the same event."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"request {key!r} was already handled")
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Reservation:
-    id: int | str
-    user: str
-    model: str
-    day: date  # the UTC day it is charged to, even when settled after midnight
-    tokens: int
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """Settled use of one model by one person on one day: a row of `iobot usage --json`."""
-
-    day: date
-    user: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    requests: int
-    estimated_tokens: int  # the part of total_tokens that was estimated because the API reported none
-    # Calls cut off by a crash: charged to the model's daily quota at their estimate, not to the person
-    # (they are in no total_tokens and no budget).
-    interrupted_tokens: int = 0
-    interrupted_requests: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "day": self.day.isoformat(),
-            "user": self.user,
-            "model": self.model,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "requests": self.requests,
-            "estimated_tokens": self.estimated_tokens,
-            "interrupted_tokens": self.interrupted_tokens,
-            "interrupted_requests": self.interrupted_requests,
-        }
-
-
-class Ledger(Protocol):
-    """What the service and the CLI need from a ledger; "today" is the current UTC day."""
-
-    async def reserve(
-        self, *, user: str, model: str, tokens: int, model_limit: int | None, idempotency_key: str | None = None
-    ) -> Reservation:
-        """Hold `tokens` for a call, or raise `BudgetExceeded`, `ModelQuotaExceeded` or `DuplicateRequest`.
-
-        The person's budget is checked first, since no other model helps a person over budget; it is
-        the budget in force when `reserve` is called (a `set_user_limit` that returned, from any
-        process, applies). `model_limit` None means unlimited. The key is a duplicate while a
-        reservation holds it or once its call was settled or released (a platform's retry of the
-        same event is not run again). A refused reservation does not use up the key, so the service
-        can try another model with it; a fallback after a failed call therefore reserves without it.
-        A reservation cut off by a crash frees its key, so that the redelivered event is answered.
-        """
-        ...
-
-    async def settle(
-        self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool
-    ) -> None:
-        """Charge what the call really used (which may exceed the reservation) and free the reservation."""
-        ...
-
-    async def release(self, reservation: Reservation) -> None:
-        """The call failed: free the reservation. Releasing a closed reservation does nothing."""
-        ...
-
-    async def used_today(self, *, model: str | None = None, user: str | None = None) -> int:
-        """Settled plus reserved tokens today, for a model, a person, both, or everyone.
-
-        Without a person this is the account's spend and includes interrupted calls; with one it is
-        what that person is charged, which never does.
-        """
-        ...
-
-    async def usage(self, *, day: date | None = None, user: str | None = None) -> list[UsageRow]:
-        """Settled usage of one day (today by default), by person then model."""
-        ...
-
-    async def model_totals(self, day: date | None = None) -> dict[str, int]:
-        """Settled, interrupted and reserved tokens per model for one day (today by default)."""
-        ...
-
-    async def set_user_limit(self, user: str, tokens: int | None) -> None:
-        """Override a person's daily budget; None goes back to the default.
-
-        Once it returns, every reservation that starts afterwards, in any process, uses the new budget.
-        """
-        ...
-
-    async def user_limit(self, user: str) -> int: ...
-
-    async def user_limits(self) -> dict[str, int]:
-        """The overrides only."""
-        ...
-
-    async def reservations_in_flight(self) -> int:
-        """Reservations held by calls still running."""
-        ...
-
-    async def expire_stale(self) -> int:
-        """Free reservations older than the reservation TTL (their caller died or forgot); return how many."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-def next_reset(now: datetime) -> datetime:
-    """The next 00:00 UTC strictly after `now`: when daily quotas and budgets start again."""
-    day = _utc(now).date() + timedelta(days=1)
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError("the ledger's clock must return timezone-aware datetimes")
-    return moment.astimezone(UTC)
-
-
-def time_until(delta: timedelta) -> str:
-    """'in 3 h 12 min', rounding up so that a person never retries too early."""
-    minutes = math.ceil(delta.total_seconds() / 60)
-    hours, minutes = divmod(minutes, 60)
-    parts = [f"{hours} h"] if hours else []
-    if minutes or not hours:
-        parts.append(f"{minutes} min")
-    return "in " + " ".join(parts)
 
 
 def _utc_now() -> datetime:
@@ -303,6 +117,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE owner (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
                         started_at REAL NOT NULL);
     """,
+    STORE_MIGRATION,  # claims, followed threads and settings: the `Store` in the same file
 )
 
 # The writes reserve, settle and release queue. A batch runs them in this order, which is safe because
@@ -418,6 +233,8 @@ class SQLiteLedger:
         self._limits_version: int | None = None
         self._last_id = 0
         self._today = date.min
+        # The rest of the shared state, on this connection: opened, owned and closed with the ledger.
+        self.store = SQLiteStore(db, self._db_lock, clock=clock, owner=owner, check_open=self._check_open)
 
     @classmethod
     async def open(
@@ -808,7 +625,7 @@ class SQLiteLedger:
             return list(await self._db.execute_fetchall(sql, tuple(params)))
 
     def _now(self) -> datetime:
-        return _utc(self._clock())
+        return as_utc(self._clock())
 
     def _check_open(self) -> None:
         if self._closed:
