@@ -135,7 +135,7 @@ def serve_people(image_url: str, api_url: str, image_bytes: int, people: int) ->
                     allow_loopback_images=True,
                     queue_timeout=600,
                 )
-                service = Service(client, ledger, load_quota_table(), config, http)
+                service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
                 baseline = memory_mb("VmRSS")
                 started = time.perf_counter()
                 replies = await asyncio.gather(*(

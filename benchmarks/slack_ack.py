@@ -67,7 +67,7 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
             ledger = await SQLiteLedger.open(os.path.join(tempfile.mkdtemp(), "ledger.sqlite3"), user_daily_tokens=50_000)
             client = IOClient(emulator_url, API_KEY, timeout=30)
             config = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct")
-            service = Service(client, ledger, load_quota_table(), config, http)
+            service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
             adapter = SlackAdapter(service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=api_url,
                                    file_hosts=["files.slack.com"], http=http, image_limits=ImageLimits())
             adapter.add_routes(app)

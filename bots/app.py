@@ -20,7 +20,7 @@ from adapters.slack import SlackAdapter
 from core.client import IOClient
 from core.emulator import Emulator
 from core.images import ImageLimits
-from core.ledger import Ledger, SQLiteLedger
+from core.ledger import Ledger, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import Settings, SettingsError
@@ -57,7 +57,7 @@ async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool)
 
 
 def make_service(
-    settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable, http: httpx.AsyncClient
+    settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable, http: httpx.AsyncClient, *, store: Store
 ) -> Service:
     for name in (settings.model, settings.vision_model, *settings.fallback_models):
         if name not in quotas:
@@ -73,7 +73,7 @@ def make_service(
         max_concurrent=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
     )
-    return Service(client, ledger, quotas, config, http)
+    return Service(client, ledger, quotas, config, http, store=store)
 
 
 async def start_slack(
@@ -115,7 +115,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         client = await open_client(settings, quotas, stack, emulator=emulator)
         # Downloads of images and files: no credential by default, no redirects followed.
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
-        service = make_service(settings, client, ledger, quotas, http)
+        service = make_service(settings, client, ledger, quotas, http, store=ledger.store)
         health = HealthState(ledger, client, quotas)
         web_app = make_http_app(health)
         slack = await start_slack(settings, service, web_app, stack) if settings.slack_enabled else None

@@ -31,9 +31,9 @@ from .images import (
     public_image,
     read_local_image,
 )
-from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, next_reset, time_until
+from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, Store, next_reset, time_until
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
-from .ratelimit import RateLimit, busy_message
+from .ratelimit import busy_message
 from .render import code_table, render_agents, render_models, render_result, short_model_name
 from .tokens import (
     Fitted,
@@ -138,14 +138,14 @@ class ServiceConfig:
 
 class Service:
     def __init__(
-        self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig, http: httpx.AsyncClient
+        self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig, http: httpx.AsyncClient, *, store: Store
     ) -> None:
         self.client = client
         self.ledger = ledger
+        self.store = store  # per-person request rates, counted by every process that shares the store
         self.quotas = quotas
         self.config = config
         self.http = http  # for images at public URLs: never carries a credential
-        self.rate_limit = RateLimit(config.user_requests_per_minute)
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._image_budget = ImageBudget(config.image_budget_bytes)
         self._active: set[asyncio.Task] = set()
@@ -190,9 +190,10 @@ class Service:
                 return command.name, Reply(SHUTTING_DOWN, outcome="refused", private=True)
             if command.name == "help":
                 return command.name, Reply(help_text(command.topic), private=True)
-            wait = self.rate_limit.wait_needed(request.user)
+            per_minute = self.config.user_requests_per_minute
+            wait = await self.store.take_request(request.user, per_minute)
             if wait:
-                return command.name, Reply(busy_message(wait, self.rate_limit.per_minute), outcome="refused", private=True)
+                return command.name, Reply(busy_message(wait, per_minute), outcome="refused", private=True)
             try:
                 async with asyncio.timeout(self.config.queue_timeout):
                     await self._slots.acquire()

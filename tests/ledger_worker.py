@@ -27,7 +27,7 @@ async def main(path: str, base_url: str) -> None:
     ledger = await SQLiteLedger.open(path, user_daily_tokens=10**9)
     config = ServiceConfig(model=MODEL, vision_model=MODEL, max_tokens=256, max_concurrent=64)
     async with IOClient(base_url, API_KEY, timeout=10, max_retries=0) as client, httpx.AsyncClient() as http:
-        service = Service(client, ledger, load_quota_table(), config, http)
+        service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
 
         async def answer(n: int) -> None:
             request = Request(user=f"console:e{n}", text=f"ask question number {n}", request_id=f"Ev{n}")

@@ -8,6 +8,7 @@ import re
 import httpx
 
 from core.emulator import Fault
+from core.ledger import MemoryStore
 from core.quotas import parse_quota_table
 from core.service import Request, Service, ServiceConfig
 
@@ -49,7 +50,7 @@ def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL
         model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=max_tokens, allow_loopback_images=True,
         user_requests_per_minute=1_000,  # these tests are about the ledger, not the rate limit
     )
-    return Service(client, ledger, QUOTAS, config, httpx.AsyncClient())
+    return Service(client, ledger, QUOTAS, config, httpx.AsyncClient(), store=MemoryStore())
 
 
 def ask(text: str, **kwargs) -> Request:

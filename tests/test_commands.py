@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from core.commands import COMMANDS, Command, UsageError, help_text, is_informational, parse_command
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
 
@@ -191,7 +192,7 @@ def test_malformed_numbers_labels_and_languages_get_the_usage_line(line):
 async def grammar_service(client, ledger):
     config = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct")
     async with httpx.AsyncClient() as public:
-        yield Service(client, ledger, load_quota_table(), config, public)
+        yield Service(client, ledger, load_quota_table(), config, public, store=MemoryStore())
 
 
 async def test_a_language_keeps_its_case_on_the_way_to_the_api_and_back(grammar_service, emulator):

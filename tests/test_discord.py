@@ -17,6 +17,7 @@ from core.chunks import FENCE
 from core.commands import COMMANDS
 from core.emulator import CODE_BLOCK
 from core.images import ImageLimits
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import SettingsError, load_settings
@@ -58,7 +59,7 @@ async def http():
 @pytest.fixture
 def service(client, ledger, http):
     config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=2048, allow_loopback_images=True)
-    return Service(client, ledger, load_quota_table(), config, http)
+    return Service(client, ledger, load_quota_table(), config, http, store=MemoryStore())
 
 
 @pytest.fixture

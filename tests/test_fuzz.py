@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from adapters.console import ConsoleAdapter
 from core.commands import COMMANDS, Command, UsageError, parse_command
-from core.ledger import SQLiteLedger
+from core.ledger import MemoryStore, SQLiteLedger
 from core.quotas import load_quota_table
 from core.service import UNEXPECTED_FAILURE, Reply, Request, Service, ServiceConfig
 
@@ -131,7 +131,7 @@ async def service(client, fuzz_ledger):
     """The real service before the emulator, with limits that many examples in a row do not reach."""
     config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=64, user_requests_per_minute=100_000)
     async with httpx.AsyncClient() as public:
-        yield Service(client, fuzz_ledger, load_quota_table(), config, public)
+        yield Service(client, fuzz_ledger, load_quota_table(), config, public, store=MemoryStore())
 
 
 @pytest.fixture

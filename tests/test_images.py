@@ -41,7 +41,7 @@ from core.images import (
     public_image,
     read_local_image,
 )
-from core.ledger import Ledger
+from core.ledger import Ledger, MemoryStore
 from core.quotas import load_quota_table
 from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
 from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
@@ -949,7 +949,7 @@ VISION = "meta-llama/Llama-3.2-90B-Vision-Instruct"
 
 def vision_service(client: IOClient, ledger: Ledger, http: httpx.AsyncClient, **config: object) -> Service:
     settings = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model=VISION, allow_loopback_images=True, **config)  # type: ignore[arg-type]
-    return Service(client, ledger, load_quota_table(), settings, http)
+    return Service(client, ledger, load_quota_table(), settings, http, store=MemoryStore())
 
 
 def sent_images(emulator: Emulator) -> list[Image.Image]:

@@ -9,6 +9,7 @@ import httpx
 from prometheus_client import REGISTRY
 
 from core.emulator import Emulator
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.ratelimit import RateLimit
 from core.service import Request, Service, ServiceConfig
@@ -18,7 +19,7 @@ MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
 def make_service(client, ledger, **config) -> Service:
     settings = ServiceConfig(model=MODEL, vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct", **config)
-    return Service(client, ledger, load_quota_table(), settings, httpx.AsyncClient())
+    return Service(client, ledger, load_quota_table(), settings, httpx.AsyncClient(), store=MemoryStore())
 
 
 def test_rate_limit_allows_a_burst_then_one_request_per_slot():
@@ -108,7 +109,7 @@ async def test_a_burst_waits_for_a_slot_and_past_the_queue_timeout_is_told_busy(
         async with IOClient(slow.base_url, "key") as client:
             service = Service(
                 client, ledger, load_quota_table(),
-                ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http,
+                ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http, store=MemoryStore(),
             )
             replies = await asyncio.gather(*(service.handle(Request(user=f"console:u{i}", text="hi")) for i in range(6)))
     outcomes = sorted(reply.outcome for reply in replies)

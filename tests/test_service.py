@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from core.emulator import Fault
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
 
@@ -18,7 +19,7 @@ VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
 @pytest.fixture
 def service(client, ledger):
     config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=256, allow_loopback_images=True)
-    return Service(client, ledger, load_quota_table(), config, httpx.AsyncClient())
+    return Service(client, ledger, load_quota_table(), config, httpx.AsyncClient(), store=MemoryStore())
 
 
 def ask(text: str, **kwargs) -> Request:
@@ -113,7 +114,7 @@ async def test_only_bad_images_is_a_clear_refusal_with_no_call(service, emulator
 
 async def test_private_addresses_are_refused_for_vision_urls(client, ledger, emulator):
     config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL)  # loopback not allowed, as in production
-    service = Service(client, ledger, load_quota_table(), config, httpx.AsyncClient())
+    service = Service(client, ledger, load_quota_table(), config, httpx.AsyncClient(), store=MemoryStore())
     reply = await service.handle(ask("vision http://127.0.0.1:9/cat.png"))
     assert reply.outcome == "refused" and emulator.requests == []
 

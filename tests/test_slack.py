@@ -20,6 +20,7 @@ from aiohttp import web
 from adapters.slack import SlackAdapter, thread_turns
 from adapters.slack_render import PLACEHOLDER, from_slack, to_mrkdwn
 from core.images import ImageLimits
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 
@@ -131,7 +132,7 @@ def api_calls(emulator) -> list:
 async def service(client, ledger):
     config = ServiceConfig(model=MODEL, vision_model=VISION, max_tokens=2500, allow_loopback_images=True)
     async with httpx.AsyncClient() as public:
-        yield Service(client, ledger, load_quota_table(), config, public)
+        yield Service(client, ledger, load_quota_table(), config, public, store=MemoryStore())
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from adapters.slack import MAX_REQUEST_BYTES, SlackAdapter
 from core.images import ImageLimits
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 
@@ -40,7 +41,7 @@ async def edge(client, ledger, emulator, caplog):
     config = ServiceConfig(model=MODEL, vision_model=MODEL)
     async with SlackStandIn(BOT_TOKEN) as slack, httpx.AsyncClient() as downloads:
         adapter = SlackAdapter(
-            Service(client, ledger, load_quota_table(), config, downloads), bot_token=BOT_TOKEN, signing_secret=SECRET,
+            Service(client, ledger, load_quota_table(), config, downloads, store=MemoryStore()), bot_token=BOT_TOKEN, signing_secret=SECRET,
             api_url=slack.api_url, file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
         )
         app = web.Application()
