@@ -43,7 +43,10 @@ class ModelQuotaExceeded(QuotaExceeded):
         super().__init__(
             f"{name} has used {used:,} of its {limit:,} tokens for today; this request needs about {needed:,} "
             f"more. It resets at 00:00 UTC ({time_until(resets_at - now)}).",
-            used=used, limit=limit, needed=needed, resets_at=resets_at,
+            used=used,
+            limit=limit,
+            needed=needed,
+            resets_at=resets_at,
         )
         self.model = model
 
@@ -56,7 +59,10 @@ class BudgetExceeded(QuotaExceeded):
         super().__init__(
             f"You have used {used:,} of your {limit:,} tokens today; this request needs about {needed:,} more. "
             f"Your budget resets at 00:00 UTC ({time_until(resets_at - now)}).",
-            used=used, limit=limit, needed=needed, resets_at=resets_at,
+            used=used,
+            limit=limit,
+            needed=needed,
+            resets_at=resets_at,
         )
         self.user = user
 
@@ -128,9 +134,7 @@ class Ledger(Protocol):
         """
         ...
 
-    async def settle(
-        self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool
-    ) -> None:
+    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
         """Charge what the call really used (which may exceed the reservation) and free the reservation."""
         ...
 

@@ -48,9 +48,7 @@ CLAIM = (
     "INSERT INTO claims (key, expires_at) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE claims.expires_at <= ?"
 )
-FORGET_CLAIMS = (
-    "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"
-)
+FORGET_CLAIMS = "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)"
 FOLLOW = (
     "INSERT INTO followed_threads (thread, followed_at) VALUES (?, ?)"
     " ON CONFLICT (thread) DO UPDATE SET followed_at = excluded.followed_at"
@@ -62,8 +60,7 @@ FORGET_THREADS = (
 )
 SETTING = "SELECT value FROM settings WHERE scope = ? AND name = ?"
 SET_SETTING = (
-    "INSERT INTO settings (scope, name, value) VALUES (?, ?, ?)"
-    " ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
+    "INSERT INTO settings (scope, name, value) VALUES (?, ?, ?) ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
 )
 REMOVE_SETTING = "DELETE FROM settings WHERE scope = ? AND name = ?"
 
