@@ -89,7 +89,7 @@ class SQLiteStore:
         async with self._turn() as db:
             await db.execute(FORGET_CLAIMS, (now, PRUNE_PER_WRITE))
             cursor = await db.execute(CLAIM, (key, now + ttl, now))
-        return cursor.rowcount == 1
+            return cursor.rowcount == 1  # 0 when the key was claimed and its claim has not expired
 
     async def follow_thread(self, thread: str) -> None:
         now = self._clock()
