@@ -85,7 +85,7 @@ class OptionKind(StrEnum):
     LANGUAGE = "language"  # read by `parse_language`
     LABELS = "labels"  # comma-separated, read by `parse_labels`
     URL = "url"  # an image's address, read by `parse_image`
-    ATTACHMENT = "attachment"  # a file attached to a slash command: its value is whether one was
+    ATTACHMENT = "attachment"  # a file attached to a slash command: no word of the grammar; its value is whether one was
     COMMAND = "command"  # a command's name, offered as a choice of every command
 
 
@@ -176,8 +176,8 @@ class CommandSpec:
         fields = {
             option.field: read_option(self.name, option, value)
             for option in self.options
-            if (value := filled[option.name]) is not None
-        }
+            if (value := filled[option.name]) is not None and option.kind is not OptionKind.ATTACHMENT
+        }  # attached files travel as the request's images
         return Command(self.name, **fields)
 
 
@@ -297,12 +297,13 @@ def read_option(command: str, option: Option, value: Any) -> Any:
 
 def _parse_options(spec: CommandSpec, rest: str) -> Command:
     """The grammar a command's options make: each in order, one word (or a quoted phrase), the last one the rest."""
+    options = [option for option in spec.options if option.kind is not OptionKind.ATTACHMENT]
     values: dict[str, str] = {}
-    for option in spec.options[:-1]:
+    for option in options[:-1]:
         values[option.name], rest = first_argument(spec.name, rest)
-    if spec.options:
-        values[spec.options[-1].name] = rest
-    for option in spec.options:
+    if options:
+        values[options[-1].name] = rest
+    for option in options:
         if option.required and not values[option.name]:
             raise UsageError(spec.name, option.missing_problem)
     return spec.command({name: value for name, value in values.items() if value})
@@ -440,7 +441,7 @@ COMMANDS: dict[str, CommandSpec] = {
             "vision", "<image-url> [question]", "Ask about an image. Attaching images to a message works too.",
             "vision https://example.com/cat.png How many cats are there?", Call.VISION,
             options=(
-                Option("image", "An image to ask about", OptionKind.ATTACHMENT, "image", required=False),
+                Option("image", "An image to ask about", OptionKind.ATTACHMENT, required=False),
                 Option("url", "Or a link to one", OptionKind.URL, "image", required=False),
                 Option("question", "What to ask about it", required=False, default=DEFAULT_VISION_QUESTION),
             ),

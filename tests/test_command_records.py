@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import discord
 import httpx
 import pytest
@@ -116,3 +118,24 @@ def test_every_command_has_a_way_to_be_answered():
     assert {spec.name for spec in COMMANDS.values() if isinstance(spec.call, AgentTask)} == {
         "summarize", "translate", "sentiment", "classify", "moderate", "entities", "reason"
     }
+
+
+CAPTION = CommandSpec(
+    "caption", "<style>", "Caption an attached image.", "caption funny", Call.VISION,
+    options=(Option("image", "The image to caption", OptionKind.ATTACHMENT), Option("style", "The caption's style")),
+)
+
+
+async def test_an_attachment_is_no_word_of_the_grammar_and_travels_as_a_file(monkeypatch):
+    monkeypatch.setitem(COMMANDS, "caption", CAPTION)
+    assert parse_command("caption funny") == Command("caption", text="funny")
+    answered = []
+
+    async def answer(interaction: object, command: Command, files: list[object]) -> None:
+        answered.append((command, files))
+
+    [slash] = [command for command in slash_commands(answer) if command.name == "caption"]
+    callback: Any = slash.callback  # called as discord.py calls it once it has read the options
+    image = object()
+    await callback(None, image=image, style="funny")
+    assert answered == [(Command("caption", text="funny"), [image])]

@@ -193,8 +193,11 @@ def test_the_generated_definitions_are_those_discord_has():
     assert definitions(Answered()) == TODAY
 
 
-def by_name(answer: Answered) -> dict[str, app_commands.Command]:
-    return {command.name: command for command in slash_commands(answer)}
+async def invoke(answer: Answered, name: str, interaction: Interaction, **options: Any) -> None:
+    """Call a slash command's callback as discord.py does once it has read the options."""
+    [command] = [command for command in slash_commands(answer) if command.name == name]
+    callback: Any = command.callback  # takes the stand-in interaction
+    await callback(interaction, **options)
 
 
 @pytest.mark.parametrize(
@@ -215,14 +218,14 @@ def by_name(answer: Answered) -> dict[str, app_commands.Command]:
 async def test_options_become_the_command_the_grammar_makes(name, options, expected):
     answered = Answered()
     interaction = Interaction()
-    await by_name(answered)[name].callback(interaction, **options)
+    await invoke(answered, name, interaction, **options)
     assert answered.calls == [(expected, [])] and interaction.response.sent == []
 
 
 async def test_an_attached_image_is_asked_about_as_the_requests_images():
     answered = Answered()
     image = object()  # the attachment travels untouched to the adapter, which downloads it
-    await by_name(answered)["vision"].callback(Interaction(), image=image, question="Which colour?")
+    await invoke(answered, "vision", Interaction(), image=image, question="Which colour?")
     assert answered.calls == [(Command("ask", text="Which colour?"), [image])]
 
 
@@ -238,7 +241,7 @@ async def test_an_attached_image_is_asked_about_as_the_requests_images():
 async def test_malformed_options_get_the_usage_error_privately(name, options, problem):
     answered = Answered()
     interaction = Interaction()
-    await by_name(answered)[name].callback(interaction, **options)
+    await invoke(answered, name, interaction, **options)
     [(content, sent)] = interaction.response.sent
     assert answered.calls == [] and content.startswith(problem) and "\nUsage: " in content
     assert sent["ephemeral"] is True and sent["allowed_mentions"].everyone is False
