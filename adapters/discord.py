@@ -481,7 +481,6 @@ def _parameter(option: Option) -> inspect.Parameter:
     kind: Any = OPTION_TYPES.get(option.kind)
     if option.kind is OptionKind.NUMBER:
         kind = app_commands.Range[int, option.low, option.high]
-    if option.required:
-        return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind)
-    annotation = kind if option.default is not None else kind | None
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option.default)
+    annotation = kind if option.required or option.default is not None else kind | None
+    default = inspect.Parameter.empty if option.required else option.default
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
