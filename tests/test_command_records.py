@@ -36,7 +36,10 @@ def render_keywords(result: WorkflowResult) -> str:
 
 
 KEYWORDS = CommandSpec(
-    "keywords", "<text>", "List the keywords of a text.", f"keywords {TEXT}",
+    "keywords",
+    "<text>",
+    "List the keywords of a text.",
+    f"keywords {TEXT}",
     AgentTask(
         "custom",
         lambda command: {"name": "keywords", "objective": "List the keywords", "instructions": "A comma-separated list."},
@@ -75,7 +78,12 @@ async def test_a_new_command_runs_its_agent_task_and_renders_the_result(keywords
     assert reply.outcome == "ok" and reply.text.startswith("**Keywords:** keywords (List the keywords)")
     body = emulator.requests[-1].body
     assert body["text"] == TEXT and body["agent_names"] == ["custom_agent"]
-    assert body["args"] == {"type": "custom", "name": "keywords", "objective": "List the keywords", "instructions": "A comma-separated list."}
+    assert body["args"] == {
+        "type": "custom",
+        "name": "keywords",
+        "objective": "List the keywords",
+        "instructions": "A comma-separated list.",
+    }
     assert await ledger.used_today(user="console:tester") > 0, "charged like every agent command"
 
 
@@ -93,7 +101,11 @@ def test_a_new_command_is_a_slash_command(keywords):
 
 
 TOP = CommandSpec(
-    "top", "<count> <text>", "The text's most important sentences.", "top 3 A long text.", AgentTask("summarize_text"),
+    "top",
+    "<count> <text>",
+    "The text's most important sentences.",
+    "top 3 A long text.",
+    AgentTask("summarize_text"),
     options=(Option("count", "How many sentences", OptionKind.NUMBER, "max_words", low=1, high=20), Option("text", "The text")),
 )
 
@@ -116,12 +128,22 @@ def test_the_options_grammar_reads_each_option_in_order(monkeypatch):
 def test_every_command_has_a_way_to_be_answered():
     assert {spec.name for spec in COMMANDS.values() if spec.call is Call.CHAT} == {"ask"}
     assert {spec.name for spec in COMMANDS.values() if isinstance(spec.call, AgentTask)} == {
-        "summarize", "translate", "sentiment", "classify", "moderate", "entities", "reason"
+        "summarize",
+        "translate",
+        "sentiment",
+        "classify",
+        "moderate",
+        "entities",
+        "reason",
     }
 
 
 CAPTION = CommandSpec(
-    "caption", "<style>", "Caption an attached image.", "caption funny", Call.VISION,
+    "caption",
+    "<style>",
+    "Caption an attached image.",
+    "caption funny",
+    Call.VISION,
     options=(Option("image", "The image to caption", OptionKind.ATTACHMENT), Option("style", "The caption's style")),
 )
 

@@ -41,7 +41,10 @@ def test_every_failure_a_person_meets_is_a_user_error_saying_how_it_ends():
     image = ImageError("cat.png is not an image.", "not_image")
     api = ServerError("502 from upstream: <html>", status=502)
     assert [(error.outcome, error.private) for error in (usage, too_long, image, api)] == [
-        (Outcome.USAGE, True), (Outcome.REFUSED, True), (Outcome.REFUSED, False), (Outcome.ERROR, False)
+        (Outcome.USAGE, True),
+        (Outcome.REFUSED, True),
+        (Outcome.REFUSED, False),
+        (Outcome.ERROR, False),
     ]
     assert usage.user_message == str(usage) and usage.user_message.startswith("Say which language.\nUsage: translate")
     assert too_long.user_message.startswith("That message is too long for Llama")
@@ -52,8 +55,14 @@ def test_every_failure_a_person_meets_is_a_user_error_saying_how_it_ends():
 
 
 async def test_any_user_error_becomes_its_reply(service, monkeypatch, emulator, ledger):
-    record = CommandSpec("nothing", "<text>", "Do nothing.", "nothing at all", AgentTask("sentiment", no_arguments),
-                         options=(Option("text", "The text"),))
+    record = CommandSpec(
+        "nothing",
+        "<text>",
+        "Do nothing.",
+        "nothing at all",
+        AgentTask("sentiment", no_arguments),
+        options=(Option("text", "The text"),),
+    )
     monkeypatch.setitem(COMMANDS, "nothing", record)
     reply = await service.handle(Request(user="console:tester", text="nothing at all"))
     assert reply == Reply("There is nothing to do with 'at all'.", outcome=Outcome.REFUSED, private=True)
