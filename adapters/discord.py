@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import discord
 import yarl
@@ -25,17 +27,8 @@ from discord.http import Route
 
 from core.chunks import FENCE, ThrottledEdits, split_message
 from core.client import Message
-from core.commands import (
-    COMMANDS,
-    DEFAULT_SUMMARY_WORDS,
-    DEFAULT_VISION_QUESTION,
-    MAX_SUMMARY_WORDS,
-    Command,
-    UsageError,
-    parse_image,
-    parse_labels,
-    parse_language,
-)
+from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
+from core.errors import Outcome
 from core.images import ImageLimits, ImageSource
 from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
@@ -227,7 +220,7 @@ class DiscordAdapter:
         async with message.channel.typing():
             images, notes = self._images(message.attachments)
             if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
-                reply, notes = Reply("\n".join(notes), outcome="refused"), []  # without its images the question is moot
+                reply, notes = Reply("\n".join(notes), outcome=Outcome.REFUSED), []  # without its images the question is moot
             else:
                 request = Request(
                     user=f"discord:{message.author.id}",
@@ -299,7 +292,7 @@ class DiscordAdapter:
         answer = followups(interaction, ephemeral=private)
         edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
         if attachments and not images:
-            reply, notes = Reply("\n".join(notes), outcome="refused"), []
+            reply, notes = Reply("\n".join(notes), outcome=Outcome.REFUSED), []
         else:
             request = Request(
                 user=f"discord:{interaction.user.id}",
@@ -440,98 +433,54 @@ def _content_type(attachment: discord.Attachment) -> str:
 
 Answer = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
 
+# The Python type a slash command option of each kind is declared with, from which discord.py makes its type.
+OPTION_TYPES: dict[OptionKind, type] = {
+    OptionKind.TEXT: str,
+    OptionKind.LANGUAGE: str,
+    OptionKind.LABELS: str,
+    OptionKind.URL: str,
+    OptionKind.COMMAND: str,
+    OptionKind.ATTACHMENT: discord.Attachment,
+}
+
 
 def slash_commands(answer: Answer) -> list[app_commands.Command]:
     """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`."""
+    return [slash_command(spec, answer) for spec in COMMANDS.values()]
 
-    def describe(name: str) -> str:
-        return COMMANDS[name].description
 
-    async def checked(interaction: discord.Interaction, build: Callable[[], Command], *attachments: discord.Attachment) -> None:
-        """Answer the command `build` makes from the options, or say what is wrong with them (as the grammar does)."""
+def slash_command(spec: CommandSpec, answer: Answer) -> app_commands.Command:
+    """A command's record as a slash command: its options as typed parameters, read into a `Command` by the record.
+
+    discord.py reads a command's options from its callback's signature; the signature is built from
+    the record (`__signature__`, which `inspect.signature` honours), with descriptions and choices
+    from discord.py's own decorators.
+    """
+    attachments = [option.name for option in spec.options if option.kind is OptionKind.ATTACHMENT]
+
+    async def callback(interaction: discord.Interaction, **values: Any) -> None:
+        files = [values[name] for name in attachments if values.get(name) is not None]
         try:
-            command = build()
-        except UsageError as error:
+            command = spec.command({**values, **{name: values.get(name) is not None for name in attachments}})
+        except UsageError as error:  # what is wrong with the options, as the grammar says it
             await interaction.response.send_message(str(error), ephemeral=True, allowed_mentions=NO_PINGS)
             return
-        await answer(interaction, command, attachments)
+        await answer(interaction, command, files)
 
-    @app_commands.command(description=describe("ask"))
-    @app_commands.describe(question="What to ask the model")
-    async def ask(interaction: discord.Interaction, question: str) -> None:
-        await answer(interaction, Command("ask", text=question))
+    interaction = inspect.Parameter("interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=discord.Interaction)
+    # A function takes any attribute, but mypy knows of none on a callable: this one is inspect.signature's.
+    callback.__signature__ = inspect.Signature([interaction, *map(_parameter, spec.options)])  # type: ignore[attr-defined]
+    app_commands.describe(**{option.name: option.description for option in spec.options})(callback)
+    choices = [app_commands.Choice(name=name, value=name) for name in COMMANDS]
+    app_commands.choices(**{option.name: choices for option in spec.options if option.kind is OptionKind.COMMAND})(callback)
+    return app_commands.Command(name=spec.name, description=spec.description, callback=callback)
 
-    @app_commands.command(description=describe("summarize"))
-    @app_commands.describe(text="The text to summarize", max_words=f"At most this many words (default {DEFAULT_SUMMARY_WORDS})")
-    async def summarize(
-        interaction: discord.Interaction,
-        text: str,
-        max_words: app_commands.Range[int, 1, MAX_SUMMARY_WORDS] = DEFAULT_SUMMARY_WORDS,
-    ) -> None:
-        await answer(interaction, Command("summarize", text=text, max_words=max_words))
 
-    @app_commands.command(description=describe("translate"))
-    @app_commands.describe(language="The language to translate into", text="The text to translate")
-    async def translate(interaction: discord.Interaction, language: str, text: str) -> None:
-        await checked(interaction, lambda: Command("translate", text=text, language=parse_language(language)))
-
-    @app_commands.command(description=describe("sentiment"))
-    @app_commands.describe(text="The text to rate")
-    async def sentiment(interaction: discord.Interaction, text: str) -> None:
-        await answer(interaction, Command("sentiment", text=text))
-
-    @app_commands.command(description=describe("classify"))
-    @app_commands.describe(labels="Two or more labels, separated by commas", text="The text to classify")
-    async def classify(interaction: discord.Interaction, labels: str, text: str) -> None:
-        await checked(interaction, lambda: Command("classify", text=text, labels=parse_labels(labels)))
-
-    @app_commands.command(description=describe("moderate"))
-    @app_commands.describe(text="The text to score")
-    async def moderate(interaction: discord.Interaction, text: str) -> None:
-        await answer(interaction, Command("moderate", text=text))
-
-    @app_commands.command(description=describe("entities"))
-    @app_commands.describe(text="The text to search")
-    async def entities(interaction: discord.Interaction, text: str) -> None:
-        await answer(interaction, Command("entities", text=text))
-
-    @app_commands.command(description=describe("reason"))
-    @app_commands.describe(problem="The problem to work through")
-    async def reason(interaction: discord.Interaction, problem: str) -> None:
-        await answer(interaction, Command("reason", text=problem))
-
-    @app_commands.command(description=describe("vision"))
-    @app_commands.describe(image="An image to ask about", url="Or a link to one", question="What to ask about it")
-    async def vision(
-        interaction: discord.Interaction,
-        image: discord.Attachment | None = None,
-        url: str | None = None,
-        question: str = DEFAULT_VISION_QUESTION,
-    ) -> None:
-        # An attachment travels as the request's images; a link is the grammar's `vision <url>`.
-        def command() -> Command:
-            if image is not None and not url:
-                return Command("ask", text=question)
-            return Command("vision", image=parse_image(url or ""), text=question)  # neither: the usage error
-
-        await checked(interaction, command, *([image] if image else []))
-
-    @app_commands.command(description=describe("agents"))
-    async def agents(interaction: discord.Interaction) -> None:
-        await answer(interaction, Command("agents"))
-
-    @app_commands.command(description=describe("models"))
-    async def models(interaction: discord.Interaction) -> None:
-        await answer(interaction, Command("models"))
-
-    @app_commands.command(description=describe("usage"))
-    async def usage(interaction: discord.Interaction) -> None:
-        await answer(interaction, Command("usage"))
-
-    @app_commands.command(name="help", description=describe("help"))
-    @app_commands.describe(command="A command to explain")
-    @app_commands.choices(command=[app_commands.Choice(name=name, value=name) for name in COMMANDS])
-    async def help_(interaction: discord.Interaction, command: str | None = None) -> None:
-        await answer(interaction, Command("help", topic=command or ""))
-
-    return [ask, summarize, translate, sentiment, classify, moderate, entities, reason, vision, agents, models, usage, help_]
+def _parameter(option: Option) -> inspect.Parameter:
+    """An option as the keyword parameter discord.py reads: its type, and a default when it is optional."""
+    kind: Any = OPTION_TYPES.get(option.kind)
+    if option.kind is OptionKind.NUMBER:
+        kind = app_commands.Range[int, option.low, option.high]
+    annotation = kind if option.required or option.default is not None else kind | None
+    default = inspect.Parameter.empty if option.required else option.default
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)

@@ -2,8 +2,12 @@
 
 A line whose first word is no command is a question. A command with missing or malformed arguments
 raises `UsageError`, whose message says what was wrong, with the usage line and an example. A first
-argument of several words is quoted (`translate "Simplified Chinese" ...`). `help` text is generated
-from here; none of this calls the API.
+argument of several words is quoted (`translate "Simplified Chinese" ...`).
+
+Each command is described once, by a `CommandSpec` in `COMMANDS`: its usage and help, its grammar,
+the typed options its slash command takes, and how it is answered (an agent task with its arguments
+and the rendering of its result, a chat, or one of the bot's own views). The service dispatches,
+`help` explains and Discord offers slash commands from these records; none of this calls the API.
 
 Lines come from people, pasted from anywhere, so the grammar takes any string: words are separated by
 any Unicode space (no-break and ideographic spaces too) or zero-width space, command words are
@@ -15,8 +19,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import Outcome, UserError
+from .render import render_result
+from .workflows import WorkflowResult
 
 MAX_SUMMARY_WORDS = 1000
 DEFAULT_SUMMARY_WORDS = 100
@@ -37,6 +47,10 @@ URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(?=\S)")  # two letters at l
 QUOTES = ('"\u201c\u201d\u201e\u00ab\u00bb', "'\u2018\u2019")  # double quotes of any style, and single ones
 ALIASES = {"/help": "help", "?": "help"}
 MAX_SHOWN = 40  # characters of a person's word repeated in a usage message
+MODERATION_THRESHOLD = 0.5
+# The agents answer in a few hundred tokens at most; a workflow answer carries no usage, so this makes
+# the answer's part of its (high) estimate.
+WORKFLOW_ANSWER_TOKENS = 400
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,10 @@ class Command:
     topic: str = ""  # help: the command to explain
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """A command's arguments are missing or malformed: `str()` says what was wrong, the usage line and an example."""
+
+    outcome = Outcome.USAGE
 
     def __init__(self, name: str, problem: str) -> None:
         self.spec = COMMANDS[name]
@@ -61,19 +77,108 @@ class UsageError(ValueError):
         super().__init__(f"{problem}\nUsage: {self.spec.usage}\nExample: {self.spec.example}")
 
 
+class OptionKind(StrEnum):
+    """What an option holds, and so how a slash command offers it and how its value is read."""
+
+    TEXT = "text"
+    NUMBER = "number"  # a whole number from `low` to `high`
+    LANGUAGE = "language"  # read by `parse_language`
+    LABELS = "labels"  # comma-separated, read by `parse_labels`
+    URL = "url"  # an image's address, read by `parse_image`
+    ATTACHMENT = "attachment"  # a file attached to a slash command: no word of the grammar; its value is whether one was
+    COMMAND = "command"  # a command's name, offered as a choice of every command
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed argument of a command, in the order the grammar reads them."""
+
+    name: str
+    description: str
+    kind: OptionKind = OptionKind.TEXT
+    field: str = "text"  # the `Command` attribute its value sets
+    required: bool = True
+    default: str | int | None = None
+    low: int | None = None  # a NUMBER's bounds
+    high: int | None = None
+    missing: str = ""  # the usage error's problem when it is left out; "Give <description>." when empty
+
+    @property
+    def missing_problem(self) -> str:
+        return self.missing or f"Give {self.description[0].lower()}{self.description[1:]}."
+
+
+class Call(StrEnum):
+    """How the service answers a command that is no agent task."""
+
+    HELP = "help"  # the help text, without the API
+    CHAT = "chat"  # a chat completion
+    VISION = "vision"  # a chat completion with images
+    AGENTS = "agents"  # the API's list of agents
+    MODELS = "models"  # the quota table with today's use
+    USAGE = "usage"  # the person's use today
+
+
+def _no_arguments(command: Command) -> dict[str, Any]:
+    return {}
+
+
+def _short_answer(command: Command) -> int:
+    return WORKFLOW_ANSWER_TOKENS
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """An agent command's API call (`/workflows/run`) and how its result reads.
+
+    `task` is the API's task type (see workflows.TASKS), `arguments` its arguments built from the
+    command, `answer_tokens` the answer's room in the estimate charged before the call.
+    """
+
+    task: str
+    arguments: Callable[[Command], dict[str, Any]] = _no_arguments
+    answer_tokens: Callable[[Command], int] = _short_answer
+    render: Callable[[WorkflowResult], str] = render_result
+
+
 @dataclass(frozen=True)
 class CommandSpec:
+    """Everything about one command: adding a command is adding one of these to `COMMANDS`."""
+
     name: str
     arguments: str
     description: str
     example: str
-    parse: Callable[[str], Command] = field(repr=False)  # raises UsageError
+    call: Call | AgentTask
+    options: tuple[Option, ...] = ()
+    grammar: Callable[[str], Command] | None = field(default=None, repr=False)  # None: the options in order
+    build: Callable[[Mapping[str, Any]], Command] | None = field(default=None, repr=False)  # None: each option sets its field
     takes_text: bool = True  # False: the command takes no arguments, so extra words make a question
+    private: bool = False  # answered at once, to the asker alone (help and the bot's own views)
     details: str = ""  # more for `help <command>`
 
     @property
     def usage(self) -> str:
         return f"{self.name} {self.arguments}".strip()
+
+    def parse(self, rest: str) -> Command:
+        """The command the words after its name make; UsageError when they are missing or malformed."""
+        return self.grammar(rest) if self.grammar else _parse_options(self, rest)
+
+    def command(self, values: Mapping[str, Any]) -> Command:
+        """The command its options' values make, a missing one taking its default; UsageError for a malformed one.
+
+        This is how a slash command's options become a `Command`.
+        """
+        filled = {option.name: values.get(option.name, option.default) for option in self.options}
+        if self.build is not None:
+            return self.build(filled)
+        fields = {
+            option.field: read_option(self.name, option, value)
+            for option in self.options
+            if (value := filled[option.name]) is not None and option.kind is not OptionKind.ATTACHMENT
+        }  # attached files travel as the request's images
+        return Command(self.name, **fields)
 
 
 def trim(text: str) -> str:
@@ -121,41 +226,41 @@ def first_argument(name: str, rest: str) -> tuple[str, str]:
     return trim(rest[1:end]), trim(rest[end + 1 :])
 
 
-def parse_language(language: str) -> str:
+def parse_language(language: str, command: str = "translate") -> str:
     """A language as sent to the API, its case kept (`pt-BR`); UsageError unless it looks like one."""
     language = _argument(language[: MAX_LANGUAGE_CHARS * 4])  # cut first: longer is refused anyway
     if not language:
-        raise UsageError("translate", "Say which language to translate into, then the text.")
+        raise UsageError(command, "Say which language to translate into, then the text.")
     if len(language) > MAX_LANGUAGE_CHARS or not any(ch.isalpha() for ch in language):
-        raise UsageError("translate", f"{shown(language)} is not a language name.")
+        raise UsageError(command, f"{shown(language)} is not a language name.")
     return language
 
 
-def parse_labels(labels: str) -> tuple[str, ...]:
+def parse_labels(labels: str, command: str = "classify") -> tuple[str, ...]:
     """Comma-separated labels, each once whatever its case; UsageError unless there are 2 to MAX_LABELS short ones."""
     if len(labels) > MAX_LABELS * (MAX_LABEL_CHARS + 1) * 2:  # refused before the work of reading them
-        raise UsageError("classify", f"Give at most {MAX_LABELS} labels of at most {MAX_LABEL_CHARS} characters each.")
+        raise UsageError(command, f"Give at most {MAX_LABELS} labels of at most {MAX_LABEL_CHARS} characters each.")
     found: dict[str, str] = {}
     for label in _argument(labels).split(","):
         label = trim(label)
         if label:
             found.setdefault(label.casefold(), label)
     if len(found) < 2:
-        raise UsageError("classify", "Give two or more labels separated by commas, no spaces between (or quote them).")
+        raise UsageError(command, "Give two or more labels separated by commas, no spaces between (or quote them).")
     if len(found) > MAX_LABELS:
-        raise UsageError("classify", f"Give at most {MAX_LABELS} labels.")
+        raise UsageError(command, f"Give at most {MAX_LABELS} labels.")
     if any(len(label) > MAX_LABEL_CHARS for label in found.values()):
-        raise UsageError("classify", f"A label is at most {MAX_LABEL_CHARS} characters long.")
+        raise UsageError(command, f"A label is at most {MAX_LABEL_CHARS} characters long.")
     return tuple(found.values())
 
 
-def parse_image(image: str) -> str:
+def parse_image(image: str, command: str = "vision") -> str:
     """An image's address: an http(s) link or, in the console, a file path; UsageError for any other kind of link."""
     if not image:
-        raise UsageError("vision", "Give a link to the image, then your question (or attach the image to a message).")
+        raise UsageError(command, "Give a link to the image, then your question (or attach the image to a message).")
     scheme = URL_SCHEME.match(image)
     if scheme and scheme[1].lower() not in ("http", "https"):
-        raise UsageError("vision", f"{shown(scheme[1] + ':')} links are not supported: give an http or https link to the image.")
+        raise UsageError(command, f"{shown(scheme[1] + ':')} links are not supported: give an http or https link to the image.")
     return image
 
 
@@ -172,13 +277,36 @@ def _argument(word: str) -> str:
     return trim("".join(ch for ch in word if unicodedata.category(ch) != "Cf"))
 
 
-def _text(name: str, problem: str) -> Callable[[str], Command]:
-    def parse(rest: str) -> Command:
-        if not rest:
-            raise UsageError(name, problem)
-        return Command(name, text=rest)
+def read_option(command: str, option: Option, value: Any) -> Any:
+    """An option's value as the `Command` holds it: checked and normalised by its kind; UsageError when malformed."""
+    match option.kind:
+        case OptionKind.LANGUAGE:
+            return parse_language(value, command)
+        case OptionKind.LABELS:
+            return parse_labels(value, command)
+        case OptionKind.URL:
+            return parse_image(value, command)
+        case OptionKind.NUMBER:
+            number = value if isinstance(value, int) else word_count(value)
+            low, high = option.low or 1, option.high or 10**9 - 1
+            if number is None or not low <= number <= high:
+                raise UsageError(command, f"`{option.name}` must be a whole number from {low} to {high}, not {shown(str(value))}.")
+            return number
+    return value
 
-    return parse
+
+def _parse_options(spec: CommandSpec, rest: str) -> Command:
+    """The grammar a command's options make: each in order, one word (or a quoted phrase), the last one the rest."""
+    options = [option for option in spec.options if option.kind is not OptionKind.ATTACHMENT]
+    values: dict[str, str] = {}
+    for option in options[:-1]:
+        values[option.name], rest = first_argument(spec.name, rest)
+    if options:
+        values[options[-1].name] = rest
+    for option in options:
+        if option.required and not values[option.name]:
+            raise UsageError(spec.name, option.missing_problem)
+    return spec.command({name: value for name, value in values.items() if value})
 
 
 def _summarize(rest: str) -> Command:
@@ -232,42 +360,103 @@ def _topic(word: str) -> str:
     return name if name in COMMANDS else word
 
 
-def _bare(name: str) -> Callable[[str], Command]:
-    return lambda rest: Command(name)
+def _vision_options(values: Mapping[str, Any]) -> Command:
+    """An attached image is asked about as the request's images (a question); a link is the grammar's `vision <url>`."""
+    if values["image"] and not values["url"]:
+        return Command("ask", text=values["question"])
+    return Command("vision", image=parse_image(values["url"] or ""), text=values["question"])  # neither: the usage error
+
+
+def _summary_arguments(command: Command) -> dict[str, Any]:
+    return {"max_words": command.max_words}
+
+
+def _summary_tokens(command: Command) -> int:
+    return max(WORKFLOW_ANSWER_TOKENS, 2 * command.max_words)
 
 
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
-        CommandSpec("ask", "<question>", "Ask the model anything. Any line that starts with no command word is a question too.",
-                    "ask What is io.net?", _text("ask", "Write your question after ask.")),
-        CommandSpec("summarize", "[max_words] <text>", f"Summarize text in at most max_words words (default {DEFAULT_SUMMARY_WORDS}), with its key points.",
-                    "summarize 50 The meeting covered the budget, the hiring plan and the launch date.", _summarize,
-                    details=f"max_words is a whole number from 1 to {MAX_SUMMARY_WORDS}."),
-        CommandSpec("translate", "<language> <text>", "Translate text into a language.",
-                    "translate French Good morning", _translate,
-                    details='Quote a language of several words: `translate "Simplified Chinese" Good morning`. '
-                            "The language goes to the model as written, so codes such as pt-BR work too."),
-        CommandSpec("sentiment", "<text>", "Tell whether text is positive, neutral or negative.",
-                    "sentiment I love the new release", _text("sentiment", "Give the text to rate.")),
-        CommandSpec("classify", "<label,label,...> <text>", "Put text into one of two or more labels.",
-                    "classify bug,feature,question The app crashes when I save", _classify,
-                    details=f"Up to {MAX_LABELS} labels, separated by commas; quote them if they have spaces: "
-                            '`classify "bug report,feature request" The app crashes`.'),
-        CommandSpec("moderate", "<text>", "Score text for profanity, hate, harassment, self-harm and other risks.",
-                    "moderate You are all wonderful", _text("moderate", "Give the text to score.")),
-        CommandSpec("entities", "<text>", "List the people, organizations, places, dates and events in text.",
-                    "entities Ada Lovelace met Charles Babbage in London in 1833", _text("entities", "Give the text to search.")),
-        CommandSpec("reason", "<problem>", "Work through a problem step by step.",
-                    "reason A train leaves at 3pm at 60 km/h. When has it gone 150 km?", _text("reason", "Describe the problem after reason.")),
-        CommandSpec("vision", "<image-url> [question]", "Ask about an image. Attaching images to a message works too.",
-                    "vision https://example.com/cat.png How many cats are there?", _vision,
-                    details="The link must be http or https. In the terminal a file path works too; quote a path with spaces."),
-        CommandSpec("agents", "", "List the AI agents the service offers.", "agents", _bare("agents"), takes_text=False),
-        CommandSpec("models", "", "List the models with their daily quota and today's use.", "models", _bare("models"), takes_text=False),
-        CommandSpec("usage", "", "Show your own use today and what is left.", "usage", _bare("usage"), takes_text=False),
-        CommandSpec("help", "[command]", "Show this help, or one command's. `/help` and `?` are help too.", "help translate", _help,
-                    takes_text=False),
+        CommandSpec(
+            "ask", "<question>", "Ask the model anything. Any line that starts with no command word is a question too.",
+            "ask What is io.net?", Call.CHAT,
+            options=(Option("question", "What to ask the model", missing="Write your question after ask."),),
+        ),
+        CommandSpec(
+            "summarize", "[max_words] <text>",
+            f"Summarize text in at most max_words words (default {DEFAULT_SUMMARY_WORDS}), with its key points.",
+            "summarize 50 The meeting covered the budget, the hiring plan and the launch date.",
+            AgentTask("summarize_text", _summary_arguments, _summary_tokens),
+            options=(
+                Option("text", "The text to summarize"),
+                Option("max_words", f"At most this many words (default {DEFAULT_SUMMARY_WORDS})", OptionKind.NUMBER, "max_words",
+                       required=False, default=DEFAULT_SUMMARY_WORDS, low=1, high=MAX_SUMMARY_WORDS),
+            ),
+            grammar=_summarize, details=f"max_words is a whole number from 1 to {MAX_SUMMARY_WORDS}.",
+        ),
+        CommandSpec(
+            "translate", "<language> <text>", "Translate text into a language.", "translate French Good morning",
+            AgentTask("translate_text", lambda command: {"target_language": command.language}),
+            options=(
+                Option("language", "The language to translate into", OptionKind.LANGUAGE, "language"),
+                Option("text", "The text to translate"),
+            ),
+            grammar=_translate,
+            details='Quote a language of several words: `translate "Simplified Chinese" Good morning`. '
+                    "The language goes to the model as written, so codes such as pt-BR work too.",
+        ),
+        CommandSpec(
+            "sentiment", "<text>", "Tell whether text is positive, neutral or negative.", "sentiment I love the new release",
+            AgentTask("sentiment"), options=(Option("text", "The text to rate"),),
+        ),
+        CommandSpec(
+            "classify", "<label,label,...> <text>", "Put text into one of two or more labels.",
+            "classify bug,feature,question The app crashes when I save",
+            AgentTask("classify", lambda command: {"classify_by": list(command.labels)}),
+            options=(
+                Option("labels", "Two or more labels, separated by commas", OptionKind.LABELS, "labels"),
+                Option("text", "The text to classify"),
+            ),
+            grammar=_classify,
+            details=f"Up to {MAX_LABELS} labels, separated by commas; quote them if they have spaces: "
+                    '`classify "bug report,feature request" The app crashes`.',
+        ),
+        CommandSpec(
+            "moderate", "<text>", "Score text for profanity, hate, harassment, self-harm and other risks.",
+            "moderate You are all wonderful", AgentTask("moderation", lambda command: {"threshold": MODERATION_THRESHOLD}),
+            options=(Option("text", "The text to score"),),
+        ),
+        CommandSpec(
+            "entities", "<text>", "List the people, organizations, places, dates and events in text.",
+            "entities Ada Lovelace met Charles Babbage in London in 1833", AgentTask("extract_categorized_entities"),
+            options=(Option("text", "The text to search"),),
+        ),
+        CommandSpec(
+            "reason", "<problem>", "Work through a problem step by step.",
+            "reason A train leaves at 3pm at 60 km/h. When has it gone 150 km?", AgentTask("solve_with_reasoning"),
+            options=(Option("problem", "The problem to work through", missing="Describe the problem after reason."),),
+        ),
+        CommandSpec(
+            "vision", "<image-url> [question]", "Ask about an image. Attaching images to a message works too.",
+            "vision https://example.com/cat.png How many cats are there?", Call.VISION,
+            options=(
+                Option("image", "An image to ask about", OptionKind.ATTACHMENT, required=False),
+                Option("url", "Or a link to one", OptionKind.URL, "image", required=False),
+                Option("question", "What to ask about it", required=False, default=DEFAULT_VISION_QUESTION),
+            ),
+            grammar=_vision, build=_vision_options,
+            details="The link must be http or https. In the terminal a file path works too; quote a path with spaces.",
+        ),
+        CommandSpec("agents", "", "List the AI agents the service offers.", "agents", Call.AGENTS, takes_text=False, private=True),
+        CommandSpec("models", "", "List the models with their daily quota and today's use.", "models", Call.MODELS,
+                    takes_text=False, private=True),
+        CommandSpec("usage", "", "Show your own use today and what is left.", "usage", Call.USAGE, takes_text=False, private=True),
+        CommandSpec(
+            "help", "[command]", "Show this help, or one command's. `/help` and `?` are help too.", "help translate", Call.HELP,
+            options=(Option("command", "A command to explain", OptionKind.COMMAND, "topic", required=False),),
+            grammar=_help, takes_text=False, private=True,
+        ),
     )
 }
 
@@ -288,7 +477,7 @@ def parse_command(text: str) -> Command:
     return spec.parse(rest)
 
 
-INFORMATIONAL = ("help", "agents", "models", "usage")  # answered at once, to the asker alone
+INFORMATIONAL = tuple(spec.name for spec in COMMANDS.values() if spec.private)  # answered at once, to the asker alone
 
 
 def is_informational(text: str) -> bool:

@@ -1,16 +1,45 @@
-"""One exception hierarchy for everything that can go wrong between iobot and the IO Intelligence API.
+"""What a person is told when their request cannot be answered, and the errors of the IO Intelligence API.
 
-Every error carries `user_message`: a short sentence safe to show in a chat (no secrets, no raw
-bodies). `str(error)` carries the detail for operators' logs, with the API key scrubbed.
+`UserError` is the one base of every failure a person can cause or meet (a malformed command, an
+image refused, a message too long, a quota spent, the API down): the service turns any of them into
+a reply in one place, reading `user_message`, `outcome` and `private` from the error.
+
+The API's errors carry `user_message`: a short sentence safe to show in a chat (no secrets, no raw
+bodies). Their `str(error)` carries the detail for operators' logs, with the API key scrubbed.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 
-class IOIntelligenceError(Exception):
+
+class Outcome(StrEnum):
+    """How a request ended; a string enum, so it compares equal to its value ("ok", "refused", ...)."""
+
+    OK = "ok"
+    USAGE = "usage"  # a command with missing or malformed arguments
+    REFUSED = "refused"  # a limit, the input or an image said no before any answer
+    DUPLICATE = "duplicate"  # a retried delivery of a request already being answered
+    ERROR = "error"  # the API or the bot failed
+
+
+class UserError(Exception):
+    """A failure the person reads about. `str(error)` is the whole message they read, unless a subclass says otherwise."""
+
+    outcome = Outcome.REFUSED
+    private = True  # shown to the person alone where the platform can
+
+    @property
+    def user_message(self) -> str:
+        return str(self)
+
+
+class IOIntelligenceError(UserError):
     """Base class: the API could not give an answer."""
 
     user_message = "The AI service could not answer. Please try again later."
+    outcome = Outcome.ERROR
+    private = False
     retryable = False
 
     def __init__(self, detail: str = "", *, status: int | None = None) -> None:

@@ -39,6 +39,8 @@ from typing import IO, NamedTuple
 import httpx
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
+
 __all__ = [
     "ImageBudget",
     "ImageError",
@@ -55,13 +57,17 @@ __all__ = [
 ]
 
 
-class ImageError(Exception):
+class ImageError(UserError):
     """An image was refused; `str(error)` is a short sentence fit to show the person (names the file).
+
+    Shown where the images were posted (not privately), so that the others there know why no answer came.
 
     `reason` is a short fixed word for metrics and adapters: empty, damaged, not_image, too_large,
     too_many_pixels, too_many_images, download, html (a web page came back, often a sign-in page),
     address or file.
     """
+
+    private = False
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -19,8 +19,9 @@ import httpx
 
 from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
-from .commands import DEFAULT_VISION_QUESTION, INFORMATIONAL, Command, UsageError, help_text, parse_command
-from .errors import IOIntelligenceError, RateLimitError
+from .commands import COMMANDS, DEFAULT_VISION_QUESTION, AgentTask, Call, Command, UsageError, help_text, parse_command
+from .commands import INFORMATIONAL as INFORMATIONAL  # adapters read it from here
+from .errors import IOIntelligenceError, Outcome, RateLimitError, UserError
 from .images import (
     DEFAULT_BUDGET,
     ImageBudget,
@@ -34,7 +35,7 @@ from .images import (
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, Store, next_reset, time_until
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
 from .ratelimit import busy_message
-from .render import code_table, render_agents, render_models, render_result, short_model_name
+from .render import code_table, render_agents, render_models, short_model_name
 from .tokens import (
     Fitted,
     InputTooLong,
@@ -45,7 +46,6 @@ from .tokens import (
     image_side_within,
     image_tokens,
 )
-from .workflows import WorkflowResult
 
 log = logging.getLogger("iobot.service")
 
@@ -56,17 +56,16 @@ SYSTEM_PROMPT = (
     "You are iobot, an assistant in a team chat. Answer clearly and concisely. "
     "Use Markdown sparingly: short paragraphs, lists and code blocks."
 )
-MODERATION_THRESHOLD = 0.5
-# The agents wrap the text in their own instructions and answer in a few hundred tokens at most;
-# a workflow answer carries no usage, so these make its (high) estimate.
+# The agents wrap the text in their own instructions; with each command's answer room (see
+# commands.AgentTask) this makes a workflow's (high) estimate, as its answer carries no usage.
 WORKFLOW_PROMPT_OVERHEAD = 600
-WORKFLOW_ANSWER_TOKENS = 400
 # The least room for an answer worth giving: when a person's budget, a model's quota or its context
 # leaves less beside the question, the request is refused with what is left instead.
 MIN_ANSWER_TOKENS = 256
 RESERVE_ATTEMPTS = 3  # the whole room, then what the budget leaves, then what the model's quota leaves
 CONTEXT = "the model's context"
 UNEXPECTED_FAILURE = "Something went wrong on our side while answering. It has been logged; please try again."
+ALREADY_ANSWERING = "This request is already being answered."
 BUSY = "The bot is answering many requests right now. Please try again in a minute."
 SHUTTING_DOWN = "The bot is restarting. Please try again in a minute."
 IMAGES_WAITING = "_Your images are queued: other images are being read. They are next._"
@@ -114,7 +113,7 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     text: str  # neutral markdown (see render.py)
-    outcome: str = "ok"  # ok | usage | refused | duplicate | error
+    outcome: Outcome = Outcome.OK
     private: bool = False  # only for the person who asked (ephemeral where the platform has it)
     model: str | None = None  # the model that answered, if one did
     usage: Usage | None = None
@@ -187,41 +186,39 @@ class Service:
         try:
             command = request.command or parse_command(request.text)
             if self._closing:
-                return command.name, Reply(SHUTTING_DOWN, outcome="refused", private=True)
-            if command.name == "help":
+                return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True)
+            if COMMANDS[command.name].call is Call.HELP:
                 return command.name, Reply(help_text(command.topic), private=True)
             per_minute = self.config.user_requests_per_minute
             wait = await self.store.take_request(request.user, per_minute)
             if wait:
-                return command.name, Reply(busy_message(wait, per_minute), outcome="refused", private=True)
+                return command.name, Reply(busy_message(wait, per_minute), outcome=Outcome.REFUSED, private=True)
             try:
                 async with asyncio.timeout(self.config.queue_timeout):
                     await self._slots.acquire()
             except TimeoutError:
-                return command.name, Reply(BUSY, outcome="refused", private=True)
+                return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True)
             try:
                 return command.name, await self._dispatch(request, command, progress)
             finally:
                 self._slots.release()
-        except UsageError as exc:
-            return exc.spec.name, Reply(str(exc), outcome="usage", private=True)
         except Exception as exc:
-            return (command.name if command else "unparsed"), self._failure(request, exc)
+            name = exc.spec.name if isinstance(exc, UsageError) else command.name if command else "unparsed"
+            return name, self._failure(request, exc)
 
     def _failure(self, request: Request, exc: Exception) -> Reply:
+        """The reply to a failure: what a `UserError` says, or that something went wrong (logged)."""
         match exc:
             case DuplicateRequest():
-                return Reply("This request is already being answered.", outcome="duplicate", private=True)
-            case QuotaExceeded() | InputTooLong():
-                return Reply(str(exc), outcome="refused", private=True)
+                return Reply(ALREADY_ANSWERING, outcome=Outcome.DUPLICATE, private=True)
             case ImageError():
                 metrics.IMAGES_REFUSED.labels(exc.reason).inc()
-                return Reply(str(exc), outcome="refused")
             case IOIntelligenceError():
                 log.warning("API call for %s failed: %s", request.user, exc)
-                return Reply(exc.user_message, outcome="error")
+        if isinstance(exc, UserError):
+            return Reply(exc.user_message, outcome=exc.outcome, private=exc.private)
         log.error("unexpected failure answering %s", request.user, exc_info=exc)
-        return Reply(UNEXPECTED_FAILURE, outcome="error")
+        return Reply(UNEXPECTED_FAILURE, outcome=Outcome.ERROR)
 
     def _record(self, request: Request, command: str, reply: Reply | None, seconds: float) -> None:
         """One log line and the counters for each request; never the message's text, unless debugging."""
@@ -242,20 +239,23 @@ class Service:
         log.debug("request %s text: %r", fields["request_id"], request.text)
 
     async def _dispatch(self, request: Request, command: Command, progress: Progress | None) -> Reply:
-        if command.name == "vision" or (request.images and command.name not in INFORMATIONAL):
+        """Answer as the command's record says; images attached to anything but the bot's own views go to vision."""
+        spec = COMMANDS[command.name]
+        if spec.call is Call.VISION or (request.images and not spec.private):
             return await self._vision(request, command, progress)
-        match command.name:
-            case "agents":
-                return Reply(render_agents(await self.client.agents()), private=True)
-            case "models":
-                return Reply(render_models(self.quotas, await self.ledger.model_totals()), private=True)
-            case "usage":
-                return Reply(await self._usage(request.user), private=True)
-            case "ask":
+        match spec.call:
+            case AgentTask():
+                return await self._workflow(request, command, spec.call)
+            case Call.CHAT:
                 message = {"role": "user", "content": command.text}
                 return await self._chat(request, message, images=False, progress=progress)
-            case _:
-                return await self._workflow(request, command)
+            case Call.AGENTS:
+                return Reply(render_agents(await self.client.agents()), private=True)
+            case Call.MODELS:
+                return Reply(render_models(self.quotas, await self.ledger.model_totals()), private=True)
+            case Call.USAGE:
+                return Reply(await self._usage(request.user), private=True)
+        raise ValueError(f"{command.name!r} is answered before dispatch")
 
     async def _vision(self, request: Request, command: Command, progress: Progress | None) -> Reply:
         """Images (attached, at a URL or, in the console, in a file) checked, normalised, then asked about.
@@ -290,7 +290,7 @@ class Service:
         for refusal in refusals:
             metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
         if not prepared:
-            return Reply("\n".join(map(str, refusals)), outcome="refused")
+            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
         log.info(
             "%d image(s) for %s: %d bytes sent, %d saved by normalising",
             len(prepared), request.user, sum(len(image.data) for image in prepared), sum(image.saved_bytes for image in prepared),
@@ -373,7 +373,7 @@ class Service:
                 raise
             usage = await self._settle(reservation, result.usage, fitted.messages, result.content)
             if not result.content:
-                return Reply("The model gave an empty answer. Please rephrase and try again.", outcome="error", model=model)
+                return Reply("The model gave an empty answer. Please rephrase and try again.", outcome=Outcome.ERROR, model=model)
             notes = [_stood_in(model, passed_over)] if passed_over else []
             if fitted.dropped:
                 which = "oldest message of this conversation was" if fitted.dropped == 1 else f"{fitted.dropped} oldest messages of this conversation were"
@@ -447,13 +447,12 @@ class Service:
 
     # --- agents ----------------------------------------------------------------------------
 
-    async def _workflow(self, request: Request, command: Command) -> Reply:
+    async def _workflow(self, request: Request, command: Command, task: AgentTask) -> Reply:
         """Run an agent task, charged to the chat model at an estimate (workflow answers carry no usage)."""
-        task, args = _workflow_task(command)
         model = self.config.model
         row = self.quotas.get(model)
         prompt = estimate_text_tokens(command.text) + WORKFLOW_PROMPT_OVERHEAD
-        answer_room = max(WORKFLOW_ANSWER_TOKENS, 2 * command.max_words) if task == "summarize_text" else WORKFLOW_ANSWER_TOKENS
+        answer_room = task.answer_tokens(command)
         context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
         if prompt + answer_room > context:
             no_room = NoRoom(needed=prompt + answer_room, room=context, message_tokens=estimate_text_tokens(command.text))
@@ -463,11 +462,11 @@ class Service:
             model_limit=row.api_daily_tokens if row else None, idempotency_key=request.request_id,
         )
         try:
-            result: WorkflowResult = await self.client.run_workflow(task, command.text, **args)
+            result = await self.client.run_workflow(task.task, command.text, **task.arguments(command))
         except BaseException:
             await self.ledger.release(reservation)
             raise
-        text = render_result(result)
+        text = task.render(result)
         await self._charge(reservation, prompt, estimate_text_tokens(text), estimated=True)
         return Reply(text)
 
@@ -488,26 +487,6 @@ class Service:
             f"Resets at 00:00 UTC ({time_until(next_reset(now) - now)})."
         )
         return "\n".join(lines)
-
-
-def _workflow_task(command: Command) -> tuple[str, dict]:
-    """The API task type and its arguments for an agent command."""
-    match command.name:
-        case "summarize":
-            return "summarize_text", {"max_words": command.max_words}
-        case "translate":
-            return "translate_text", {"target_language": command.language}
-        case "sentiment":
-            return "sentiment", {}
-        case "classify":
-            return "classify", {"classify_by": list(command.labels)}
-        case "moderate":
-            return "moderation", {"threshold": MODERATION_THRESHOLD}
-        case "entities":
-            return "extract_categorized_entities", {}
-        case "reason":
-            return "solve_with_reasoning", {}
-    raise ValueError(f"no handler for command {command.name!r}")
 
 
 def _stood_in(model: str, passed_over: list[str]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from .client import Message
+from .errors import UserError
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
@@ -90,7 +91,7 @@ class NoRoom(ValueError):
         self.message_tokens = message_tokens  # the newest message alone
 
 
-class InputTooLong(ValueError):
+class InputTooLong(UserError):
     """The newest message cannot fit a limit however the rest is cut: `str()` says so, in words."""
 
     def __init__(self, limit: str, no_room: NoRoom) -> None:

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
+from ..errors import UserError
+
 
 class LedgerError(Exception):
     """The ledger could not record or answer something (a refused reservation is `QuotaExceeded`)."""
 
 
-class QuotaExceeded(LedgerError):
-    """A reservation would pass a daily limit. `str()` is a sentence to show the person."""
+class QuotaExceeded(LedgerError, UserError):
+    """A reservation would pass a daily limit. `str()` is a sentence to show the person (privately)."""
 
     def __init__(self, message: str, *, used: int, limit: int, needed: int, resets_at: datetime) -> None:
         super().__init__(message)
@@ -28,10 +30,6 @@ class QuotaExceeded(LedgerError):
         self.limit = limit
         self.needed = needed  # what the refused request asked for
         self.resets_at = resets_at  # next 00:00 UTC
-
-    @property
-    def user_message(self) -> str:
-        return str(self)
 
 
 class ModelQuotaExceeded(QuotaExceeded):
