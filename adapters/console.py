@@ -73,7 +73,8 @@ class ConsoleAdapter:
             if not line.strip():
                 continue
             request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
-            reply = await self.service.handle(request)
+            # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
+            reply = await asyncio.create_task(self.service.handle(request))
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
                 self.history.extend(
                     [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]

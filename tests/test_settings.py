@@ -51,7 +51,7 @@ def test_environment_and_dotenv(monkeypatch, tmp_path):
     monkeypatch.setenv("SLACK_FILE_HOSTS", "files.slack.com,127.0.0.1")
     monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9000/api")
     settings = load_settings()
-    assert settings.api_key.get_secret_value() == "io-v2-from-dotenv"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "io-v2-from-dotenv"
     assert settings.port == 5000
     assert settings.fallback_models == ["a/b", "c/d"]
     slack = load_settings(SlackSettings)
