@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import discord
 import yarl
 from aiohttp import web
@@ -229,11 +230,16 @@ class DiscordAdapter:
         except discord.LoginFailure:
             await self.client.close()
             raise AdapterError("Discord refused DISCORD_BOT_TOKEN: copy it again from the Developer Portal, Bot page") from None
+        except aiohttp.ClientError as exc:
+            await self.client.close()
+            raise AdapterError(f"cannot reach Discord at DISCORD_API_URL ({type(exc).__name__})") from None
         await self.sync_commands()
         self._connection = asyncio.create_task(self._connect(), name="discord")
         ready = asyncio.create_task(self.client.wait_until_ready())
-        await asyncio.wait({self._connection, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
+        try:
+            await asyncio.wait({self._connection, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
         if self._connection.done():
             self._connection.result()  # raises why the gateway would not have the bot
 
@@ -250,6 +256,7 @@ class DiscordAdapter:
             await self.client.close()
 
     async def wait(self) -> None:
+        """Return when the gateway session ends: after `stop()`, or refused for good (raising why)."""
         if self._connection is not None:
             await self._connection
 

@@ -202,7 +202,7 @@ class SlackAdapter:
             await self.bolt.client.auth_test()
         except SlackApiError as exc:
             raise AdapterError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdapterError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
         if self._app_token:  # no public URL needed; returns once connected
             self._socket = AsyncSocketModeHandler(self.bolt, self._app_token)

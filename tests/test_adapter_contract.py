@@ -25,6 +25,7 @@ from adapters import discord, slack
 from adapters.console import ConsoleAdapter
 from adapters.discord import DiscordSettings
 from adapters.slack import SlackSettings
+from bots.app import build_adapters
 from bots.http import HealthState, make_http_app, start_http_server
 from core.adapter import Adapter, AdapterError
 from core.client import IOClient
@@ -265,3 +266,28 @@ async def test_a_refused_token_is_an_adapter_error_naming_the_setting(
             await asyncio.wait_for(adapter.start(), timeout=10)
         await adapter.stop()
     assert f"{name.capitalize()} refused {name.upper()}_BOT_TOKEN" in str(refused.value) and wrong not in str(refused.value)
+
+
+# --- the composition root ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variables", "names"),
+    [
+        ({}, ["console"]),
+        ({"DISCORD_BOT_TOKEN": "token"}, ["discord"]),
+        ({"SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET}, ["slack"]),
+        ({"SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_APP_TOKEN": "xapp-1", "DISCORD_BOT_TOKEN": "token"}, ["slack", "discord"]),
+    ],
+)
+async def test_the_composition_root_builds_an_adapter_per_configured_platform(
+    variables: dict[str, str], names: list[str], environment: None, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    adapters = build_adapters(load_settings(), service)
+    try:
+        assert [adapter.name for adapter in adapters] == names
+    finally:
+        for adapter in adapters:
+            await adapter.stop()
