@@ -17,7 +17,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from adapters.slack import SlackAdapter, thread_turns
+from adapters.slack import WEB_API_TIMEOUT, SlackAdapter, thread_turns
 from adapters.slack_render import PLACEHOLDER, from_slack, to_mrkdwn
 from core.images import ImageLimits
 from core.quotas import load_quota_table
@@ -150,8 +150,7 @@ async def start_bot(service, slack):
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=limits,
-            **({} if timeout is None else {"web_api_timeout": timeout}),
+            file_hosts=["127.0.0.1"], image_limits=limits, web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
         )
         app = web.Application()
         app.add_routes(adapter.routes())
