@@ -96,7 +96,9 @@ async def slack_driver(service: Service, ledger: SQLiteLedger, tmp_path: Path) -
             body = slack_standin.command_body(
                 text, user="U0ANA", response_url=standin.response_url(key), trigger_id=f"{key}.trigger"
             )
-            ack = await http.post(f"{server}/slack/events", content=body, headers=slack_standin.signed_headers(body, SIGNING_SECRET, FORM))
+            ack = await http.post(
+                f"{server}/slack/events", content=body, headers=slack_standin.signed_headers(body, SIGNING_SECRET, FORM)
+            )
             assert ack.status_code == 200
             return key
 
@@ -108,7 +110,12 @@ async def slack_driver(service: Service, ledger: SQLiteLedger, tmp_path: Path) -
             return await standin.wait_for(shown)
 
         yield Driver(
-            adapter, f"slack:{slack_standin.TEAM_ID}:U0ANA", {("POST", "/slack/events")}, server, say, answer,
+            adapter,
+            f"slack:{slack_standin.TEAM_ID}:U0ANA",
+            {("POST", "/slack/events")},
+            server,
+            say,
+            answer,
             lambda: bool(standin.calls_to("auth.test")),
         )
         await stop_server()
@@ -129,7 +136,9 @@ def slack_text(message: dict[str, Any]) -> str:
 async def discord_driver(service: Service, ledger: SQLiteLedger, tmp_path: Path) -> AsyncIterator[Driver]:
     async with discord_standin.DiscordStandIn() as standin:
         settings = load_settings(
-            DiscordSettings, DISCORD_BOT_TOKEN=discord_standin.TOKEN, DISCORD_API_URL=standin.api_url,
+            DiscordSettings,
+            DISCORD_BOT_TOKEN=discord_standin.TOKEN,
+            DISCORD_API_URL=standin.api_url,
             DISCORD_GATEWAY_URL=standin.gateway_url,
         )
         adapter = discord.build(settings, service, state_dir=tmp_path)
@@ -149,9 +158,7 @@ async def discord_driver(service: Service, ledger: SQLiteLedger, tmp_path: Path)
 
             return await standin.wait_for(shown)
 
-        yield Driver(
-            adapter, f"discord:{discord_standin.ALICE}", set(), server, say, answer, standin.ready.is_set
-        )
+        yield Driver(adapter, f"discord:{discord_standin.ALICE}", set(), server, say, answer, standin.ready.is_set)
         await stop_server()
         await adapter.stop()
 
@@ -186,7 +193,9 @@ DRIVERS = {"slack": slack_driver, "discord": discord_driver, "console": console_
 
 
 @pytest.fixture(params=list(DRIVERS))
-async def platform(request: pytest.FixtureRequest, environment: None, service: Service, ledger: SQLiteLedger, tmp_path: Path) -> AsyncIterator[Driver]:
+async def platform(
+    request: pytest.FixtureRequest, environment: None, service: Service, ledger: SQLiteLedger, tmp_path: Path
+) -> AsyncIterator[Driver]:
     """A driver for each platform, its adapter built but not started."""
     async for driver in DRIVERS[request.param](service, ledger, tmp_path):
         yield driver
@@ -208,7 +217,9 @@ async def test_start_returns_once_the_adapter_serves(platform: Driver, request: 
     assert platform.connected()
 
 
-async def test_a_question_is_answered_and_charged_to_the_person(started: Driver, ledger: SQLiteLedger, emulator: Emulator) -> None:
+async def test_a_question_is_answered_and_charged_to_the_person(
+    started: Driver, ledger: SQLiteLedger, emulator: Emulator
+) -> None:
     said = await started.say("What is io.net?")
     answer = await started.answer(said, "Llama-3.3-70B-Instruct")  # the answering model closes every answer
     assert 'you asked "What is io.net?"' in answer
@@ -239,7 +250,9 @@ async def test_stop_lets_an_answer_in_flight_be_posted_and_is_idempotent(started
 
 async def test_routes_are_served_by_the_process_http_server(platform: Driver) -> None:
     """What `routes()` gives is mounted beside /healthz; Slack's refuses an unsigned request there."""
-    assert {(route.method, route.path) for route in platform.adapter.routes() if isinstance(route, web.RouteDef)} == platform.routes
+    assert {
+        (route.method, route.path) for route in platform.adapter.routes() if isinstance(route, web.RouteDef)
+    } == platform.routes
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{platform.server}/healthz")).status_code == 200
         for method, path in platform.routes:
@@ -254,13 +267,20 @@ async def test_a_refused_token_is_an_adapter_error_naming_the_setting(
     async with slack_standin.SlackStandIn(SLACK_TOKEN) as slack_api, discord_standin.DiscordStandIn() as discord_api:
         adapter: Adapter
         if name == "slack":
-            settings = load_settings(SlackSettings, SLACK_BOT_TOKEN=wrong, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=slack_api.api_url)
+            settings = load_settings(
+                SlackSettings, SLACK_BOT_TOKEN=wrong, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=slack_api.api_url
+            )
             adapter = slack.build(settings, service, state_dir=tmp_path)
         else:
             adapter = discord.build(
-                load_settings(DiscordSettings, DISCORD_BOT_TOKEN=wrong, DISCORD_API_URL=discord_api.api_url,
-                              DISCORD_GATEWAY_URL=discord_api.gateway_url),
-                service, state_dir=tmp_path,
+                load_settings(
+                    DiscordSettings,
+                    DISCORD_BOT_TOKEN=wrong,
+                    DISCORD_API_URL=discord_api.api_url,
+                    DISCORD_GATEWAY_URL=discord_api.gateway_url,
+                ),
+                service,
+                state_dir=tmp_path,
             )
         with pytest.raises(AdapterError) as refused:
             await asyncio.wait_for(adapter.start(), timeout=10)
