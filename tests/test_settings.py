@@ -45,7 +45,7 @@ def test_defaults_match_the_design():
 
 
 def test_environment_and_dotenv(monkeypatch, tmp_path):
-    (tmp_path / ".env").write_text("IOINTELLIGENCE_API_KEY=io-v2-from-dotenv\nIOBOT_PORT=4000\n")
+    (tmp_path / ".env").write_text("IOINTELLIGENCE_API_KEY=io-v2-from-dotenv\nIOBOT_PORT=4000\nDISCORD_ALLOWED_USERS=7,8\n")
     monkeypatch.setenv("IOBOT_PORT", "5000")  # the environment wins over .env
     monkeypatch.setenv("IOBOT_FALLBACK_MODELS", " a/b , c/d,, ")
     monkeypatch.setenv("SLACK_FILE_HOSTS", "files.slack.com,127.0.0.1")
@@ -57,6 +57,7 @@ def test_environment_and_dotenv(monkeypatch, tmp_path):
     slack = load_settings(SlackSettings)
     assert slack.file_hosts == ["files.slack.com", "127.0.0.1"]
     assert slack.api_url == "http://127.0.0.1:9000/api/"
+    assert load_settings(DiscordSettings).allowed_users == [7, 8], "an adapter's settings come from .env too"
 
 
 def test_secrets_are_hidden_in_repr(monkeypatch):
