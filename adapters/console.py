@@ -12,6 +12,8 @@ import threading
 from collections import deque
 from typing import TextIO
 
+from aiohttp import web
+
 from core.client import Message
 from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
@@ -19,7 +21,14 @@ from core.service import Reply, Request, Service
 HISTORY_MESSAGES = 20  # the earlier turns sent along with each question
 
 
+STOP_GRACE = 5.0  # seconds `stop()` gives the answer being written
+
+
 class ConsoleAdapter:
+    """The terminal chat: what the composition root runs when no chat platform is configured."""
+
+    name = "console"
+
     def __init__(self, service: Service, user: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
         self.service = service
         self.user = f"console:{user}"
@@ -28,6 +37,27 @@ class ConsoleAdapter:
         self.interactive = stdin.isatty() and stdout.isatty()
         self.history: deque[Message] = deque(maxlen=HISTORY_MESSAGES)
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._session: asyncio.Task[None] | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    async def start(self) -> None:
+        """Start reading and answering; returns at once (a terminal has nothing to connect to)."""
+        self._session = asyncio.create_task(self.run(), name="console")
+
+    async def wait(self) -> None:
+        """Return at the end of input (or after `stop()`), once the last line is answered."""
+        if self._session is not None:
+            await self._session
+
+    async def stop(self) -> None:
+        """Take no more lines; the one being answered gets `STOP_GRACE` seconds to be written."""
+        self._lines.put_nowait(None)
+        if self._session is not None and not self._session.done():
+            _, pending = await asyncio.wait({self._session}, timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
 
     async def run(self) -> None:
         """Answer lines until end of input or `stop()`."""
@@ -43,16 +73,13 @@ class ConsoleAdapter:
             if not line.strip():
                 continue
             request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
-            reply = await self.service.handle(request)
+            # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
+            reply = await asyncio.create_task(self.service.handle(request))
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
                 self.history.extend(
                     [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
                 )
             self._write(self.render(reply) + "\n")
-
-    def stop(self) -> None:
-        """Take no more lines; the one being answered, if any, is finished by the caller's drain."""
-        self._lines.put_nowait(None)
 
     def _start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read stdin on a daemon thread: a blocked read must not keep the process alive at shutdown."""

@@ -17,14 +17,19 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import aiohttp
 import discord
 import yarl
+from aiohttp import web
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
+from pydantic import SecretStr, field_validator
+from pydantic_settings import NoDecode
 
+from core.adapter import AdapterError
 from core.chunks import FENCE, ThrottledEdits, split_message
 from core.client import Message
 from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
@@ -32,7 +37,7 @@ from core.errors import Outcome
 from core.images import ImageLimits, ImageSource
 from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
-from core.settings import Settings
+from core.settings import PlatformSettings, env, http_url
 
 log = logging.getLogger("iobot.discord")
 
@@ -47,6 +52,79 @@ CLOSE_GRACE = 5.0  # seconds `close()` waits for answers being posted
 PERMISSIONS = discord.Permissions(
     view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True
 )
+
+
+IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
+
+
+class DiscordSettings(PlatformSettings):
+    """The Discord bot: its token, where Discord is, and who may use the bot."""
+
+    bot_token: SecretStr | None = env("DISCORD_BOT_TOKEN", default=None)
+    api_url: str = env("DISCORD_API_URL", default="https://discord.com/api/v10")
+    gateway_url: str = env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
+    # Who may use the bot: empty allow-lists mean everyone, a block always wins.
+    allowed_guilds: IdList = env("DISCORD_ALLOWED_GUILDS", default="")
+    blocked_guilds: IdList = env("DISCORD_BLOCKED_GUILDS", default="")
+    allowed_channels: IdList = env("DISCORD_ALLOWED_CHANNELS", default="")
+    blocked_channels: IdList = env("DISCORD_BLOCKED_CHANNELS", default="")
+    allowed_roles: IdList = env("DISCORD_ALLOWED_ROLES", default="")
+    blocked_roles: IdList = env("DISCORD_BLOCKED_ROLES", default="")
+    allowed_users: IdList = env("DISCORD_ALLOWED_USERS", default="")
+    blocked_users: IdList = env("DISCORD_BLOCKED_USERS", default="")
+    allow_dms: bool = env("DISCORD_ALLOW_DMS", default=True)
+
+    _http_url = field_validator("api_url")(http_url)
+
+    @field_validator(
+        "allowed_guilds", "blocked_guilds", "allowed_channels", "blocked_channels",
+        "allowed_roles", "blocked_roles", "allowed_users", "blocked_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        wrong = [item for item in items if not (item.isascii() and item.isdigit())]
+        if wrong:
+            raise ValueError(f"must be a comma list of numeric Discord ids; not ids: {', '.join(wrong)}")
+        return [int(item) for item in items]
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None
+
+
+def build(settings: DiscordSettings, service: Service, *, state_dir: Path) -> DiscordAdapter:
+    """The adapter for these settings; it keeps the hash of its slash commands in `state_dir`."""
+    assert settings.bot_token is not None, "only an enabled platform is built"
+    use_discord_at(settings.api_url, settings.gateway_url)
+    return DiscordAdapter(
+        service,
+        token=settings.bot_token.get_secret_value(),
+        access=DiscordAccess.from_settings(settings),
+        image_limits=service.config.image_limits,
+        state_dir=state_dir,
+    )
+
+
+def use_discord_at(api_url: str, gateway_url: str) -> None:
+    """Point discord.py at another REST base (version included) and gateway: a proxy, or a stand-in.
+
+    discord.py offers no argument for either: every request is built on the class attribute
+    `Route.BASE`, and the gateway is `DiscordWebSocket.DEFAULT_GATEWAY` (only the auto-sharded
+    client asks Discord for it). So they are set here, once, and hold for the whole process.
+    """
+    Route.BASE = api_url.rstrip("/")
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
 @dataclass(frozen=True)
@@ -69,17 +147,17 @@ class DiscordAccess:
     allow_dms: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DiscordAccess:
+    def from_settings(cls, settings: DiscordSettings) -> DiscordAccess:
         return cls(
-            allowed_guilds=frozenset(settings.discord_allowed_guilds),
-            blocked_guilds=frozenset(settings.discord_blocked_guilds),
-            allowed_channels=frozenset(settings.discord_allowed_channels),
-            blocked_channels=frozenset(settings.discord_blocked_channels),
-            allowed_roles=frozenset(settings.discord_allowed_roles),
-            blocked_roles=frozenset(settings.discord_blocked_roles),
-            allowed_users=frozenset(settings.discord_allowed_users),
-            blocked_users=frozenset(settings.discord_blocked_users),
-            allow_dms=settings.discord_allow_dms,
+            allowed_guilds=frozenset(settings.allowed_guilds),
+            blocked_guilds=frozenset(settings.blocked_guilds),
+            allowed_channels=frozenset(settings.allowed_channels),
+            blocked_channels=frozenset(settings.blocked_channels),
+            allowed_roles=frozenset(settings.allowed_roles),
+            blocked_roles=frozenset(settings.blocked_roles),
+            allowed_users=frozenset(settings.allowed_users),
+            blocked_users=frozenset(settings.blocked_users),
+            allow_dms=settings.allow_dms,
         )
 
     def permits(
@@ -102,26 +180,24 @@ class DiscordAccess:
 class DiscordAdapter:
     """The Discord bot: a discord.py client, its slash commands, and the handlers that feed the service."""
 
+    name = "discord"
+
     def __init__(
         self,
         service: Service,
         *,
         token: str,
-        api_url: str,
-        gateway_url: str,
         access: DiscordAccess,
         image_limits: ImageLimits,
         state_dir: Path | None = None,
     ) -> None:
-        # discord.py reads both from class attributes, so they hold for the whole process.
-        Route.BASE = api_url.rstrip("/")
-        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
         self.service = service
         self.token = token
         self.access = access
         self.image_limits = image_limits
         self.state_dir = state_dir if state_dir is not None else Path(".")
-        self._answering: set[asyncio.Task] = set()  # handlers with an answer to post, for a clean close
+        self._answering: set[asyncio.Task] = set()  # handlers with an answer to post, for a clean stop
+        self._connection: asyncio.Task[None] | None = None  # the gateway session, from start() on
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: switched on in the Developer Portal
@@ -132,29 +208,51 @@ class DiscordAdapter:
         for command in slash_commands(self.answer_interaction):
             self.tree.add_command(command)
 
-    async def start(self) -> None:
-        """Log in, register the slash commands if they changed, then serve until `close()`.
+    def routes(self) -> list[web.RouteDef]:
+        return []  # Discord comes over its gateway
 
-        Raises `discord.LoginFailure` for a wrong token and `discord.PrivilegedIntentsRequired` when
-        the Message Content intent is off in the Developer Portal, after logging how to fix either.
+    async def start(self) -> None:
+        """Log in, register the slash commands if they changed, connect; return once Discord says READY.
+
+        A wrong token, or the Message Content intent off in the Developer Portal, raises `AdapterError`
+        saying how to fix it.
         """
         try:
             await self.client.login(self.token)
-            await self.sync_commands()
-            await self.client.connect()
         except discord.LoginFailure:
-            log.error("Discord refused DISCORD_BOT_TOKEN: copy it again from the Developer Portal, Bot page")
-            raise
+            await self.client.close()
+            raise AdapterError("Discord refused DISCORD_BOT_TOKEN: copy it again from the Developer Portal, Bot page") from None
+        except aiohttp.ClientError as exc:
+            await self.client.close()
+            raise AdapterError(f"cannot reach Discord at DISCORD_API_URL ({type(exc).__name__})") from None
+        await self.sync_commands()
+        self._connection = asyncio.create_task(self._connect(), name="discord")
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        try:
+            await asyncio.wait({self._connection, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self._connection.done():
+            self._connection.result()  # raises why the gateway would not have the bot
+
+    async def _connect(self) -> None:
+        """The gateway session: reconnects and resumes by itself; ends with `stop()` or a refusal."""
+        try:
+            await self.client.connect()
         except discord.PrivilegedIntentsRequired:
-            log.error(
+            raise AdapterError(
                 "Discord refused the Message Content intent: turn on 'Message Content Intent' under Bot > "
                 "Privileged Gateway Intents at https://discord.com/developers/applications, then restart"
-            )
-            raise
+            ) from None
         finally:
             await self.client.close()
 
-    async def close(self) -> None:
+    async def wait(self) -> None:
+        """Return when the gateway session ends: after `stop()`, or refused for good (raising why)."""
+        if self._connection is not None:
+            await self._connection
+
+    async def stop(self) -> None:
         """Disconnect once the answers being posted are out (waiting at most CLOSE_GRACE seconds).
 
         Call it after `Service.drain`, so that no API call is still running.
@@ -162,6 +260,8 @@ class DiscordAdapter:
         if self._answering:
             await asyncio.wait(self._answering, timeout=CLOSE_GRACE)
         await self.client.close()
+        if self._connection is not None:
+            await asyncio.wait({self._connection})  # its outcome is for wait() to raise
 
     async def sync_commands(self) -> None:
         """Register the slash commands with Discord, but only when their definition changed.

@@ -28,26 +28,30 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 from aiohttp import web
+from pydantic import SecretStr, field_validator, model_validator
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler, async_default_handlers
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from core.adapter import AdapterError
 from core.chunks import ThrottledEdits
 from core.client import Message
 from core.commands import is_informational
 from core.images import ImageError, ImageLimits, ImageSource
 from core.service import Progress, Reply, Request, Service
+from core.settings import CommaList, PlatformSettings, env, http_url, split_commas
 
 from .slack_render import (
     PLACEHOLDER,
@@ -87,7 +91,55 @@ WRITTEN = (None, "file_share", "thread_broadcast")
 MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes; more is refused unread
 
 
+class SlackSettings(PlatformSettings):
+    """Slack over HTTP (bot token and signing secret) or, with an app token, over Socket Mode."""
+
+    bot_token: SecretStr | None = env("SLACK_BOT_TOKEN", default=None)
+    signing_secret: SecretStr | None = env("SLACK_SIGNING_SECRET", default=None)
+    app_token: SecretStr | None = env("SLACK_APP_TOKEN", default=None)
+    api_url: str = env("SLACK_API_URL", default="https://slack.com/api/")
+    file_hosts: CommaList = env("SLACK_FILE_HOSTS", default="files.slack.com")
+
+    _split_commas = field_validator("file_hosts", mode="before")(split_commas)
+    _http_url = field_validator("api_url")(http_url)
+
+    @field_validator("api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"  # slack_sdk joins method names onto it
+
+    @model_validator(mode="after")
+    def _pairs(self) -> SlackSettings:
+        if self.bot_token and not (self.signing_secret or self.app_token):
+            raise ValueError("SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET nor SLACK_APP_TOKEN is")
+        if (self.signing_secret or self.app_token) and not self.bot_token:
+            raise ValueError("SLACK_BOT_TOKEN is required when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None
+
+
+def build(settings: SlackSettings, service: Service, *, state_dir: Path) -> SlackAdapter:
+    """The adapter for these settings (`state_dir` is not needed: Slack keeps nothing on disk)."""
+    assert settings.bot_token is not None, "only an enabled platform is built"
+    return SlackAdapter(
+        service,
+        bot_token=settings.bot_token.get_secret_value(),
+        signing_secret=settings.signing_secret.get_secret_value() if settings.signing_secret else None,
+        app_token=settings.app_token.get_secret_value() if settings.app_token else None,
+        api_url=settings.api_url,
+        file_hosts=settings.file_hosts,
+        image_limits=service.config.image_limits,
+    )
+
+
 class SlackAdapter:
+    """Slack for the service: over HTTP (`routes()`) when it has a signing secret, else over Socket Mode."""
+
+    name = "slack"
+
     def __init__(
         self,
         service: Service,
@@ -97,28 +149,34 @@ class SlackAdapter:
         api_url: str,
         file_hosts: Sequence[str],
         image_limits: ImageLimits,
+        app_token: str | None = None,
         web_api_timeout: float = WEB_API_TIMEOUT,
     ) -> None:
+        if signing_secret is None and app_token is None:
+            raise ValueError("Slack over HTTP needs the signing secret, or requests could not be verified")
         self.service = service
         self._bot_token = bot_token
         self._signing_secret = signing_secret
+        self._app_token = app_token
         self._file_hosts = frozenset(host.lower() for host in file_hosts)
         self._image_limits = image_limits
-        # No signing secret means Socket Mode, where Slack's own connection stands for the signature.
-        self.bolt = AsyncApp(
+        # One connection pool for Bolt's client and the per-request clients it derives from it.
+        # slack_sdk applies its own timeout only to sessions it makes, so this one carries it.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=web_api_timeout))
+        client = AsyncWebClient(
             token=bot_token,
+            base_url=api_url,
+            session=self._session,
+            retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+        )
+        # The token travels inside the client: Bolt warns when given both. No signing secret means
+        # Socket Mode, where Slack's own connection stands for the signature.
+        self.bolt = AsyncApp(
+            client=client,
             signing_secret=signing_secret or "",
             request_verification_enabled=signing_secret is not None,
             name="iobot",
         )
-        # Bolt's own Web API client (passing one in makes Bolt warn that SLACK_BOT_TOKEN goes unused),
-        # pointed at `api_url`, with one connection pool that Bolt's per-request clients share too.
-        # slack_sdk applies its own timeout only to sessions it makes, so this one carries it.
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=web_api_timeout))
-        client = self.bolt.client
-        client.base_url = api_url
-        client.session = self._session
-        client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
         self.bolt.command("/io")(self._on_command)
         self.bolt.event("app_mention")(self._on_mention)
         self.bolt.event("message")(self._on_message)
@@ -129,14 +187,48 @@ class SlackAdapter:
         self._acknowledged = asyncio.Event()  # set while that count is zero
         self._acknowledged.set()
         self._socket: AsyncSocketModeHandler | None = None
+        self._stopped = asyncio.Event()
 
     # --- serving ---------------------------------------------------------------------------------
 
-    def add_routes(self, web_app: web.Application) -> None:
-        """`POST /slack/events` for the Events API and the slash command (Bolt checks signatures)."""
-        if self._signing_secret is None:
-            raise ValueError("Slack over HTTP needs the signing secret, or requests could not be verified")
-        web_app.router.add_post("/slack/events", self._serve)
+    def routes(self) -> list[web.RouteDef]:
+        """`POST /slack/events` for the Events API and the slash command (Bolt checks signatures);
+        none over Socket Mode."""
+        return [] if self._app_token else [web.post("/slack/events", self._serve)]
+
+    async def start(self) -> None:
+        """Check the bot token (`auth.test`), then connect over Socket Mode if that is the way in."""
+        try:
+            await self.bolt.client.auth_test()
+        except SlackApiError as exc:
+            raise AdapterError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdapterError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
+        if self._app_token:  # no public URL needed; returns once connected
+            self._socket = AsyncSocketModeHandler(self.bolt, self._app_token)
+            await self._socket.connect_async()
+
+    async def wait(self) -> None:
+        """Slack ends only with `stop()`: Socket Mode reconnects by itself, HTTP is the server's."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Disconnect; give answers in progress `CLOSE_GRACE` seconds to be posted, then stop them.
+
+        Call `Service.drain` first, and stop the HTTP server: what the drain lets finish is posted
+        here, what it cancels tells the person it was interrupted.
+        """
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._socket is not None:
+            await self._socket.close_async()
+        if self._working:
+            _, pending = await asyncio.wait(self._working, timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._session.close()
 
     async def _serve(self, request: web.Request) -> web.Response:
         """Hand a request to Bolt once it is known to be Slack's: small, signed, and readable.
@@ -150,7 +242,7 @@ class SlackAdapter:
             raw = await _read_at_most(request, MAX_REQUEST_BYTES)
             if raw is None:
                 return _refuse(413, f"request body over {MAX_REQUEST_BYTES} bytes")
-            assert self._signing_secret is not None  # add_routes requires it
+            assert self._signing_secret is not None  # served over HTTP only with one
             text = _signed_text(raw, request.headers, self._signing_secret)
             if text is None:
                 return _refuse(401, "missing, stale or wrong signature")
@@ -170,29 +262,9 @@ class SlackAdapter:
             async with asyncio.timeout(ACK_PRIORITY):
                 await self._acknowledged.wait()
 
-    async def start_socket_mode(self, app_token: str) -> None:
-        """Connect over Socket Mode instead: no public URL needed; returns once connected."""
-        self._socket = AsyncSocketModeHandler(self.bolt, app_token)
-        await self._socket.connect_async()
-
-    async def close(self) -> None:
-        """Disconnect; give answers in progress `CLOSE_GRACE` seconds to be posted, then stop them.
-
-        Call `Service.drain` first: what it lets finish is posted here, what it cancels tells the
-        person it was interrupted.
-        """
-        if self._socket is not None:
-            await self._socket.close_async()
-        if self._working:
-            _, pending = await asyncio.wait(self._working, timeout=CLOSE_GRACE)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        await self._session.close()
-
     @contextlib.asynccontextmanager
     async def _tracked(self) -> AsyncIterator[None]:
-        """Mark the work after an ack, so that `close` can stop it."""
+        """Mark the work after an ack, so that `stop` can stop it."""
         task = asyncio.current_task()
         assert task is not None
         self._working.add(task)

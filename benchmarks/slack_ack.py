@@ -70,7 +70,7 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
             service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
             adapter = SlackAdapter(service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=api_url,
                                    file_hosts=["files.slack.com"], http=http, image_limits=ImageLimits())
-            adapter.add_routes(app)
+            app.add_routes(adapter.routes())
         else:
             bolt = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=api_url), signing_secret=SECRET, name="bare")
 

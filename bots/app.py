@@ -6,24 +6,24 @@ import asyncio
 import getpass
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import aiohttp
 import httpx
-from aiohttp import web
-from slack_sdk.errors import SlackApiError
 
+from adapters import discord, slack
 from adapters.console import ConsoleAdapter
-from adapters.discord import DiscordAccess, DiscordAdapter
-from adapters.slack import SlackAdapter
+from adapters.discord import DiscordSettings
+from adapters.slack import SlackSettings
+from core.adapter import Adapter
 from core.client import IOClient
 from core.emulator import Emulator
 from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
-from core.settings import Settings, SettingsError
+from core.settings import PlatformSettings, Settings, SettingsError, load_settings
 
 from .http import HealthState, make_http_app, start_http_server
 
@@ -76,38 +76,46 @@ def make_service(
     return Service(client, ledger, quotas, config, http, store=store)
 
 
-async def start_slack(
-    settings: Settings, service: Service, web_app: web.Application, stack: AsyncExitStack
-) -> SlackAdapter:
-    """Slack over HTTP (routes on the service's server) or, with SLACK_APP_TOKEN, over Socket Mode."""
-    slack = SlackAdapter(
-        service,
-        bot_token=settings.slack_bot_token.get_secret_value(),
-        signing_secret=settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None,
-        api_url=settings.slack_api_url,
-        file_hosts=settings.slack_file_hosts,
-        image_limits=service.config.image_limits,
-    )
-    stack.push_async_callback(slack.close)  # runs after the drain, once the HTTP server has stopped
-    try:
-        await slack.bolt.client.auth_test()
-    except SlackApiError as exc:
-        raise SettingsError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
-    except aiohttp.ClientError as exc:
-        raise SettingsError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
-    if settings.slack_app_token is None:
-        slack.add_routes(web_app)  # before the server starts: aiohttp freezes its routes then
-    else:
-        await slack.start_socket_mode(settings.slack_app_token.get_secret_value())
-    return slack
+PLATFORMS: tuple[tuple[type[PlatformSettings], Callable[..., Adapter]], ...] = (
+    (SlackSettings, slack.build),
+    (DiscordSettings, discord.build),
+)
+"""Every chat platform: its settings class and the function that builds its adapter from them."""
+
+
+def build_adapters(settings: Settings, service: Service) -> list[Adapter]:
+    """The adapters of the platforms whose credentials are set; the console when there is none."""
+    state_dir = Path(settings.database_path).resolve().parent  # small files an adapter keeps between runs
+    adapters: list[Adapter] = []
+    for settings_class, build in PLATFORMS:
+        platform_settings = load_settings(settings_class)
+        if platform_settings.enabled:
+            adapters.append(build(platform_settings, service, state_dir=state_dir))
+    return adapters or [ConsoleAdapter(service, user=getpass.getuser())]
+
+
+async def start_adapters(adapters: Sequence[Adapter], stop: asyncio.Event) -> None:
+    """Start each adapter in turn; a signal while one is still connecting leaves the rest unstarted."""
+    for adapter in adapters:
+        starting = asyncio.create_task(adapter.start(), name=f"{adapter.name} start")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting})
+            return
+        starting.result()  # a refused credential: AdapterError
 
 
 async def run(settings: Settings, *, emulator: bool) -> int:
     """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set.
 
-    SIGTERM or SIGINT (or the console's end of input) stops it: no new work is taken, work in flight
-    gets IOBOT_SHUTDOWN_GRACE seconds, what is left is cancelled (releasing its reservations), and
-    the ledger is closed cleanly. Returns the exit code: 1 if an adapter failed (a refused token).
+    SIGTERM or SIGINT (or an adapter ending: the console at the end of its input) stops it: no new
+    work is taken, work in flight gets IOBOT_SHUTDOWN_GRACE seconds, what is left is cancelled
+    (releasing its reservations), the HTTP server stops, each adapter posts what was finished and
+    disconnects, and the ledger is closed cleanly. Raises `AdapterError` when a platform refuses its
+    credentials at start; returns the exit code: 1 if an adapter stopped with an error later.
     """
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
@@ -117,8 +125,10 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
         service = make_service(settings, client, ledger, quotas, http, store=ledger.store)
         health = HealthState(ledger, client, quotas)
-        web_app = make_http_app(health)
-        slack = await start_slack(settings, service, web_app, stack) if settings.slack_enabled else None
+        adapters = build_adapters(settings, service)
+        for adapter in adapters:
+            stack.push_async_callback(adapter.stop)  # once the HTTP server has stopped (a stack unwinds last first)
+        web_app = make_http_app(health, [route for adapter in adapters for route in adapter.routes()])
         runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, port)
@@ -127,41 +137,22 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        # Each adapter runs as a task; one ending (end of input, a refused token) stops the process.
-        tasks: list[asyncio.Task] = []
-        discord_bot: DiscordAdapter | None = None
-        console: ConsoleAdapter | None = None
-        if settings.discord_enabled:
-            discord_bot = DiscordAdapter(
-                service,
-                token=settings.discord_bot_token.get_secret_value(),
-                api_url=settings.discord_api_url,
-                gateway_url=settings.discord_gateway_url,
-                access=DiscordAccess.from_settings(settings),
-                image_limits=service.config.image_limits,
-                state_dir=Path(settings.database_path).resolve().parent,  # noqa: ASYNC240 (once, at start)
-            )
-            tasks.append(asyncio.create_task(discord_bot.start(), name="discord"))
-        if not tasks and slack is None:
-            console = ConsoleAdapter(service, user=getpass.getuser())
-            tasks.append(asyncio.create_task(console.run(), name="console"))
-        for task in tasks:
-            task.add_done_callback(lambda _: stop.set())
+            stack.callback(loop.remove_signal_handler, signum)
+        await start_adapters(adapters, stop)
+        # One adapter ending (the end of the console's input, a gateway closed for good) stops the process.
+        endings = [asyncio.create_task(adapter.wait(), name=adapter.name) for adapter in adapters]
+        for ending in endings:
+            ending.add_done_callback(lambda _: stop.set())
 
         await stop.wait()
         health.stopping = True
-        if console is not None:
-            console.stop()
         log.info("stopping: finishing work in flight (up to %g s)", settings.shutdown_grace)
         cancelled = await service.drain(settings.shutdown_grace)
         if cancelled:
             log.warning("cancelled %d request(s) still running after the grace period", cancelled)
-        if discord_bot is not None:
-            await discord_bot.close()  # after the drain: it lets the last answers be posted
-        failures = [outcome for outcome in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(outcome, Exception)]
+        await stack.aclose()  # the HTTP server, then each adapter, then the API client and the ledger
+        failures = [outcome for outcome in await asyncio.gather(*endings, return_exceptions=True) if isinstance(outcome, Exception)]
         for failure in failures:
             log.error("an adapter stopped with an error: %s", failure)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
     log.info("stopped")
     return 1 if failures else 0

@@ -10,6 +10,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import date
 
+from core.adapter import AdapterError
 from core.emulator import Emulator
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(args.handler(args, settings)) or 0
-    except (SettingsError, QuotaFileError, LedgerError, OSError) as exc:
+    except (SettingsError, AdapterError, QuotaFileError, LedgerError, OSError) as exc:
         print(mask_passwords(f"iobot: {exc}"), file=sys.stderr)
         return 2
     except IOIntelligenceError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,18 +26,23 @@ class HealthState:
         self.stopping = False
 
 
-def make_http_app(state: HealthState) -> web.Application:
+STATE = web.AppKey("state", HealthState)
+
+
+def make_http_app(state: HealthState, routes: Iterable[web.AbstractRouteDef] = ()) -> web.Application:
+    """/healthz and /metrics, plus the adapters' routes (Slack's `POST /slack/events`)."""
     app = web.Application()
-    app["state"] = state
+    app[STATE] = state
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_routes(routes)
     return app
 
 
 async def _healthz(request: web.Request) -> web.Response:
     """Process up, ledger reachable, and the last API error, if any (an API outage is not our ill health)."""
-    state: HealthState = request.app["state"]
-    body: dict = {"status": "ok", "ledger": "ok", "last_api_error": None}
+    state = request.app[STATE]
+    body: dict[str, Any] = {"status": "ok", "ledger": "ok", "last_api_error": None}
     try:
         await state.ledger.used_today()
     except Exception as exc:  # any failure to read the ledger means we cannot charge anyone
@@ -49,7 +56,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    state: HealthState = request.app["state"]
+    state = request.app[STATE]
     used = await state.ledger.model_totals()
     for row in state.quotas.chat_models():
         if row.api_daily_tokens is not None:
@@ -68,4 +75,4 @@ async def start_http_server(app: web.Application, host: str, port: int) -> tuple
     except OSError as exc:
         await runner.cleanup()
         raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); set IOBOT_HOST / IOBOT_PORT") from None
-    return runner, site._server.sockets[0].getsockname()[1]
+    return runner, runner.addresses[0][1]

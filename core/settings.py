@@ -1,16 +1,19 @@
-"""Every setting of iobot, read from the environment and an optional `.env` file.
+"""The core's settings, and what every settings class of iobot shares: read from the environment and
+an optional `.env` file, errors that name the variable, secrets never echoed.
 
-Only `bots/` calls `load_settings()`; the rest of the code receives what it needs as arguments.
+Each adapter declares its own settings class beside its code (a `PlatformSettings`). Only `bots/`
+calls `load_settings()`; the rest of the code receives what it needs as arguments.
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, overload
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_FALLBACK_MODELS = (
@@ -21,7 +24,6 @@ DEFAULT_FALLBACK_MODELS = (
 )
 
 CommaList = Annotated[list[str], NoDecode]
-IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
 
 
 # What `mask_passwords` hides: the password of `scheme://user:password@host`, taken up to the last @
@@ -60,98 +62,77 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _env(name: str, **kwargs):
+def env(name: str, **kwargs: Any) -> Any:
     """A field read from the environment variable `name` (case-insensitive)."""
     return Field(validation_alias=AliasChoices(name), **kwargs)
 
 
-class Settings(BaseSettings):
+def split_commas(value: object) -> object:
+    """A comma list from the environment as a list of its non-blank items (a `mode="before"` validator)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def http_url(value: str) -> str:
+    """An API base URL: http(s), and no password in it (the HTTP clients would send it in place of the token)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    if mask_passwords(value) != value:
+        raise ValueError("must not carry a password: the API key or bot token is the credential")
+    return value
+
+
+class EnvSettings(BaseSettings):
+    """Settings read from the environment and `.env`: the base of the core's and of each adapter's own.
+
+    Each part of iobot declares the variables it reads beside its code; `load_settings` reads them.
+    """
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=False)
 
-    api_key: SecretStr | None = _env("IOINTELLIGENCE_API_KEY", default=None)
-    base_url: str = _env("IOINTELLIGENCE_BASE_URL", default="https://api.intelligence.io.solutions/api/v1")
-    model: str = _env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
-    vision_model: str = _env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
-    fallback_models: CommaList = _env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
-    database_url: DatabaseURL = _env("IOBOT_DATABASE_URL", default=DatabaseURL("sqlite:///iobot.sqlite3"))
-    user_daily_tokens: int = _env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
-    quota_file: Path | None = _env("IOBOT_QUOTA_FILE", default=None)
-    max_tokens: int = _env("IOBOT_MAX_TOKENS", default=1024, gt=0)
-    api_timeout: float = _env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
-    max_retries: int = _env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
-    image_max_side: int = _env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
-    image_allow_loopback: bool = _env("IOBOT_IMAGE_ALLOW_LOOPBACK", default=False)
-    user_requests_per_minute: int = _env("IOBOT_USER_REQUESTS_PER_MINUTE", default=20, ge=1)
-    max_concurrent: int = _env("IOBOT_MAX_CONCURRENT", default=64, ge=1)
-    queue_timeout: float = _env("IOBOT_QUEUE_TIMEOUT", default=60.0, gt=0)
-    shutdown_grace: float = _env("IOBOT_SHUTDOWN_GRACE", default=20.0, ge=0)
-    log_format: Literal["text", "json"] = _env("IOBOT_LOG_FORMAT", default="text")
-    host: str = _env("IOBOT_HOST", default="0.0.0.0")
-    port: int = _env("IOBOT_PORT", default=3000, ge=0, le=65535)
-    log_level: str = _env("IOBOT_LOG_LEVEL", default="INFO")
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """As pydantic shows them, with the password of a URL (a proxy's, say) masked."""
+        for name, value in super().__repr_args__():
+            yield name, mask_passwords(value) if isinstance(value, str) else value
 
-    slack_bot_token: SecretStr | None = _env("SLACK_BOT_TOKEN", default=None)
-    slack_signing_secret: SecretStr | None = _env("SLACK_SIGNING_SECRET", default=None)
-    slack_app_token: SecretStr | None = _env("SLACK_APP_TOKEN", default=None)
-    slack_api_url: str = _env("SLACK_API_URL", default="https://slack.com/api/")
-    slack_file_hosts: CommaList = _env("SLACK_FILE_HOSTS", default="files.slack.com")
 
-    discord_bot_token: SecretStr | None = _env("DISCORD_BOT_TOKEN", default=None)
-    discord_api_url: str = _env("DISCORD_API_URL", default="https://discord.com/api/v10")
-    discord_gateway_url: str = _env("DISCORD_GATEWAY_URL", default="wss://gateway.discord.gg/")
-    # Who may use the Discord bot: empty allow-lists mean everyone, a block always wins.
-    discord_allowed_guilds: IdList = _env("DISCORD_ALLOWED_GUILDS", default="")
-    discord_blocked_guilds: IdList = _env("DISCORD_BLOCKED_GUILDS", default="")
-    discord_allowed_channels: IdList = _env("DISCORD_ALLOWED_CHANNELS", default="")
-    discord_blocked_channels: IdList = _env("DISCORD_BLOCKED_CHANNELS", default="")
-    discord_allowed_roles: IdList = _env("DISCORD_ALLOWED_ROLES", default="")
-    discord_blocked_roles: IdList = _env("DISCORD_BLOCKED_ROLES", default="")
-    discord_allowed_users: IdList = _env("DISCORD_ALLOWED_USERS", default="")
-    discord_blocked_users: IdList = _env("DISCORD_BLOCKED_USERS", default="")
-    discord_allow_dms: bool = _env("DISCORD_ALLOW_DMS", default=True)
+class PlatformSettings(EnvSettings, ABC):
+    """A chat platform's settings; the composition root starts its adapter when `enabled`."""
 
-    @field_validator("fallback_models", "slack_file_hosts", mode="before")
-    @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    @property
+    @abstractmethod
+    def enabled(self) -> bool:
+        """True when the platform's credentials are set."""
 
-    @field_validator(
-        "discord_allowed_guilds", "discord_blocked_guilds", "discord_allowed_channels", "discord_blocked_channels",
-        "discord_allowed_roles", "discord_blocked_roles", "discord_allowed_users", "discord_blocked_users",
-        mode="before",
-    )
-    @classmethod
-    def _split_ids(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        items = [item.strip() for item in value.split(",") if item.strip()]
-        wrong = [item for item in items if not (item.isascii() and item.isdigit())]
-        if wrong:
-            raise ValueError(f"must be a comma list of numeric Discord ids; not ids: {', '.join(wrong)}")
-        return [int(item) for item in items]
 
-    @field_validator("base_url", "slack_api_url", "discord_api_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        if mask_passwords(value) != value:  # the HTTP clients would send it in place of the token
-            raise ValueError("must not carry a password: the API key or bot token is the credential")
-        return value
+class Settings(EnvSettings):
+    """The core's settings: the API, the models, the ledger, the limits, the HTTP server and the logs."""
 
-    @field_validator("discord_gateway_url")
-    @classmethod
-    def _ws_url(cls, value: str) -> str:
-        if not value.startswith(("ws://", "wss://")):
-            raise ValueError("must start with ws:// or wss://")
-        return value
+    api_key: SecretStr | None = env("IOINTELLIGENCE_API_KEY", default=None)
+    base_url: str = env("IOINTELLIGENCE_BASE_URL", default="https://api.intelligence.io.solutions/api/v1")
+    model: str = env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
+    vision_model: str = env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
+    fallback_models: CommaList = env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
+    database_url: DatabaseURL = env("IOBOT_DATABASE_URL", default=DatabaseURL("sqlite:///iobot.sqlite3"))
+    user_daily_tokens: int = env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
+    quota_file: Path | None = env("IOBOT_QUOTA_FILE", default=None)
+    max_tokens: int = env("IOBOT_MAX_TOKENS", default=1024, gt=0)
+    api_timeout: float = env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
+    max_retries: int = env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
+    image_max_side: int = env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
+    image_allow_loopback: bool = env("IOBOT_IMAGE_ALLOW_LOOPBACK", default=False)
+    user_requests_per_minute: int = env("IOBOT_USER_REQUESTS_PER_MINUTE", default=20, ge=1)
+    max_concurrent: int = env("IOBOT_MAX_CONCURRENT", default=64, ge=1)
+    queue_timeout: float = env("IOBOT_QUEUE_TIMEOUT", default=60.0, gt=0)
+    shutdown_grace: float = env("IOBOT_SHUTDOWN_GRACE", default=20.0, ge=0)
+    log_format: Literal["text", "json"] = env("IOBOT_LOG_FORMAT", default="text")
+    host: str = env("IOBOT_HOST", default="0.0.0.0")
+    port: int = env("IOBOT_PORT", default=3000, ge=0, le=65535)
+    log_level: str = env("IOBOT_LOG_LEVEL", default="INFO")
 
-    @field_validator("slack_api_url")
-    @classmethod
-    def _trailing_slash(cls, value: str) -> str:
-        return value if value.endswith("/") else value + "/"
+    _split_commas = field_validator("fallback_models", mode="before")(split_commas)
+    _http_url = field_validator("base_url")(http_url)
 
     @field_validator("database_url")
     @classmethod
@@ -170,61 +151,50 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
 
-    @model_validator(mode="after")
-    def _slack_pairs(self) -> Settings:
-        if self.slack_bot_token and not (self.slack_signing_secret or self.slack_app_token):
-            raise ValueError("SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET nor SLACK_APP_TOKEN is")
-        if (self.slack_signing_secret or self.slack_app_token) and not self.slack_bot_token:
-            raise ValueError("SLACK_BOT_TOKEN is required when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set")
-        return self
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        """As pydantic shows them, with the password of a URL (a proxy's, say) masked."""
-        for name, value in super().__repr_args__():
-            yield name, mask_passwords(value) if isinstance(value, str) else value
-
     @property
     def database_path(self) -> str:
         return self.database_url.get_secret_value().removeprefix("sqlite:///")
 
-    @property
-    def slack_enabled(self) -> bool:
-        return self.slack_bot_token is not None
 
-    @property
-    def discord_enabled(self) -> bool:
-        return self.discord_bot_token is not None
+AnySettings = TypeVar("AnySettings", bound=EnvSettings)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and `.env`; a clear `SettingsError` naming the variable otherwise.
+@overload
+def load_settings(**overrides: Any) -> Settings: ...
+@overload
+def load_settings(settings_class: type[AnySettings], /, **overrides: Any) -> AnySettings: ...
+
+
+def load_settings(settings_class: type[EnvSettings] = Settings, /, **overrides: Any) -> EnvSettings:
+    """Settings (the core's, or those of `settings_class`) from the environment and `.env`; a clear
+    `SettingsError` naming the variable otherwise.
 
     The error never holds a secret: secret variables are named, not echoed, and every URL in it has
     its password masked.
     """
     try:
-        return Settings(**overrides)
+        return settings_class(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_explain(exc)) from None
+        raise SettingsError(_explain(exc, settings_class)) from None
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, settings_class: type[EnvSettings]) -> str:
     problems = []
     for error in exc.errors():
         variable = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
         if not variable:
             problems.append(message)
-        elif variable in _secret_variables():
+        elif variable in _secret_variables(settings_class):
             problems.append(f"{variable}: {message}")  # never echo a secret
         else:
             problems.append(f"{variable}: {message} (got {error.get('input')!r})")
     return mask_passwords("invalid settings: " + "; ".join(problems))
 
 
-def _secret_variables() -> set[str]:
+def _secret_variables(settings_class: type[EnvSettings]) -> set[str]:
     return {
         str(info.validation_alias.choices[0])
-        for info in Settings.model_fields.values()
+        for info in settings_class.model_fields.values()
         if isinstance(info.validation_alias, AliasChoices) and "SecretStr" in str(info.annotation)
     }

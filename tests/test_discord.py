@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import re
 from contextlib import asynccontextmanager
 
@@ -12,7 +11,8 @@ import discord
 import httpx
 import pytest
 
-from adapters.discord import COMMANDS_HASH_FILE, DiscordAccess, DiscordAdapter
+from adapters.discord import COMMANDS_HASH_FILE, DiscordAccess, DiscordAdapter, DiscordSettings, use_discord_at
+from core.adapter import AdapterError
 from core.chunks import FENCE
 from core.commands import COMMANDS
 from core.emulator import CODE_BLOCK
@@ -65,29 +65,22 @@ def service(client, ledger, http):
 @pytest.fixture
 def make_adapter(service, standin, tmp_path):
     def make(access: DiscordAccess = DiscordAccess(), standin: DiscordStandIn = standin) -> DiscordAdapter:
-        return DiscordAdapter(
-            service, token=TOKEN, api_url=standin.api_url, gateway_url=standin.gateway_url, access=access,
-            image_limits=ImageLimits(), state_dir=tmp_path,
-        )
+        use_discord_at(standin.api_url, standin.gateway_url)
+        return DiscordAdapter(service, token=TOKEN, access=access, image_limits=ImageLimits(), state_dir=tmp_path)
 
     return make
 
 
 @asynccontextmanager
 async def running(adapter: DiscordAdapter, standin: DiscordStandIn):
-    """The adapter connected to the stand-in (its READY and GUILD_CREATE sent), closed afterwards."""
-    task = asyncio.create_task(adapter.start())
-    ready = asyncio.create_task(standin.ready.wait())
+    """The adapter connected to the stand-in (its READY and GUILD_CREATE sent), stopped afterwards."""
     try:
-        await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # start() failed: raise its error
-        assert standin.ready.is_set(), "the adapter did not connect within 10 s"
+        await asyncio.wait_for(adapter.start(), timeout=10)
+        assert standin.ready.is_set(), "start() returned before the adapter was connected"
         yield adapter
     finally:
-        ready.cancel()
-        await adapter.close()
-        await asyncio.wait_for(task, timeout=10)
+        await adapter.stop()
+        await asyncio.wait_for(adapter.wait(), timeout=10)
 
 
 @pytest.fixture
@@ -288,16 +281,16 @@ async def test_closing_lets_an_answer_in_flight_be_posted(bot, standin, emulator
     emulator.answer_delay = 0.5
     question = await standin.post(f"{MENTION} a slow one", mention_bot=True)
     await standin.wait_for(lambda: standin.calls_to("POST", rf"/channels/{GENERAL}/typing"))  # being answered
-    await asyncio.wait_for(bot.close(), timeout=10)
+    await asyncio.wait_for(bot.stop(), timeout=10)
     assert "a slow one" in standin.replies_to(question)[0]["content"]
 
 
-async def test_a_refused_message_content_intent_is_logged_clearly(make_adapter, caplog):
+async def test_a_refused_message_content_intent_is_explained(make_adapter):
     async with DiscordStandIn(refuse_message_content=True) as refusing:
         adapter = make_adapter(standin=refusing)
-        with caplog.at_level(logging.ERROR, logger="iobot.discord"), pytest.raises(discord.PrivilegedIntentsRequired):
+        with pytest.raises(AdapterError, match="Message Content Intent"):
             await asyncio.wait_for(adapter.start(), timeout=10)
-    assert "Message Content Intent" in caplog.text
+        await adapter.stop()
 
 
 # --- slash commands --------------------------------------------------------------------------------
@@ -395,10 +388,10 @@ def test_access_comes_from_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("DISCORD_BLOCKED_CHANNELS", f" {RANDOM}, 12 ,")
     monkeypatch.setenv("DISCORD_ALLOWED_ROLES", str(MEMBER_ROLE))
     monkeypatch.setenv("DISCORD_ALLOW_DMS", "false")
-    access = DiscordAccess.from_settings(load_settings())
+    access = DiscordAccess.from_settings(load_settings(DiscordSettings))
     assert access == DiscordAccess(
         blocked_channels=frozenset({RANDOM, 12}), allowed_roles=frozenset({MEMBER_ROLE}), allow_dms=False
     )
     monkeypatch.setenv("DISCORD_BLOCKED_USERS", "12,alice")
     with pytest.raises(SettingsError, match=re.escape("DISCORD_BLOCKED_USERS: must be a comma list of numeric Discord ids")):
-        load_settings()
+        load_settings(DiscordSettings)

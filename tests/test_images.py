@@ -816,7 +816,7 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
     try:
         yield adapter
     finally:
-        await adapter.close()
+        await adapter.stop()
 
 
 async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_size() -> None:

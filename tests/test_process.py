@@ -257,7 +257,8 @@ async def test_iobot_run_starts_discord_from_its_settings_and_stops_cleanly(tmp_
         assert db.execute("SELECT user, requests FROM usage").fetchall() == [(f"discord:{question['author']['id']}", 1)]
 
 
-def test_a_refused_discord_token_is_logged_clearly_and_exits_1(tmp_path):
+def test_a_refused_discord_token_is_explained_and_exits_2(tmp_path):
+    """A credential refused at start is a setting to fix, on every platform alike: exit 2, as for Slack."""
     import asyncio
 
     from tests.standins.discord import DiscordStandIn
@@ -273,7 +274,7 @@ def test_a_refused_discord_token_is_logged_clearly_and_exits_1(tmp_path):
             return bot.returncode, stderr.decode()
 
     code, log = asyncio.run(main())
-    assert code == 1 and "Discord refused DISCORD_BOT_TOKEN" in log and "not-the-right-token" not in log
+    assert code == 2 and "Discord refused DISCORD_BOT_TOKEN" in log and "not-the-right-token" not in log
 
 
 @pytest.mark.parametrize(("delay", "grace", "settled"), [(1.5, "15", 50), (30, "0.5", 0)])

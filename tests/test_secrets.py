@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import TypeAdapter
 
+from adapters.discord import DiscordSettings
 from bots.http import HealthState, make_http_app
 from bots.logs import configure_logging
 from core.quotas import load_quota_table
@@ -46,14 +47,14 @@ def test_the_database_url_is_a_secret_in_the_settings(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IOBOT_DATABASE_URL", "sqlite:///data/ledger.sqlite3")
     monkeypatch.setenv("DISCORD_GATEWAY_URL", f"wss://bob:{PASSWORD}@proxy.internal/")
-    settings = load_settings()
+    settings, discord = load_settings(), load_settings(DiscordSettings)
     assert settings.database_path == "data/ledger.sqlite3" and settings.database_url.kind == "sqlite"
     assert str(settings.database_url) == "sqlite:///data/ledger.sqlite3", "a URL without a password shows whole"
     url = DatabaseURL(DATABASE_URL)
     assert url.get_secret_value() == DATABASE_URL and url.kind == "postgresql"
-    shown = [str(url), repr(url), f"{url}", TypeAdapter(DatabaseURL).dump_json(url).decode(), repr(settings), str(settings)]
+    shown = [str(url), repr(url), f"{url}", TypeAdapter(DatabaseURL).dump_json(url).decode(), repr(settings), str(settings), repr(discord), str(discord)]
     assert all(PASSWORD not in text for text in shown)
-    assert "bob:***@db.internal" in str(url) and "bob:***@proxy.internal" in repr(settings)
+    assert "bob:***@db.internal" in str(url) and "bob:***@proxy.internal" in repr(discord)
 
 
 def test_a_postgresql_url_is_refused_with_its_password_masked(monkeypatch, tmp_path):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.settings import SettingsError, load_settings
+from adapters.discord import DiscordSettings
+from adapters.slack import SlackSettings
+from core.settings import EnvSettings, SettingsError, load_settings
 
 VARIABLES = (
     "IOINTELLIGENCE_API_KEY IOINTELLIGENCE_BASE_URL IOBOT_MODEL IOBOT_VISION_MODEL IOBOT_FALLBACK_MODELS "
@@ -21,6 +23,11 @@ def clean_environment(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
 
 
+def load_every_settings() -> list[EnvSettings]:
+    """The core's settings and every adapter's, as `iobot run` reads them."""
+    return [load_settings(), load_settings(SlackSettings), load_settings(DiscordSettings)]
+
+
 def test_defaults_match_the_design():
     settings = load_settings()
     assert settings.api_key is None
@@ -31,31 +38,34 @@ def test_defaults_match_the_design():
     assert settings.database_url.get_secret_value() == "sqlite:///iobot.sqlite3" and settings.database_path == "iobot.sqlite3"
     assert settings.user_daily_tokens == 50_000
     assert (settings.host, settings.port) == ("0.0.0.0", 3000)
-    assert settings.slack_api_url == "https://slack.com/api/" and settings.slack_file_hosts == ["files.slack.com"]
-    assert settings.discord_api_url == "https://discord.com/api/v10"
-    assert not settings.slack_enabled and not settings.discord_enabled
+    slack, discord = load_settings(SlackSettings), load_settings(DiscordSettings)
+    assert slack.api_url == "https://slack.com/api/" and slack.file_hosts == ["files.slack.com"]
+    assert discord.api_url == "https://discord.com/api/v10" and discord.gateway_url == "wss://gateway.discord.gg/"
+    assert not slack.enabled and not discord.enabled
 
 
 def test_environment_and_dotenv(monkeypatch, tmp_path):
-    (tmp_path / ".env").write_text("IOINTELLIGENCE_API_KEY=io-v2-from-dotenv\nIOBOT_PORT=4000\n")
+    (tmp_path / ".env").write_text("IOINTELLIGENCE_API_KEY=io-v2-from-dotenv\nIOBOT_PORT=4000\nDISCORD_ALLOWED_USERS=7,8\n")
     monkeypatch.setenv("IOBOT_PORT", "5000")  # the environment wins over .env
     monkeypatch.setenv("IOBOT_FALLBACK_MODELS", " a/b , c/d,, ")
     monkeypatch.setenv("SLACK_FILE_HOSTS", "files.slack.com,127.0.0.1")
     monkeypatch.setenv("SLACK_API_URL", "http://127.0.0.1:9000/api")
     settings = load_settings()
-    assert settings.api_key.get_secret_value() == "io-v2-from-dotenv"
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "io-v2-from-dotenv"
     assert settings.port == 5000
     assert settings.fallback_models == ["a/b", "c/d"]
-    assert settings.slack_file_hosts == ["files.slack.com", "127.0.0.1"]
-    assert settings.slack_api_url == "http://127.0.0.1:9000/api/"
+    slack = load_settings(SlackSettings)
+    assert slack.file_hosts == ["files.slack.com", "127.0.0.1"]
+    assert slack.api_url == "http://127.0.0.1:9000/api/"
+    assert load_settings(DiscordSettings).allowed_users == [7, 8], "an adapter's settings come from .env too"
 
 
 def test_secrets_are_hidden_in_repr(monkeypatch):
     monkeypatch.setenv("IOINTELLIGENCE_API_KEY", "io-v2-supersecret")
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "discord-supersecret")
-    settings = load_settings()
-    assert "supersecret" not in repr(settings) and "supersecret" not in str(settings)
-    assert settings.discord_enabled
+    for settings in load_every_settings():
+        assert "supersecret" not in repr(settings) and "supersecret" not in str(settings)
+    assert load_settings(DiscordSettings).enabled
 
 
 @pytest.mark.parametrize(
@@ -77,7 +87,7 @@ def test_secrets_are_hidden_in_repr(monkeypatch):
 def test_malformed_or_missing_settings_name_the_variable(monkeypatch, name, value, mentions):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as caught:
-        load_settings()
+        load_every_settings()
     assert mentions in str(caught.value)
     if name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
         assert value not in str(caught.value)

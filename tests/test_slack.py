@@ -17,7 +17,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from adapters.slack import SlackAdapter, thread_turns
+from adapters.slack import WEB_API_TIMEOUT, SlackAdapter, thread_turns
 from adapters.slack_render import PLACEHOLDER, from_slack, to_mrkdwn
 from core.images import ImageLimits
 from core.ledger import MemoryStore
@@ -151,11 +151,10 @@ async def start_bot(service, slack):
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=limits,
-            **({} if timeout is None else {"web_api_timeout": timeout}),
+            file_hosts=["127.0.0.1"], image_limits=limits, web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
         )
         app = web.Application()
-        adapter.add_routes(app)
+        app.add_routes(adapter.routes())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -165,7 +164,7 @@ async def start_bot(service, slack):
 
     yield start
     for adapter, runner, sender in cleanups:
-        await adapter.close()
+        await adapter.stop()
         await runner.cleanup()
         await sender.aclose()
 
@@ -234,7 +233,7 @@ async def test_the_acknowledgement_comes_at_once_however_slow_the_api(bot, servi
 
     # A shutdown mid-answer: the person is told, and nothing stays reserved.
     await service.drain(0)
-    await bot.adapter.close()
+    await bot.adapter.stop()
     [interrupted] = slack.responses(key)
     assert interrupted["response_type"] == "ephemeral" and "restarted before it could answer" in interrupted["text"]
     assert await ledger.used_today() == 0
@@ -604,14 +603,18 @@ async def test_a_thread_over_a_thousand_messages_sends_its_first_and_newest_in_f
 
 
 async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(service, slack, emulator):
+    with pytest.raises(ValueError, match="signing secret"):
+        SlackAdapter(
+            service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
+            file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+        )
     adapter = SlackAdapter(
-        service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
+        service, bot_token=BOT_TOKEN, signing_secret=None, app_token=APP_TOKEN, api_url=slack.api_url,
         file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
     )
-    with pytest.raises(ValueError, match="signing secret"):
-        adapter.add_routes(web.Application())
+    assert adapter.routes() == [], "Socket Mode serves no HTTP route"
     try:
-        await adapter.start_socket_mode(APP_TOKEN)
+        await adapter.start()
         [opened] = slack.calls_to("apps.connections.open")
         assert opened.token == APP_TOKEN
         command = command_fields("ask hello", user=ANA, response_url=slack.response_url("sm"), trigger_id="sm.1")
@@ -629,7 +632,7 @@ async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(se
         await asyncio.sleep(0.2)
         assert len(chat_calls(emulator)) == 2
     finally:
-        await adapter.close()
+        await adapter.stop()
 
 
 # --- the app manifest ----------------------------------------------------------------------------

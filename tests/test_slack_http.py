@@ -45,7 +45,7 @@ async def edge(client, ledger, emulator, caplog):
             api_url=slack.api_url, file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
         )
         app = web.Application()
-        adapter.add_routes(app)
+        app.add_routes(adapter.routes())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -53,7 +53,7 @@ async def edge(client, ledger, emulator, caplog):
             yield f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", slack, emulator
         finally:
             await runner.cleanup()
-            await adapter.close()
+            await adapter.stop()
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
 
 
