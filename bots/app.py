@@ -20,7 +20,7 @@ from adapters.slack import SlackAdapter
 from core.client import IOClient
 from core.emulator import Emulator
 from core.images import ImageLimits
-from core.ledger import Ledger, SQLiteLedger
+from core.ledger import Ledger, MemoryStore, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import Settings, SettingsError
@@ -77,7 +77,7 @@ def make_service(
 
 
 async def start_slack(
-    settings: Settings, service: Service, web_app: web.Application, stack: AsyncExitStack
+    settings: Settings, service: Service, store: Store, web_app: web.Application, stack: AsyncExitStack
 ) -> SlackAdapter:
     """Slack over HTTP (routes on the service's server) or, with SLACK_APP_TOKEN, over Socket Mode."""
     slack = SlackAdapter(
@@ -87,6 +87,7 @@ async def start_slack(
         api_url=settings.slack_api_url,
         file_hosts=settings.slack_file_hosts,
         image_limits=service.config.image_limits,
+        store=store,
     )
     stack.push_async_callback(slack.close)  # runs after the drain, once the HTTP server has stopped
     try:
@@ -116,9 +117,10 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         # Downloads of images and files: no credential by default, no redirects followed.
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
         service = make_service(settings, client, ledger, quotas, http)
+        store = MemoryStore()  # what the adapters must remember: events taken, threads followed
         health = HealthState(ledger, client, quotas)
         web_app = make_http_app(health)
-        slack = await start_slack(settings, service, web_app, stack) if settings.slack_enabled else None
+        slack = await start_slack(settings, service, store, web_app, stack) if settings.slack_enabled else None
         runner, port = await start_http_server(web_app, settings.host, settings.port)
         stack.push_async_callback(runner.cleanup)
         log.info("HTTP server on %s:%d", settings.host, port)
@@ -139,6 +141,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
                 gateway_url=settings.discord_gateway_url,
                 access=DiscordAccess.from_settings(settings),
                 image_limits=service.config.image_limits,
+                store=store,
                 state_dir=Path(settings.database_path).resolve().parent,  # noqa: ASYNC240 (once, at start)
             )
             tasks.append(asyncio.create_task(discord_bot.start(), name="discord"))

@@ -17,6 +17,7 @@ from core.chunks import FENCE
 from core.commands import COMMANDS
 from core.emulator import CODE_BLOCK
 from core.images import ImageLimits
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import SettingsError, load_settings
@@ -66,7 +67,7 @@ def make_adapter(service, standin, tmp_path):
     def make(access: DiscordAccess = DiscordAccess(), standin: DiscordStandIn = standin) -> DiscordAdapter:
         return DiscordAdapter(
             service, token=TOKEN, api_url=standin.api_url, gateway_url=standin.gateway_url, access=access,
-            image_limits=ImageLimits(), state_dir=tmp_path,
+            image_limits=ImageLimits(), store=MemoryStore(), state_dir=tmp_path,
         )
 
     return make
@@ -179,7 +180,7 @@ async def test_a_chain_from_before_the_bot_connected_is_fetched(bot, standin, em
     await answer_to(standin, question)
     sent = [(m["role"], m["content"]) for m in chat_calls(emulator)[-1].body["messages"][1:]]
     # Turns in a row from the same side are one turn: some chat templates insist that roles alternate.
-    assert sent == [("user", "The deploy failed at 3am.\nIt was the database migration."), ("user", "What failed?")]
+    assert sent == [("user", "The deploy failed at 3am.\n\nIt was the database migration."), ("user", "What failed?")]
     # `later` came inside the event; only `old` had to be fetched, once.
     assert [c.path for c in standin.calls_to("GET", r"/channels/\d+/messages/\d+")] == [
         f"/channels/{GENERAL}/messages/{old['id']}"

@@ -41,7 +41,7 @@ from core.images import (
     public_image,
     read_local_image,
 )
-from core.ledger import Ledger
+from core.ledger import Ledger, MemoryStore
 from core.quotas import load_quota_table
 from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
 from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
@@ -811,7 +811,7 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
     adapter = SlackAdapter(
         None,  # type: ignore[arg-type]
         bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
-        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS,
+        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS, store=MemoryStore(),
     )
     try:
         yield adapter

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from adapters.slack import MAX_REQUEST_BYTES, SlackAdapter
 from core.images import ImageLimits
+from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 
@@ -41,7 +42,7 @@ async def edge(client, ledger, emulator, caplog):
     async with SlackStandIn(BOT_TOKEN) as slack, httpx.AsyncClient() as downloads:
         adapter = SlackAdapter(
             Service(client, ledger, load_quota_table(), config, downloads), bot_token=BOT_TOKEN, signing_secret=SECRET,
-            api_url=slack.api_url, file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+            api_url=slack.api_url, file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
         )
         app = web.Application()
         adapter.add_routes(app)
