@@ -284,6 +284,15 @@ async def test_a_dropped_gateway_resumes_without_losing_the_next_message(bot, st
     assert len(standin.identifies) == 1  # resumed, not a new session
 
 
+async def test_a_replayed_message_is_answered_once_even_when_it_costs_nothing(bot, standin, emulator):
+    question = await standin.post(f"{MENTION} help", mention_bot=True)  # free: the ledger never sees it
+    await answer_to(standin, question, done="ask")
+    await standin.dispatch("MESSAGE_CREATE", question)  # as after a resume that replays it
+    replayed = await standin.post(f"{MENTION} What is io.net?", mention_bot=True)
+    await answer_to(standin, replayed)
+    assert len([m for m in standin.replies_to(question) if m["author"]["id"] == str(BOT_ID)]) == 1
+
+
 async def test_closing_lets_an_answer_in_flight_be_posted(bot, standin, emulator):
     emulator.answer_delay = 0.5
     question = await standin.post(f"{MENTION} a slow one", mention_bot=True)

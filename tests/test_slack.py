@@ -146,12 +146,13 @@ async def start_bot(service, slack):
     """Starts an adapter (a fresh one each call, as after a restart) on its own HTTP server."""
     cleanups = []
 
-    async def start(timeout: float | None = None) -> Bot:
-        """`timeout` bounds each Web API call (the adapter's defaults otherwise)."""
+    async def start(timeout: float | None = None, store: MemoryStore | None = None) -> Bot:
+        """`timeout` bounds each Web API call (the adapter's defaults otherwise); `store` is what it
+        remembers (a fresh one by default: a restart of a process that keeps nothing)."""
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=limits, store=MemoryStore(),  # a fresh one: a restart forgets
+            file_hosts=["127.0.0.1"], image_limits=limits, store=store or MemoryStore(),
             **({} if timeout is None else {"web_api_timeout": timeout}),
         )
         app = web.Application()
@@ -395,6 +396,22 @@ async def test_a_reply_in_the_thread_continues_the_conversation_with_its_history
     assert "The conversation had 3 earlier messages." in reply["text"]
     [history_call] = slack.calls_to("conversations.replies")
     assert history_call.args["ts"] == first["ts"]
+
+
+async def test_a_restart_sharing_the_store_still_follows_its_threads_and_skips_retries(start_bot, slack, emulator):
+    store = MemoryStore()
+    bot = await start_bot(store=store)
+    first = bot.message("What is io.net?")
+    await bot.deliver(first, event_id="Ev0FIRST")
+    await bot.answer(first)
+
+    restarted = await start_bot(store=store)
+    await restarted.deliver(first, event_id="Ev0FIRST", **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    follow_up = restarted.message("And who runs it?", thread_ts=first["ts"], mention=False)
+    await restarted.deliver(follow_up)
+    await restarted.answer(follow_up)
+    assert len(chat_calls(emulator)) == 2, "the follow-up, with no mention, was answered; the retry was not"
+    assert len(slack.calls_to("chat.postMessage")) == 2, "not even a placeholder for the retry"
 
 
 async def test_a_direct_message_is_answered_in_its_thread_and_bots_edits_and_deletions_are_ignored(bot, slack, emulator):
