@@ -9,10 +9,10 @@ import asyncio
 import re
 import sys
 import threading
-from collections import deque
 from typing import TextIO
 
 from core.client import Message
+from core.delivery import merge_turns
 from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
@@ -26,7 +26,7 @@ class ConsoleAdapter:
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = stdin.isatty() and stdout.isatty()
-        self.history: deque[Message] = deque(maxlen=HISTORY_MESSAGES)
+        self.history: list[Message] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def run(self) -> None:
@@ -45,9 +45,8 @@ class ConsoleAdapter:
             request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
             reply = await self.service.handle(request)
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
-                self.history.extend(
-                    [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
-                )
+                turns = [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
+                self.history = merge_turns([*self.history, *turns])[-HISTORY_MESSAGES:]
             self._write(self.render(reply) + "\n")
 
     def stop(self) -> None:
