@@ -7,8 +7,8 @@ outgrows one). Events are served over HTTP at `POST /slack/events` or over Socke
 
 Slack delivers an event again when it thinks the first delivery failed, and a message that
 mentions the bot in a channel arrives twice (`app_mention` and `message`); each message is answered
-once, remembered here by event id and by channel and timestamp, and charged once, by the ledger's
-idempotency key (the event id, or the slash command's trigger id).
+once, remembered in the store by event id and by channel and timestamp, and charged once, by the
+ledger's idempotency key (the event id, or the slash command's trigger id).
 
 Slack's Web API can fail any call: an error in JSON, an error page that is not JSON (a text/plain
 body reaches `SlackApiError.response.data` as a string, not a dict), no answer in time, a dropped
@@ -17,8 +17,8 @@ history, a file that cannot be read is named, an edit that fails becomes a new m
 charged follows what was asked of the API: the placeholder goes up before the question goes to the
 API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
 answer computed but then impossible to post stays charged (the API spent those tokens on the
-account, and settled use is never taken back); that is logged as a warning with its tokens, so an
-operator can make up for it with `iobot limits`.
+account, and settled use is never taken back); core/delivery.py logs that as a warning with its
+tokens, so an operator can make up for it with `iobot limits`.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class SlackAdapter:
                 await self._tell_privately(thread, event["user"], answer, reply)
                 return
             delivery = await answer.finish(reply)
-            if delivery.delivered is Delivered.ALL and reply.outcome != "duplicate" and not direct:
+            if delivery.delivered is Delivered.ALL and not direct:
                 await self.store.follow_thread(_thread(channel, thread.thread_ts))
 
     async def _tell_privately(self, thread: _Thread, user: str, answer: Answer[SlackMessage, str], reply: Reply) -> None:
@@ -417,8 +417,10 @@ class _ResponseURL:
         return piece
 
     async def post(self, piece: SlackMessage, after: None) -> None:
-        if not await _respond(self.webhook, piece):
-            raise DeliveryFailed("response_url refused it")
+        with _delivering():
+            response = await self.webhook.send_dict(piece)
+        if response.status_code != 200:
+            raise DeliveryFailed(f"HTTP {response.status_code}: {_shorten(str(response.body), 200)}")
 
     async def edit(self, handle: None, piece: SlackMessage) -> None:
         raise DeliveryFailed("a response_url post cannot be edited")
@@ -513,19 +515,6 @@ def _said(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "no answer in time"
     return "the connection failed"
-
-
-async def _respond(response_url: AsyncWebhookClient, message: SlackMessage) -> bool:
-    """Post to a slash command's response_url; False, with a warning, when that failed."""
-    try:
-        response = await response_url.send_dict(message)
-    except WEB_API_FAILURES as error:
-        log.warning("could not answer /io through its response_url (%s)", _said(error))
-        return False
-    if response.status_code != 200:
-        log.warning("response_url refused an answer: HTTP %d %s", response.status_code, _shorten(str(response.body), 200))
-        return False
-    return True
 
 
 def _written(event: Payload) -> bool:
