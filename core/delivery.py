@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .client import Message
 from .ledger.store import Store
-from .service import Reply
+from .service import Progress, Reply
 
 log = logging.getLogger("iobot.delivery")
 
@@ -147,7 +147,7 @@ class Answer(Generic[Piece, Handle]):
             self._streaming = False
             log.warning("could not update an answer %s as it streamed (%s)", self.where, error.reason)
 
-    async def reply(self, ask: Callable[[Callable[[str], Awaitable[None]]], Awaitable[Reply]]) -> Reply:
+    async def reply(self, ask: Callable[[Progress], Awaitable[Reply]]) -> Reply:
         """`ask(progress)` with this answer's `stream` as progress; stopped by a shutdown, the answer says so."""
         try:
             return await ask(self.stream)
