@@ -9,18 +9,16 @@ import asyncio
 import re
 import sys
 import threading
-from collections import deque
 from typing import TextIO
 
 from aiohttp import web
 
 from core.client import Message
+from core.delivery import merge_turns
 from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
 HISTORY_MESSAGES = 20  # the earlier turns sent along with each question
-
-
 STOP_GRACE = 5.0  # seconds `stop()` gives the answer being written
 
 
@@ -35,7 +33,7 @@ class ConsoleAdapter:
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = stdin.isatty() and stdout.isatty()
-        self.history: deque[Message] = deque(maxlen=HISTORY_MESSAGES)
+        self.history: list[Message] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
 
@@ -76,9 +74,8 @@ class ConsoleAdapter:
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
-                self.history.extend(
-                    [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
-                )
+                turns = [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
+                self.history = merge_turns([*self.history, *turns])[-HISTORY_MESSAGES:]
             self._write(self.render(reply) + "\n")
 
     def _start_reader(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -9,12 +9,13 @@ command into a `Request`, and shows the `Reply`: streamed into place while the A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +31,13 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from core.adapter import AdapterError
-from core.chunks import FENCE, ThrottledEdits, split_message
+from core.chunks import FENCE, split_message
 from core.client import Message
 from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
+from core.delivery import Answer, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
 from core.images import ImageLimits, ImageSource
+from core.ledger.store import Store
 from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Progress, Reply, Request, Service
 from core.settings import PlatformSettings, env, http_url
@@ -47,7 +50,6 @@ EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate
 HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
-CLOSE_GRACE = 5.0  # seconds `close()` waits for answers being posted
 # What the bot needs in a channel: see it, read the reply chain, answer (in threads too).
 PERMISSIONS = discord.Permissions(
     view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True
@@ -113,6 +115,7 @@ def build(settings: DiscordSettings, service: Service, *, state_dir: Path) -> Di
         access=DiscordAccess.from_settings(settings),
         image_limits=service.config.image_limits,
         state_dir=state_dir,
+        store=service.store,
     )
 
 
@@ -189,14 +192,16 @@ class DiscordAdapter:
         token: str,
         access: DiscordAccess,
         image_limits: ImageLimits,
+        store: Store,
         state_dir: Path | None = None,
     ) -> None:
         self.service = service
+        self.store = store  # messages already taken, so that a replayed event is not answered twice
         self.token = token
         self.access = access
         self.image_limits = image_limits
         self.state_dir = state_dir if state_dir is not None else Path(".")
-        self._answering: set[asyncio.Task] = set()  # handlers with an answer to post, for a clean stop
+        self.in_flight = InFlight()
         self._connection: asyncio.Task[None] | None = None  # the gateway session, from start() on
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
         intents = discord.Intents.default()
@@ -253,12 +258,11 @@ class DiscordAdapter:
             await self._connection
 
     async def stop(self) -> None:
-        """Disconnect once the answers being posted are out (waiting at most CLOSE_GRACE seconds).
+        """Disconnect once the answers being posted are out; those not out within a grace period are stopped.
 
         Call it after `Service.drain`, so that no API call is still running.
         """
-        if self._answering:
-            await asyncio.wait(self._answering, timeout=CLOSE_GRACE)
+        await self.in_flight.close()
         await self.client.close()
         if self._connection is not None:
             await asyncio.wait({self._connection})  # its outcome is for wait() to raise
@@ -309,29 +313,33 @@ class DiscordAdapter:
         mentioned = any(user.id == me.id for user in message.mentions)
         if not (guild is None or mentioned or (parent is not None and parent.author.id == me.id)):
             return
-        self._track()
+        if not await first_delivery(self.store, f"discord:{message.id}"):  # replayed after a resume
+            return
 
         async def send(piece: str, previous: discord.Message | None) -> discord.Message:
             # Each piece replies to the one before, so a reply to the last piece continues the chain.
             reference = (previous or message).to_reference(fail_if_not_exists=False)  # asker may delete theirs
             return await message.channel.send(piece, reference=reference, allowed_mentions=NO_PINGS)
 
-        edits = ThrottledEdits(AnswerMessages(send).show, EDIT_INTERVAL)
-        async with message.channel.typing():
-            images, notes = self._images(message.attachments)
-            if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
-                reply, notes = Reply("\n".join(notes), outcome=Outcome.REFUSED), []  # without its images the question is moot
-            else:
-                request = Request(
-                    user=f"discord:{message.author.id}",
-                    text=self._without_mention(message.content),
-                    history=await self._history(parent),
-                    request_id=f"discord:{message.id}",
-                    images=images,
-                )
-                reply = await self.service.handle(request, _progress(edits))
-        if reply.outcome != "duplicate":  # a redelivered event: the first delivery answers
-            await edits.finish(render(reply, notes))
+        async with self.in_flight.track():
+            answer = Answer(_Messages(send), f"in channel {message.channel.id}", interval=EDIT_INTERVAL)
+            async with message.channel.typing():
+                reply = await answer.reply(lambda progress: self._ask(message, parent, progress))
+            await answer.finish(reply)
+
+    async def _ask(self, message: discord.Message, parent: discord.Message | None, progress: Progress) -> Reply:
+        """The reply to a message: its text without the mention, its images and the reply chain above it."""
+        images, notes = self._images(message.attachments)
+        if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
+            return Reply("\n".join(notes), outcome=Outcome.REFUSED)  # without its images the question is moot
+        request = Request(
+            user=f"discord:{message.author.id}",
+            text=self._without_mention(message.content),
+            history=await self._history(parent),
+            request_id=f"discord:{message.id}",
+            images=images,
+        )
+        return with_notes(await self.service.handle(request, progress), notes)
 
     async def _parent(self, message: discord.Message) -> discord.Message | None:
         """The message this one replies to: from the event or the client's cache, fetched only when neither has it."""
@@ -362,15 +370,7 @@ class DiscordAdapter:
             else:
                 turns.append({"role": "user", "content": self._without_mention(message.content)})
             message = await self._parent(message)
-        history: list[Message] = []
-        for turn in reversed(turns):
-            if not turn["content"]:
-                continue
-            if history and history[-1]["role"] == turn["role"]:  # an answer in several pieces is one turn
-                history[-1] = {"role": turn["role"], "content": history[-1]["content"] + "\n" + turn["content"]}
-            else:
-                history.append(turn)
-        return history
+        return merge_turns(reversed(turns))
 
     def _without_mention(self, text: str) -> str:
         me = self.client.user
@@ -385,39 +385,29 @@ class DiscordAdapter:
         if not self._permits(interaction.user, interaction.guild_id, interaction.channel_id, interaction.channel):
             await interaction.response.send_message("You are not allowed to use iobot here.", ephemeral=True)
             return
-        self._track()
-        private = command.name in INFORMATIONAL
-        await interaction.response.defer(thinking=True, ephemeral=private)
-        images, notes = self._images(attachments)
-        answer = followups(interaction, ephemeral=private)
-        edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
-        if attachments and not images:
-            reply, notes = Reply("\n".join(notes), outcome=Outcome.REFUSED), []
-        else:
-            request = Request(
-                user=f"discord:{interaction.user.id}",
-                text=command.text,
-                command=command,
-                request_id=f"discord:{interaction.id}",
-                images=images,
-            )
-            reply = await self.service.handle(request, _progress(edits))
-        if reply.outcome == "duplicate":
-            return
-        if reply.private and not private and not answer.sent:
-            # The "thinking" message is public and cannot turn ephemeral: replace it.
-            await interaction.delete_original_response()
-            answer = followups(interaction, ephemeral=True)
-            edits = ThrottledEdits(answer.show, EDIT_INTERVAL)
-        await edits.finish(render(reply, notes))
+        async with self.in_flight.track():
+            private = command.name in INFORMATIONAL
+            await interaction.response.defer(thinking=True, ephemeral=private)
+            answer = _followups(interaction, ephemeral=private)
+            images, notes = self._images(attachments)
+            if attachments and not images:
+                reply = Reply("\n".join(notes), outcome=Outcome.REFUSED)
+            else:
+                request = Request(
+                    user=f"discord:{interaction.user.id}",
+                    text=command.text,
+                    command=command,
+                    request_id=f"discord:{interaction.id}",
+                    images=images,
+                )
+                reply = with_notes(await answer.reply(lambda progress: self.service.handle(request, progress)), notes)
+            if reply.private and not private and not answer.posted and reply.outcome != "duplicate":
+                # The "thinking" message is public and cannot turn ephemeral: replace it.
+                await interaction.delete_original_response()
+                answer = _followups(interaction, ephemeral=True)
+            await answer.finish(reply)
 
     # --- shared --------------------------------------------------------------------------------
-
-    def _track(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._answering.add(task)
-            task.add_done_callback(self._answering.discard)
 
     def _permits(
         self, user: discord.User | discord.Member, guild: int | None, channel_id: int | None, channel: object
@@ -450,32 +440,47 @@ class DiscordAdapter:
         return [ImageSource(a.filename, a.url, size=a.size or None) for a in wanted], notes
 
 
-class AnswerMessages:
-    """An answer shown as one or more Discord messages, edited in place as it grows."""
+class _Messages:
+    """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any."""
+
+    name = "Discord"
 
     def __init__(self, send: Callable[[str, discord.Message | None], Awaitable[discord.Message]]) -> None:
-        self._send = send  # posts a piece; given the previous piece's message, if any
-        self._shown: list[tuple[discord.Message, str]] = []
+        self._send = send
 
-    @property
-    def sent(self) -> bool:
-        return bool(self._shown)
+    def render(self, reply: Reply) -> list[str]:
+        return message_pieces(render(reply))
 
-    async def show(self, text: str) -> None:
-        """Make the messages show `text`: edit the pieces that changed, post new ones, delete the surplus."""
-        pieces = message_pieces(text)
-        for index, piece in enumerate(pieces):
-            if index < len(self._shown):
-                message, shown = self._shown[index]
-                if piece != shown:
-                    await message.edit(content=piece, allowed_mentions=NO_PINGS)
-                    self._shown[index] = (message, piece)
-            else:
-                previous = self._shown[-1][0] if self._shown else None
-                self._shown.append((await self._send(piece, previous), piece))
-        for message, _ in self._shown[len(pieces) :]:
-            await message.delete()
-        del self._shown[len(pieces) :]
+    def render_text(self, text: str) -> list[str]:
+        return message_pieces(text)
+
+    def noted(self, piece: str, note: str) -> str:
+        return f"{piece}\n-# {note}"
+
+    async def post(self, piece: str, after: discord.Message | None) -> discord.Message:
+        with _delivering():
+            return await self._send(piece, after)
+
+    async def edit(self, handle: discord.Message, piece: str) -> None:
+        with _delivering():
+            await handle.edit(content=piece, allowed_mentions=NO_PINGS)
+
+    async def delete(self, handle: discord.Message) -> None:
+        with _delivering():
+            await handle.delete()
+
+
+@contextlib.contextmanager
+def _delivering() -> Iterator[None]:
+    """Turn a call Discord refused, or that never reached it, into the `DeliveryFailed` the delivery layer handles."""
+    try:
+        yield
+    except discord.HTTPException as error:
+        raise DeliveryFailed(f"HTTP {error.status}") from error
+    except TimeoutError as error:
+        raise DeliveryFailed("no answer in time") from error
+    except aiohttp.ClientError as error:
+        raise DeliveryFailed("the connection failed") from error
 
 
 def message_pieces(text: str) -> list[str]:
@@ -492,19 +497,19 @@ def message_pieces(text: str) -> list[str]:
     return pieces
 
 
-def followups(interaction: discord.Interaction, *, ephemeral: bool) -> AnswerMessages:
+def _followups(interaction: discord.Interaction, *, ephemeral: bool) -> Answer[str, discord.Message]:
     async def send(piece: str, _previous: discord.Message | None) -> discord.Message:
         return await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True)
 
-    return AnswerMessages(send)
+    return Answer(_Messages(send), f"in interaction {interaction.id}", interval=EDIT_INTERVAL)
 
 
-def render(reply: Reply, notes: Sequence[str] = ()) -> str:
-    """The reply as Discord markdown: its text, then notes and the answering model as small grey lines."""
+def render(reply: Reply) -> str:
+    """The reply as Discord markdown: its text, then its notes and the answering model as small grey lines."""
     text = reply.text
     if sum(1 for line in text.split("\n") if FENCE.match(line)) % 2:
         text += "\n```"  # an answer cut off inside a code block: close it before the footer
-    footer = [*notes, *reply.notes]
+    footer = list(reply.notes)
     if reply.model:
         footer.append(model_line(reply.model, reply.usage))
     return "\n".join([text, *(f"-# {line}" for line in footer)])
@@ -517,21 +522,13 @@ def _without_footer(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def _progress(edits: ThrottledEdits) -> Progress:
-    async def progress(text: str) -> None:
-        if text.strip():  # Discord refuses an empty message
-            await edits.update(text)
-
-    return progress
-
-
 def _content_type(attachment: discord.Attachment) -> str:
     return (attachment.content_type or "").split(";")[0].strip().lower()
 
 
 # --- the grammar as slash commands -------------------------------------------------------------
 
-Answer = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
+AnswerCommand = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
 
 # The Python type a slash command option of each kind is declared with, from which discord.py makes its type.
 OPTION_TYPES: dict[OptionKind, type] = {
@@ -544,12 +541,12 @@ OPTION_TYPES: dict[OptionKind, type] = {
 }
 
 
-def slash_commands(answer: Answer) -> list[app_commands.Command]:
+def slash_commands(answer: AnswerCommand) -> list[app_commands.Command]:
     """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`."""
     return [slash_command(spec, answer) for spec in COMMANDS.values()]
 
 
-def slash_command(spec: CommandSpec, answer: Answer) -> app_commands.Command:
+def slash_command(spec: CommandSpec, answer: AnswerCommand) -> app_commands.Command:
     """A command's record as a slash command: its options as typed parameters, read into a `Command` by the record.
 
     discord.py reads a command's options from its callback's signature; the signature is built from

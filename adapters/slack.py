@@ -7,8 +7,8 @@ outgrows one). Events are served over HTTP at `POST /slack/events` or over Socke
 
 Slack delivers an event again when it thinks the first delivery failed, and a message that
 mentions the bot in a channel arrives twice (`app_mention` and `message`); each message is answered
-once, remembered here by event id and by channel and timestamp, and charged once, by the ledger's
-idempotency key (the event id, or the slash command's trigger id).
+once, remembered in the store by event id and by channel and timestamp, and charged once, by the
+ledger's idempotency key (the event id, or the slash command's trigger id).
 
 Slack's Web API can fail any call: an error in JSON, an error page that is not JSON (a text/plain
 body reaches `SlackApiError.response.data` as a string, not a dict), no answer in time, a dropped
@@ -17,8 +17,8 @@ history, a file that cannot be read is named, an edit that fails becomes a new m
 charged follows what was asked of the API: the placeholder goes up before the question goes to the
 API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
 answer computed but then impossible to post stays charged (the API spent those tokens on the
-account, and settled use is never taken back); that is logged as a warning with its tokens, so an
-operator can make up for it with `iobot limits`.
+account, and settled use is never taken back); core/delivery.py logs that as a warning with its
+tokens, so an operator can make up for it with `iobot limits`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from core.adapter import AdapterError
-from core.chunks import ThrottledEdits
 from core.client import Message
 from core.commands import is_informational
+from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.images import ImageError, ImageLimits, ImageSource
+from core.ledger.store import Store
 from core.service import Progress, Reply, Request, Service
 from core.settings import CommaList, PlatformSettings, env, http_url, split_commas
 
@@ -81,10 +81,7 @@ WEB_API_TIMEOUT = 10.0  # seconds for one Web API call or response_url post
 # What a Web API call or a response_url post can fail with: an error answer from Slack (JSON or
 # not), no answer in time, a broken connection.
 WEB_API_FAILURES = (SlackApiError, aiohttp.ClientError, TimeoutError)
-REMEMBERED = 10_000  # event ids, messages and threads remembered
 ASKED_CHARS = 150  # of a slash command's text, repeated above its in-channel answer
-CLOSE_GRACE = 5.0  # seconds that answers already computed get to be posted when the adapter closes
-INTERRUPTED = "iobot was restarted before it could answer. Please ask again."
 WORKING = "Working on it…"  # the acknowledgement, seen by the asker alone while the answer is worked out
 # Message subtypes a person makes by writing; edits, deletions, joins and bots' messages have others.
 WRITTEN = (None, "file_share", "thread_broadcast")
@@ -132,6 +129,7 @@ def build(settings: SlackSettings, service: Service, *, state_dir: Path) -> Slac
         api_url=settings.api_url,
         file_hosts=settings.file_hosts,
         image_limits=service.config.image_limits,
+        store=service.store,
     )
 
 
@@ -149,12 +147,14 @@ class SlackAdapter:
         api_url: str,
         file_hosts: Sequence[str],
         image_limits: ImageLimits,
+        store: Store,
         app_token: str | None = None,
         web_api_timeout: float = WEB_API_TIMEOUT,
     ) -> None:
         if signing_secret is None and app_token is None:
             raise ValueError("Slack over HTTP needs the signing secret, or requests could not be verified")
         self.service = service
+        self.store = store  # events already taken, threads the bot follows
         self._bot_token = bot_token
         self._signing_secret = signing_secret
         self._app_token = app_token
@@ -180,9 +180,7 @@ class SlackAdapter:
         self.bolt.command("/io")(self._on_command)
         self.bolt.event("app_mention")(self._on_mention)
         self.bolt.event("message")(self._on_message)
-        self._seen = _Recent(REMEMBERED)  # event ids and "channel:ts" of messages being or been answered
-        self._threads = _Recent(REMEMBERED)  # "channel:thread_ts" of channel threads the bot answered in
-        self._working: set[asyncio.Task[Any]] = set()
+        self.in_flight = InFlight()
         self._acknowledging = 0  # HTTP requests Bolt is still answering
         self._acknowledged = asyncio.Event()  # set while that count is zero
         self._acknowledged.set()
@@ -213,7 +211,7 @@ class SlackAdapter:
         await self._stopped.wait()
 
     async def stop(self) -> None:
-        """Disconnect; give answers in progress `CLOSE_GRACE` seconds to be posted, then stop them.
+        """Disconnect; give answers in progress a grace period to be posted, then stop them.
 
         Call `Service.drain` first, and stop the HTTP server: what the drain lets finish is posted
         here, what it cancels tells the person it was interrupted.
@@ -223,11 +221,7 @@ class SlackAdapter:
         self._stopped.set()
         if self._socket is not None:
             await self._socket.close_async()
-        if self._working:
-            _, pending = await asyncio.wait(self._working, timeout=CLOSE_GRACE)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.in_flight.close()
         await self._session.close()
 
     async def _serve(self, request: web.Request) -> web.Response:
@@ -262,120 +256,89 @@ class SlackAdapter:
             async with asyncio.timeout(ACK_PRIORITY):
                 await self._acknowledged.wait()
 
-    @contextlib.asynccontextmanager
-    async def _tracked(self) -> AsyncIterator[None]:
-        """Mark the work after an ack, so that `stop` can stop it."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._working.add(task)
-        try:
-            yield
-        finally:
-            self._working.discard(task)
 
     # --- the slash command -----------------------------------------------------------------------
 
     async def _on_command(self, ack: AsyncAck, command: Payload, context: AsyncBoltContext) -> None:
         text = from_slack(command.get("text", ""))
         await (ack() if is_informational(text) else ack(text=WORKING))
-        async with self._tracked():
+        async with self.in_flight.track():
             await self._after_acknowledgements()
             user = command["user_id"]
-            response_url = AsyncWebhookClient(command["response_url"], session=self._session)
+            asked = f"<@{user}> asked: {plain(_shorten(text, ASKED_CHARS))}"
+            port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
+            answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
             request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
-            try:
-                reply = await self.service.handle(request)
-            except asyncio.CancelledError:
-                await _respond(response_url, {"text": INTERRUPTED, "response_type": "ephemeral"})
-                raise
-            if reply.outcome == "duplicate":
-                return
-            asked = None if reply.private else f"<@{user}> asked: {plain(_shorten(text, ASKED_CHARS))}"
-            response_type = "ephemeral" if reply.private else "in_channel"
-            for message in reply_messages(reply, asked=asked, max_messages=RESPONSE_URL_POSTS):
-                if not await _respond(response_url, {**message, "response_type": response_type}):
-                    charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply.usage else ""
-                    log.warning("an answer to /io was not delivered%s", charged)
-                    return
+            # Only the finished reply goes out: a response_url takes five posts and no edits.
+            await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
 
     # --- conversations: mentions, DMs, thread follow-ups -----------------------------------------
 
     async def _on_mention(
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
     ) -> None:
-        if _written(event) and self._first_delivery(body, event):
+        if _written(event) and await self._first_delivery(body, event):
             await self._converse(body, event, client, context)
 
     async def _on_message(
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
     ) -> None:
         """A DM, or a message in a channel thread the bot answered in (a mention there also comes as app_mention)."""
+        if not _written(event):
+            return
         direct = event.get("channel_type") == "im"
-        followed = "thread_ts" in event and f"{event['channel']}:{event['thread_ts']}" in self._threads
-        if _written(event) and (direct or followed) and self._first_delivery(body, event):
+        followed = "thread_ts" in event and await self.store.follows_thread(_thread(event["channel"], event["thread_ts"]))
+        if (direct or followed) and await self._first_delivery(body, event):
             await self._converse(body, event, client, context)
 
-    def _first_delivery(self, body: Payload, event: Payload) -> bool:
+    async def _first_delivery(self, body: Payload, event: Payload) -> bool:
         """True once per event and per message; a retry, or the second event of one message, is False."""
-        keys = [key for key in (body.get("event_id"), f"{event['channel']}:{event['ts']}") if key]
-        if any(key in self._seen for key in keys):
-            log.info("skipping a repeated delivery of %s", keys[0])
-            return False
-        for key in keys:
-            self._seen.add(key)
-        return True
+        keys = [f"slack:{event['channel']}:{event['ts']}"]
+        if body.get("event_id"):
+            keys.insert(0, f"slack:{body['event_id']}")
+        return await first_delivery(self.store, *keys)
 
     async def _converse(
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
     ) -> None:
         """Answer a message in its thread: a placeholder at once, then the answer as it streams."""
-        async with self._tracked():
+        async with self.in_flight.track():
             channel, direct = event["channel"], event.get("channel_type") == "im"
-            answer = _ThreadAnswer(client, channel, event.get("thread_ts") or event["ts"])
+            thread = _Thread(client, channel, event.get("thread_ts") or event["ts"])
+            answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
             await self._after_acknowledgements()
             try:
                 await answer.show([placeholder()])
-            except WEB_API_FAILURES as error:  # before the API is asked anything, so nothing is charged
-                log.warning("could not post in %s (%s): the message is left unanswered", channel, _said(error))
+            except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
+                log.warning("could not post in %s (%s): the message is left unanswered", channel, error.reason)
                 return
-            try:
-                reply, notes = await self._ask(body, event, client, context, answer)
-            except asyncio.CancelledError:  # stopped mid-answer, by a shutdown
-                await answer.deliver(reply_messages(Reply(INTERRUPTED, outcome="error")), None)
-                raise
-            if reply.outcome == "duplicate":  # a retry the ledger caught (this process had not seen it)
-                await answer.show([])
+            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, progress))
+            if reply.private and not direct and reply.outcome != "duplicate":
+                await self._tell_privately(thread, event["user"], answer, reply)
                 return
-            messages = reply_messages(reply, notes=notes)
-            if reply.private and not direct:
-                await self._tell_privately(client, event, answer, messages)
-                return
-            if await answer.deliver(messages, reply) and not direct:
-                self._threads.add(f"{channel}:{answer.thread_ts}")
+            delivery = await answer.finish(reply)
+            if delivery.delivered is Delivered.ALL and not direct:
+                await self.store.follow_thread(_thread(channel, thread.thread_ts))
 
-    async def _tell_privately(
-        self, client: AsyncWebClient, event: Payload, answer: _ThreadAnswer, messages: list[SlackMessage]
-    ) -> None:
+    async def _tell_privately(self, thread: _Thread, user: str, answer: Answer[SlackMessage, str], reply: Reply) -> None:
         """A reply for the asker's eyes only, in place of the placeholder; a public line if Slack refuses it."""
         try:
-            for message in messages:
-                await client.chat_postEphemeral(channel=answer.channel, user=event["user"], thread_ts=answer.thread_ts, **message)
+            for message in reply_messages(reply):
+                await thread.client.chat_postEphemeral(channel=thread.channel, user=user, thread_ts=thread.thread_ts, **message)
         except WEB_API_FAILURES as error:
             said = _said(error)
-            log.warning("could not answer privately in %s (%s)", answer.channel, said)
-            notice = Reply(f"I could not send my reply privately (Slack: {said}).", outcome="error")
-            await answer.deliver(reply_messages(notice), None)
+            log.warning("could not answer privately in %s (%s)", thread.channel, said)
+            await answer.finish(Reply(f"I could not send my reply privately (Slack: {said}).", outcome="error"))
             return
         await answer.show([])
 
     async def _ask(
-        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext,
-        answer: _ThreadAnswer,
-    ) -> tuple[Reply, list[str]]:
-        """The reply to a message (its images and thread included), and notes for its footer."""
+        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
+    ) -> Reply:
+        """The reply to a message (its images and thread included), with notes for its footer."""
         images, notes, unreadable = await self._attachments(client, event.get("files", ()))
         if unreadable and not images:  # the person asked about images, none of which could be read
-            return Reply("\n".join(unreadable), outcome="refused"), notes
+            return with_notes(Reply("\n".join(unreadable), outcome="refused"), notes)
         history: list[Message] = []
         if "thread_ts" in event:
             history, history_notes = await self._history(client, event, context)
@@ -387,8 +350,7 @@ class SlackAdapter:
             request_id=body.get("event_id"),
             images=images,
         )
-        edits = ThrottledEdits(lambda text: answer.stream(answer_messages(text)), EDIT_INTERVAL)
-        return await self.service.handle(request, _unless_blank(edits.update)), notes + unreadable
+        return with_notes(await self.service.handle(request, progress), notes + unreadable)
 
     async def _history(
         self, client: AsyncWebClient, event: Payload, context: AsyncBoltContext
@@ -475,95 +437,84 @@ class SlackAdapter:
         return parsed.scheme == "https" or (parsed.scheme == "http" and host == "127.0.0.1")
 
 
-class _ThreadAnswer:
-    """One answer in a thread: the messages showing it, edited in place as it grows or changes.
+class _Thread:
+    """A conversation's thread, where its answer goes: the `Port` for Block Kit messages, each a `ts`."""
 
-    `show` makes the thread show exactly the given messages: it edits the ones already posted that
-    differ, posts any extra, and deletes any left over (`show([])` removes the answer). A message
-    that cannot be edited is deleted and posted anew, with those after it; deleting is best effort.
-    `show` raises `WEB_API_FAILURES` only when a message cannot be posted.
-    """
+    name = "Slack"
 
     def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
         self.client = client
         self.channel = channel
         self.thread_ts = thread_ts
-        self._posted: list[tuple[str, SlackMessage]] = []  # (ts, what it shows)
-        self._streaming = True  # edits while the answer streams; stopped by the first that fails
 
-    async def show(self, messages: list[SlackMessage], *, repost: bool = True) -> None:
-        for index, message in enumerate(messages):
-            if index < len(self._posted):
-                ts, shown = self._posted[index]
-                if shown == message:
-                    continue
-                try:
-                    await self.client.chat_update(channel=self.channel, ts=ts, **message)
-                    self._posted[index] = (ts, message)
-                    continue
-                except WEB_API_FAILURES as error:
-                    if not repost:
-                        raise
-                    log.warning("could not edit an answer in %s (%s); posting it anew", self.channel, _said(error))
-                    await self._remove_from(index)
-            response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **message)
-            self._posted.append((response["ts"], message))
-        await self._remove_from(len(messages))
+    def render(self, reply: Reply) -> list[SlackMessage]:
+        return reply_messages(reply)
 
-    async def stream(self, messages: list[SlackMessage]) -> None:
-        """Show the answer so far; after a failure, the rest waits for `deliver` at the end."""
-        if not self._streaming:
-            return
-        try:
-            await self.show(messages, repost=False)
-        except WEB_API_FAILURES as error:
-            self._streaming = False
-            log.warning("could not update an answer in %s as it streamed (%s)", self.channel, _said(error))
+    def render_text(self, text: str) -> list[SlackMessage]:
+        return answer_messages(text)
 
-    async def deliver(self, messages: list[SlackMessage], reply: Reply | None) -> bool:
-        """Show the finished reply; False, with a warning, when Slack would not take all of it.
+    def noted(self, piece: SlackMessage, note: str) -> SlackMessage:
+        return {**piece, "blocks": [*piece["blocks"], context_block([plain(note)])]}
 
-        When only its first messages went up, the last of them gets a line saying the rest is missing.
-        """
-        try:
-            await self.show(messages)
-            return True
-        except WEB_API_FAILURES as error:
-            said = _said(error)
-            charged = f"; its {reply.usage.total_tokens:,} tokens stay charged" if reply and reply.usage else ""
-            log.warning("could not post an answer in %s (%s)%s", self.channel, said, charged)
-        if self._posted and self._posted[-1][1] != messages[-1]:
-            ts, shown = self._posted[-1]
-            note = context_block([plain(f"The rest of this answer could not be posted (Slack: {said}).")])
-            with contextlib.suppress(*WEB_API_FAILURES):
-                await self.client.chat_update(channel=self.channel, ts=ts, text=shown["text"], blocks=[*shown["blocks"], note])
-        return False
+    async def post(self, piece: SlackMessage, after: str | None) -> str:
+        with _delivering():
+            response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **piece)
+        return str(response["ts"])
 
-    async def _remove_from(self, index: int) -> None:
-        """Delete the posted messages from `index` on; one that will not go is forgotten, not retried."""
-        for ts, _ in self._posted[index:]:
-            try:
-                await self.client.chat_delete(channel=self.channel, ts=ts)
-            except WEB_API_FAILURES as error:
-                log.warning("could not delete a message in %s (%s)", self.channel, _said(error))
-        del self._posted[index:]
+    async def edit(self, handle: str, piece: SlackMessage) -> None:
+        with _delivering():
+            await self.client.chat_update(channel=self.channel, ts=handle, **piece)
+
+    async def delete(self, handle: str) -> None:
+        with _delivering():
+            await self.client.chat_delete(channel=self.channel, ts=handle)
 
 
-class _Recent:
-    """A set of strings that forgets its oldest when full."""
+class _ResponseURL:
+    """A slash command's response_url: the `Port` that posts, but cannot edit or delete what it posted."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._keys: OrderedDict[str, None] = OrderedDict()
+    name = "Slack"
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
+    def __init__(self, webhook: AsyncWebhookClient, asked: str) -> None:
+        self.webhook = webhook
+        self.asked = asked  # repeated above an answer in the channel
 
-    def add(self, key: str) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
+    def render(self, reply: Reply) -> list[SlackMessage]:
+        response_type = "ephemeral" if reply.private else "in_channel"
+        messages = reply_messages(reply, asked=None if reply.private else self.asked, max_messages=RESPONSE_URL_POSTS)
+        return [{**message, "response_type": response_type} for message in messages]
+
+    def render_text(self, text: str) -> list[SlackMessage]:
+        return answer_messages(text)
+
+    def noted(self, piece: SlackMessage, note: str) -> SlackMessage:
+        return piece
+
+    async def post(self, piece: SlackMessage, after: None) -> None:
+        with _delivering():
+            response = await self.webhook.send_dict(piece)
+        if response.status_code != 200:
+            raise DeliveryFailed(f"HTTP {response.status_code}: {_shorten(str(response.body), 200)}")
+
+    async def edit(self, handle: None, piece: SlackMessage) -> None:
+        raise DeliveryFailed("a response_url post cannot be edited")
+
+    async def delete(self, handle: None) -> None:
+        raise DeliveryFailed("a response_url post cannot be deleted")
+
+
+@contextlib.contextmanager
+def _delivering() -> Iterator[None]:
+    """Turn a failed Web API call into the `DeliveryFailed` the delivery layer handles."""
+    try:
+        yield
+    except WEB_API_FAILURES as error:
+        raise DeliveryFailed(_said(error)) from error
+
+
+def _thread(channel: str, thread_ts: str) -> str:
+    """A channel thread as the store follows it."""
+    return f"slack:{channel}:{thread_ts}"
 
 
 def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: str | None) -> list[Message]:
@@ -578,14 +529,9 @@ def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: s
         if not mine and (message.get("bot_id") or message.get("subtype") not in WRITTEN):
             continue
         text = from_slack(message.get("text", ""), bot_user_id)
-        if not text or text == from_slack(PLACEHOLDER):
-            continue
-        role = "assistant" if mine else "user"
-        if turns and turns[-1]["role"] == role:
-            turns[-1] = {"role": role, "content": f"{turns[-1]['content']}\n\n{text}"}
-        else:
-            turns.append({"role": role, "content": text})
-    return turns
+        if text != from_slack(PLACEHOLDER):
+            turns.append({"role": "assistant" if mine else "user", "content": text})
+    return merge_turns(turns)
 
 
 async def thread_before(
@@ -645,19 +591,6 @@ def _said(error: BaseException) -> str:
     return "the connection failed"
 
 
-async def _respond(response_url: AsyncWebhookClient, message: SlackMessage) -> bool:
-    """Post to a slash command's response_url; False, with a warning, when that failed."""
-    try:
-        response = await response_url.send_dict(message)
-    except WEB_API_FAILURES as error:
-        log.warning("could not answer /io through its response_url (%s)", _said(error))
-        return False
-    if response.status_code != 200:
-        log.warning("response_url refused an answer: HTTP %d %s", response.status_code, _shorten(str(response.body), 200))
-        return False
-    return True
-
-
 def _written(event: Payload) -> bool:
     """A message a person wrote: not a bot's (not ours either), not an edit, deletion or join."""
     return "user" in event and not event.get("bot_id") and event.get("subtype") in WRITTEN
@@ -666,16 +599,6 @@ def _written(event: Payload) -> bool:
 def _person(context: AsyncBoltContext, user_id: str) -> str:
     """`slack:<team>:<user>`; an org-wide install on Enterprise Grid may send no team, only the org."""
     return f"slack:{context.team_id or context.enterprise_id}:{user_id}"
-
-
-def _unless_blank(update: Progress) -> Progress:
-    """The progress callback, skipping the empty start of a stream (Slack refuses an empty section)."""
-
-    async def progress(text: str) -> None:
-        if text.strip():
-            await update(text)
-
-    return progress
 
 
 def _shorten(text: str, limit: int) -> str:

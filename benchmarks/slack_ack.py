@@ -60,7 +60,7 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
             from adapters.slack import SlackAdapter
             from core.client import IOClient
             from core.images import ImageLimits
-            from core.ledger import SQLiteLedger
+            from core.ledger import MemoryStore, SQLiteLedger
             from core.quotas import load_quota_table
             from core.service import Service, ServiceConfig
 
@@ -69,7 +69,7 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
             config = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct")
             service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
             adapter = SlackAdapter(service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=api_url,
-                                   file_hosts=["files.slack.com"], http=http, image_limits=ImageLimits())
+                                   file_hosts=["files.slack.com"], image_limits=ImageLimits(), store=MemoryStore())
             app.add_routes(adapter.routes())
         else:
             bolt = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=api_url), signing_secret=SECRET, name="bare")

@@ -1,14 +1,12 @@
-"""Long answers as several chat messages, and streamed answers as throttled message edits.
+"""Long answers as several chat messages.
 
-Both chat platforms cap a message's length and rate-limit edits; these are the platform-free halves
-of dealing with that. Adapters pass their own limits.
+Both chat platforms cap a message's length; this is the platform-free half of dealing with that.
+Adapters pass their own limits (core/delivery.py shows the pieces and streams them by throttled edits).
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Awaitable, Callable
 
 FENCE = re.compile(r"^\s*```")
 CLOSE = "\n```"
@@ -54,29 +52,3 @@ def _lines_within(text: str, width: int) -> list[str]:
             line = line[cut:].lstrip(" ")
         lines.append(line)
     return lines
-
-
-class ThrottledEdits:
-    """Streams an answer into one message: `update` edits at most once per `interval`, `finish` always lands.
-
-    Use `update` as the service's progress callback; call `finish` with the whole answer at the end.
-    """
-
-    def __init__(self, edit: Callable[[str], Awaitable[None]], interval: float = 1.0) -> None:
-        self._edit = edit
-        self._interval = interval
-        self._last_edit = float("-inf")
-        self._shown = ""
-
-    async def update(self, text: str) -> None:
-        if time.monotonic() - self._last_edit >= self._interval and text != self._shown:
-            await self._show(text)
-
-    async def finish(self, text: str) -> None:
-        if text != self._shown:
-            await self._show(text)
-
-    async def _show(self, text: str) -> None:
-        self._last_edit = time.monotonic()
-        self._shown = text
-        await self._edit(text)

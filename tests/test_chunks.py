@@ -1,12 +1,10 @@
-"""Long answers split into valid messages; streamed answers edited at a bounded rate."""
+"""Long answers split into valid messages (streaming them is tested in test_delivery.py)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from core.chunks import ThrottledEdits, split_message
+from core.chunks import split_message
 
 CODE = "```python\n" + "\n".join(f"print('line {i}')  # a comment to make it longer" for i in range(60)) + "\n```"
 ANSWER = "Intro paragraph. " * 40 + "\n\n" + CODE + "\n\n" + "Closing words. " * 80
@@ -41,22 +39,3 @@ def test_short_text_is_one_piece_and_a_long_line_is_cut_at_spaces():
     assert all(len(piece) <= 2000 for piece in pieces) and all(not piece.startswith(" ") for piece in pieces)
     assert sum(piece.count("word") for piece in pieces) == 1000
     assert all(len(piece) <= 300 for piece in split_message("x" * 1000, 300)), "a line without spaces is cut hard"
-
-
-async def test_edits_are_throttled_and_the_final_text_always_lands():
-    shown: list[str] = []
-
-    async def edit(text: str) -> None:
-        shown.append(text)
-
-    edits = ThrottledEdits(edit, interval=0.2)
-    text = ""
-    for i in range(30):  # 30 pieces over about 0.6 s
-        text += f"piece {i} "
-        await edits.update(text)
-        await asyncio.sleep(0.02)
-    await edits.finish(text)
-    assert 2 <= len(shown) <= 6
-    assert shown[-1] == text
-    await edits.finish(text)
-    assert len(shown) <= 6, "finishing twice with the same text edits nothing more"

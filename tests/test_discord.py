@@ -66,7 +66,9 @@ def service(client, ledger, http):
 def make_adapter(service, standin, tmp_path):
     def make(access: DiscordAccess = DiscordAccess(), standin: DiscordStandIn = standin) -> DiscordAdapter:
         use_discord_at(standin.api_url, standin.gateway_url)
-        return DiscordAdapter(service, token=TOKEN, access=access, image_limits=ImageLimits(), state_dir=tmp_path)
+        return DiscordAdapter(
+            service, token=TOKEN, access=access, image_limits=ImageLimits(), store=MemoryStore(), state_dir=tmp_path
+        )
 
     return make
 
@@ -173,7 +175,7 @@ async def test_a_chain_from_before_the_bot_connected_is_fetched(bot, standin, em
     await answer_to(standin, question)
     sent = [(m["role"], m["content"]) for m in chat_calls(emulator)[-1].body["messages"][1:]]
     # Turns in a row from the same side are one turn: some chat templates insist that roles alternate.
-    assert sent == [("user", "The deploy failed at 3am.\nIt was the database migration."), ("user", "What failed?")]
+    assert sent == [("user", "The deploy failed at 3am.\n\nIt was the database migration."), ("user", "What failed?")]
     # `later` came inside the event; only `old` had to be fetched, once.
     assert [c.path for c in standin.calls_to("GET", r"/channels/\d+/messages/\d+")] == [
         f"/channels/{GENERAL}/messages/{old['id']}"
@@ -275,6 +277,15 @@ async def test_a_dropped_gateway_resumes_without_losing_the_next_message(bot, st
     await answer_to(standin, question)
     assert [resume["session_id"] for resume in standin.resumes] == [session]
     assert len(standin.identifies) == 1  # resumed, not a new session
+
+
+async def test_a_replayed_message_is_answered_once_even_when_it_costs_nothing(bot, standin, emulator):
+    question = await standin.post(f"{MENTION} help", mention_bot=True)  # free: the ledger never sees it
+    await answer_to(standin, question, done="ask")
+    await standin.dispatch("MESSAGE_CREATE", question)  # as after a resume that replays it
+    replayed = await standin.post(f"{MENTION} What is io.net?", mention_bot=True)
+    await answer_to(standin, replayed)
+    assert len([m for m in standin.replies_to(question) if m["author"]["id"] == str(BOT_ID)]) == 1
 
 
 async def test_closing_lets_an_answer_in_flight_be_posted(bot, standin, emulator):

@@ -196,7 +196,7 @@ async def test_discord_message_answers_any_line(discord_bot, standin, replies, c
 
     def answered() -> bool:
         mine = [m for m in standin.replies_to(question) if m["author"]["id"] == str(BOT_ID)]
-        return bool(mine) and not discord_bot._answering
+        return bool(mine) and not discord_bot.in_flight.busy
 
     await standin.wait_for(answered)
     [(text, reply)] = replies

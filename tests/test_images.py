@@ -811,7 +811,7 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
     adapter = SlackAdapter(
         None,  # type: ignore[arg-type]
         bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
-        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS,
+        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS, store=MemoryStore(),
     )
     try:
         yield adapter

@@ -70,8 +70,8 @@ class Bot:
 
     async def responses(self, key: str) -> list[dict[str, Any]]:
         """Every answer posted to the command's response_url, once the adapter is done with it."""
-        # Once one answer arrived, the work is surely under way, so an empty `_working` means done.
-        return await self.slack.wait_for(lambda: not self.adapter._working and self.slack.responses(key))
+        # Once one answer arrived, the work is surely under way, so no answer in flight means done.
+        return await self.slack.wait_for(lambda: not self.adapter.in_flight.busy and self.slack.responses(key))
 
     async def deliver(self, event: dict[str, Any], *, event_id: str | None = None, **headers: str) -> httpx.Response:
         response = await self.post(event_body(event, event_id=event_id), "application/json", **headers)
@@ -146,12 +146,14 @@ async def start_bot(service, slack):
     """Starts an adapter (a fresh one each call, as after a restart) on its own HTTP server."""
     cleanups = []
 
-    async def start(timeout: float | None = None) -> Bot:
-        """`timeout` bounds each Web API call (the adapter's defaults otherwise)."""
+    async def start(timeout: float | None = None, store: MemoryStore | None = None) -> Bot:
+        """`timeout` bounds each Web API call (the adapter's defaults otherwise); `store` is what it
+        remembers (a fresh one by default: a restart of a process that keeps nothing)."""
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=limits, web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
+            file_hosts=["127.0.0.1"], image_limits=limits, store=store or MemoryStore(),
+            web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
         )
         app = web.Application()
         app.add_routes(adapter.routes())
@@ -317,7 +319,7 @@ async def test_a_retried_event_is_answered_and_charged_once(start_bot, slack, em
     # After a restart only the ledger remembers: the retry is refused there, and its placeholder removed.
     restarted = await start_bot()
     await restarted.deliver(event, event_id=body_id, **{"X-Slack-Retry-Num": "3", "X-Slack-Retry-Reason": "http_timeout"})
-    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not restarted.adapter._working)
+    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not restarted.adapter.in_flight.busy)
 
     assert len(chat_calls(emulator)) == 1
     [row] = await ledger.usage()
@@ -394,6 +396,22 @@ async def test_a_reply_in_the_thread_continues_the_conversation_with_its_history
     assert "The conversation had 3 earlier messages." in reply["text"]
     [history_call] = slack.calls_to("conversations.replies")
     assert history_call.args["ts"] == first["ts"]
+
+
+async def test_a_restart_sharing_the_store_still_follows_its_threads_and_skips_retries(start_bot, slack, emulator):
+    store = MemoryStore()
+    bot = await start_bot(store=store)
+    first = bot.message("What is io.net?")
+    await bot.deliver(first, event_id="Ev0FIRST")
+    await bot.answer(first)
+
+    restarted = await start_bot(store=store)
+    await restarted.deliver(first, event_id="Ev0FIRST", **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    follow_up = restarted.message("And who runs it?", thread_ts=first["ts"], mention=False)
+    await restarted.deliver(follow_up)
+    await restarted.answer(follow_up)
+    assert len(chat_calls(emulator)) == 2, "the follow-up, with no mention, was answered; the retry was not"
+    assert len(slack.calls_to("chat.postMessage")) == 2, "not even a placeholder for the retry"
 
 
 async def test_a_direct_message_is_answered_in_its_thread_and_bots_edits_and_deletions_are_ignored(bot, slack, emulator):
@@ -485,7 +503,7 @@ async def test_a_failing_web_api_call_still_answers_and_charges_only_what_was_de
     slack.fail(method, fault)
     if method == "response":
         _, key = await bot.command("ask What is io.net?")
-        await slack.wait_for(lambda: slack.calls_to("response_failed") and not bot.adapter._working)
+        await slack.wait_for(lambda: slack.calls_to("response_failed") and not bot.adapter.in_flight.busy)
         # The answer was computed and settled before Slack failed to take it: it stays charged, and says so.
         [row] = await ledger.usage()
         assert row.requests == 1 and slack.responses(key) == []
@@ -506,7 +524,7 @@ async def test_a_failing_web_api_call_still_answers_and_charges_only_what_was_de
     await bot.deliver(event)
 
     if method == "chat.postMessage":  # the placeholder could not go up: nothing is asked, nothing charged
-        await slack.wait_for(lambda: slack.calls_to("chat.postMessage") and not bot.adapter._working)
+        await slack.wait_for(lambda: slack.calls_to("chat.postMessage") and not bot.adapter.in_flight.busy)
         assert api_calls(emulator) == [] and await ledger.usage() == []
         assert any("left unanswered" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         no_loud_logs(caplog)
@@ -529,7 +547,7 @@ async def test_a_failing_web_api_call_still_answers_and_charges_only_what_was_de
         assert [row.requests for row in rows] == [1] and len(chat_calls(emulator)) == 1
     else:
         assert rows == [] and api_calls(emulator) == []
-    await slack.wait_for(lambda: not bot.adapter._working)
+    await slack.wait_for(lambda: not bot.adapter.in_flight.busy)
     no_loud_logs(caplog)
 
 
@@ -549,7 +567,7 @@ async def test_a_placeholder_slack_will_not_delete_stays_and_the_private_reply_s
     slack.fail("chat.delete", "drop")
     event = bot.message("What is io.net?")
     await bot.deliver(event)
-    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not bot.adapter._working)
+    await slack.wait_for(lambda: slack.calls_to("chat.delete") and not bot.adapter.in_flight.busy)
     [ephemeral] = slack.calls_to("chat.postEphemeral")
     assert "daily budget" in shown(ephemeral.args)
     assert any("could not delete" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -571,7 +589,7 @@ async def test_the_part_of_a_long_answer_slack_would_not_take_is_named(bot, slac
     slack.fail("chat.postMessage", "html_502", after=1)  # the placeholder goes up, nothing after it
     event = bot.message("emulate:long=7000 tell me everything")
     await bot.deliver(event)
-    await slack.wait_for(lambda: slack.calls_to("chat.postMessage")[1:] and not bot.adapter._working)
+    await slack.wait_for(lambda: slack.calls_to("chat.postMessage")[1:] and not bot.adapter.in_flight.busy)
     [shown_part] = slack.bot_replies(CHANNEL, event["ts"])
     assert shown_part["text"].startswith("This paragraph comes from the IO Intelligence emulator"), "the first part"
     assert "The rest of this answer could not be posted (Slack: HTTP 502)." in shown(shown_part)
@@ -606,11 +624,11 @@ async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(se
     with pytest.raises(ValueError, match="signing secret"):
         SlackAdapter(
             service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+            file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
         )
     adapter = SlackAdapter(
         service, bot_token=BOT_TOKEN, signing_secret=None, app_token=APP_TOKEN, api_url=slack.api_url,
-        file_hosts=["127.0.0.1"], image_limits=ImageLimits(),
+        file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
     )
     assert adapter.routes() == [], "Socket Mode serves no HTTP route"
     try:
