@@ -18,12 +18,12 @@ from adapters.console import ConsoleAdapter
 from adapters.discord import DiscordAccess, DiscordAdapter
 from adapters.slack import SlackAdapter
 from core.client import IOClient
-from core.emulator import Emulator
 from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import Settings, SettingsError
+from emulator import Emulator
 
 from .http import HealthState, make_http_app, start_http_server
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.client import IOClient
-from core.emulator import Emulator
+from emulator import Emulator
 
 API_KEY = "io-v2-test-7f3c9a1e5b2d4c6f8a0e"  # looks like a real key so a leak would be spotted
 

@@ -7,9 +7,9 @@ import re
 
 import httpx
 
-from core.emulator import Fault
 from core.quotas import parse_quota_table
 from core.service import Request, Service, ServiceConfig
+from emulator import Fault
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 FALLBACK = "mistralai/Mistral-Large-Instruct-2411"

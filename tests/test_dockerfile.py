@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,8 @@ def test_health_check_and_entry_point():
 
 
 def test_the_image_copies_everything_the_package_needs():
-    packages = re.search(r'packages = \[(.*?)\]', (ROOT / "pyproject.toml").read_text()).group(1)
-    for package in re.findall(r'"(\w+)"', packages):
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [pattern.removesuffix("*") for pattern in found]
+    assert "emulator" in packages, "iobot run --emulator ships with the product"
+    for package in packages:
         assert f"COPY {package} ./{package}" in DOCKERFILE, package

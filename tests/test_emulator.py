@@ -12,8 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
-from core.emulator import Emulator, Fault
 from core.quotas import load_quota_table, parse_quota_table
+from emulator import Emulator, Fault
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"

@@ -27,7 +27,6 @@ from PIL import ExifTags, Image, ImageStat
 from adapters.slack import SlackAdapter
 from core import images
 from core.client import IOClient
-from core.emulator import Emulator
 from core.images import (
     ImageBudget,
     ImageError,
@@ -45,6 +44,7 @@ from core.ledger import Ledger
 from core.quotas import load_quota_table
 from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
 from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
+from emulator import Emulator
 
 LIMITS = ImageLimits()
 MB = 1024 * 1024

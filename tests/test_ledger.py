@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.emulator import Emulator
 from core.ledger import (
     BudgetExceeded,
     DuplicateRequest,
@@ -31,6 +30,7 @@ from core.ledger import (
     next_reset,
 )
 from core.ledger import sqlite as ledger_module
+from emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ledger_worker.py"

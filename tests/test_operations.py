@@ -8,10 +8,10 @@ import logging
 import httpx
 from prometheus_client import REGISTRY
 
-from core.emulator import Emulator
 from core.quotas import load_quota_table
 from core.ratelimit import RateLimit
 from core.service import Request, Service, ServiceConfig
+from emulator import Emulator
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
