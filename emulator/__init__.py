@@ -3,6 +3,7 @@
 It lives outside `core` so that the service never depends on it; the product ships it for running with no account.
 """
 
-from emulator.server import CODE_BLOCK, Emulator, Fault, RecordedRequest
+from emulator.chat import CODE_BLOCK
+from emulator.server import Emulator, Fault, RecordedRequest
 
 __all__ = ["CODE_BLOCK", "Emulator", "Fault", "RecordedRequest"]
