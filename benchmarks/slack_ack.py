@@ -69,7 +69,7 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
             config = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct")
             service = Service(client, ledger, load_quota_table(), config, http)
             adapter = SlackAdapter(service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=api_url,
-                                   file_hosts=["files.slack.com"], http=http, image_limits=ImageLimits())
+                                   file_hosts=["files.slack.com"], image_limits=ImageLimits())
             adapter.add_routes(app)
         else:
             bolt = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=api_url), signing_secret=SECRET, name="bare")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import IO
+
 import pytest
 
 from core.client import IOClient
 from emulator import Emulator
 
 API_KEY = "io-v2-test-7f3c9a1e5b2d4c6f8a0e"  # looks like a real key so a leak would be spotted
+
+
+def piped(stream: IO[str] | None) -> IO[str]:
+    """A pipe of a `subprocess.Popen` started with it (Popen types every pipe as optional)."""
+    assert stream is not None, "the process was started without this pipe"
+    return stream
 
 
 @pytest.fixture
@@ -59,8 +67,7 @@ async def image_server():
     app.router.add_get("/{name}", serve)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()

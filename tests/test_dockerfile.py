@@ -36,8 +36,8 @@ def test_a_small_multi_stage_image_on_a_slim_base():
 
 
 def test_runs_as_a_non_root_user_with_the_ledger_on_a_volume():
-    user = re.search(r"^USER (\S+)", final_stage(), re.MULTILINE).group(1)
-    assert user.split(":")[0] not in ("root", "0")
+    user = re.search(r"^USER (\S+)", final_stage(), re.MULTILINE)
+    assert user is not None and user.group(1).split(":")[0] not in ("root", "0")
     assert 'VOLUME ["/data"]' in final_stage()
     assert "IOBOT_DATABASE_URL=sqlite:////data/iobot.sqlite3" in final_stage()
 

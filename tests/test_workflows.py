@@ -92,7 +92,8 @@ def test_long_error_bodies_are_cut_short():
 def test_retry_after_in_seconds_or_as_a_date():
     assert _retry_after(httpx.Response(429, headers={"retry-after": "2.5"})) == 2.5
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 < _retry_after(httpx.Response(429, headers={"retry-after": when})) <= 30
+    wait = _retry_after(httpx.Response(429, headers={"retry-after": when}))
+    assert wait is not None and 25 < wait <= 30
     assert _retry_after(httpx.Response(429, headers={"retry-after": "soon"})) is None
     assert _retry_after(httpx.Response(429)) is None
 
