@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY core ./core
 COPY adapters ./adapters
 COPY bots ./bots
+COPY emulator ./emulator
 RUN /opt/iobot/bin/pip install .
 
 FROM python:3.11-slim

@@ -32,6 +32,7 @@ def start_emulator() -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None
     line = process.stdout.readline()  # "IO Intelligence emulator at http://127.0.0.1:PORT/api/v1 ..."
     base_url = next(word for word in line.split() if word.startswith("http://"))
     return process, base_url

@@ -100,7 +100,7 @@ def serve(image: bytes, ready: Connection) -> None:
     """The image server and the API emulator, in their own process: sends (image URL, API URL) through `ready`."""
     from aiohttp import web  # imported here only, so the measured process does not carry it
 
-    from core.emulator import Emulator
+    from emulator import Emulator
 
     async def photo(request: web.Request) -> web.Response:
         return web.Response(body=image, content_type="image/png")

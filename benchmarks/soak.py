@@ -37,8 +37,10 @@ LINES = [
 
 
 def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    if found is None:
+        raise SystemExit(f"process {pid} shows no resident memory in /proc")
+    return int(found.group(1)) / 1024
 
 
 def generous_quota_file(directory: Path) -> Path:
@@ -65,7 +67,11 @@ def read_reply(stdout) -> str:
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="iobot-soak-"))
     emulator = subprocess.Popen([*IOBOT, "emulator", "--port", "0"], stdout=subprocess.PIPE, text=True)
-    base_url = re.search(r"http://\S+", emulator.stdout.readline()).group(0)
+    assert emulator.stdout is not None
+    announced = re.search(r"http://\S+", emulator.stdout.readline())
+    if announced is None:
+        raise SystemExit("the emulator did not say where it listens")
+    base_url = announced.group(0)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
     env.update(
         IOINTELLIGENCE_API_KEY="soak",
@@ -79,6 +85,7 @@ def main() -> None:
         IOBOT_LOG_LEVEL="WARNING",
     )
     bot = subprocess.Popen([*IOBOT, "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=workdir, env=env)
+    assert bot.stdin is not None and bot.stdout is not None
     samples: dict[int, float] = {}
     answered = 0
     started = time.perf_counter()

@@ -18,12 +18,12 @@ from adapters.discord import DiscordSettings
 from adapters.slack import SlackSettings
 from core.adapter import Adapter
 from core.client import IOClient
-from core.emulator import Emulator
 from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import PlatformSettings, Settings, SettingsError, load_settings
+from emulator import Emulator
 
 from .http import HealthState, make_http_app, start_http_server
 

@@ -11,12 +11,12 @@ from contextlib import AsyncExitStack
 from datetime import date
 
 from core.adapter import AdapterError
-from core.emulator import Emulator
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, text_table, to_plain
 from core.settings import Settings, SettingsError, load_settings, mask_passwords
+from emulator import Emulator
 
 from . import app
 from .logs import configure_logging

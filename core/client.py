@@ -370,7 +370,7 @@ def parse_models(data: Any) -> list[ModelInfo]:
         model_id = item.get("id") or item.get("name") or item.get("model_id")
         if not model_id:
             continue
-        metadata = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+        metadata = _object(item.get("metadata"))
         context = metadata.get("context_window") or item.get("context_window")
         images = metadata.get("supports_images_input")
         models.append(
@@ -389,9 +389,10 @@ def parse_agents(data: Any) -> dict[str, AgentInfo]:
         raise UnexpectedResponseError("agent list without 'agents'")
     parsed = {}
     for key, info in agents.items():
-        info = info if isinstance(info, dict) else {}
-        metadata = info.get("metadata") if isinstance(info.get("metadata"), dict) else {}
-        tags = metadata.get("tags") if isinstance(metadata.get("tags"), list) else []
+        info = _object(info)
+        metadata = _object(info.get("metadata"))
+        tags = metadata.get("tags")
+        tags = tags if isinstance(tags, list) else []
         parsed[key] = AgentInfo(
             key=key,
             name=str(info.get("name") or key),
@@ -399,6 +400,11 @@ def parse_agents(data: Any) -> dict[str, AgentInfo]:
             tags=tuple(str(tag) for tag in tags),
         )
     return parsed
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object from the API, or an empty one where it sent something else."""
+    return value if isinstance(value, dict) else {}
 
 
 def describe_error_body(response: httpx.Response) -> str:

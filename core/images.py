@@ -206,17 +206,17 @@ def prepare_image(data: bytes | IO[bytes], name: str, limits: ImageLimits = Imag
         image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     encoded, mime, image = _encode(image, name, limits)
 
+    as_is_mime = _AS_IS_MIMES.get(source_format or "")  # None for formats that are always re-encoded
     sendable_as_is = (
-        source_format in _AS_IS_MIMES
-        and source_mode in _AS_IS_MODES
+        source_mode in _AS_IS_MODES
         and not animated
         and not carries_metadata
         and orientation == 1
         and max(width, height) <= bound
     )
-    if sendable_as_is and size <= len(encoded):
+    if as_is_mime is not None and sendable_as_is and size <= len(encoded):
         file.seek(0)
-        return PreparedImage(name, file.read(), _AS_IS_MIMES[source_format], width, height, size)
+        return PreparedImage(name, file.read(), as_is_mime, width, height, size)
 
     notes = []
     if animated:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 # When the table gives no context length (N/A), assume this much: small enough to be safe.
 DEFAULT_CONTEXT_LENGTH = 8_000
@@ -97,7 +98,7 @@ def load_quota_table(path: Path | str | None = None) -> QuotaTable:
     return parse_quota_table(text, f"quota file {path}")
 
 
-def _describe(error: dict, data: dict) -> str:
+def _describe(error: ErrorDetails, data: dict[str, Any]) -> str:
     """A validation error as `model[3] (name) field: message`."""
     loc = list(error["loc"])
     where = ""

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import IO
+
 import pytest
 
 from core.client import IOClient
-from core.emulator import Emulator
+from emulator import Emulator
 
 API_KEY = "io-v2-test-7f3c9a1e5b2d4c6f8a0e"  # looks like a real key so a leak would be spotted
+
+
+def piped(stream: IO[str] | None) -> IO[str]:
+    """A pipe of a `subprocess.Popen` started with it (Popen types every pipe as optional)."""
+    assert stream is not None, "the process was started without this pipe"
+    return stream
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import re
 
 import httpx
 
-from core.emulator import Fault
 from core.ledger import MemoryStore
 from core.quotas import parse_quota_table
 from core.service import Request, Service, ServiceConfig
+from emulator import Fault
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 FALLBACK = "mistralai/Mistral-Large-Instruct-2411"
@@ -78,7 +78,7 @@ def chat_calls(emulator) -> list:
 async def test_a_call_is_settled_with_the_tokens_the_api_reported(client, ledger, emulator):
     reply = await make_service(client, ledger).handle(ask("What is io.net?"))
     [row] = await ledger.usage(user=USER)
-    assert (row.model, row.requests) == (MODEL, 1)
+    assert (row.model, row.requests) == (MODEL, 1) and reply.usage is not None
     assert (row.prompt_tokens, row.completion_tokens) == (reply.usage.prompt_tokens, reply.usage.completion_tokens)
     assert row.estimated_tokens == 0
     assert await ledger.used_today(user=USER) == reply.usage.total_tokens  # nothing left reserved
@@ -90,7 +90,7 @@ async def test_a_streamed_call_is_settled_from_the_final_usage_chunk(client, led
 
     reply = await make_service(client, ledger).handle(ask("Stream this"), progress)
     [row] = await ledger.usage(user=USER)
-    assert row.total_tokens == reply.usage.total_tokens and row.estimated_tokens == 0
+    assert reply.usage is not None and row.total_tokens == reply.usage.total_tokens and row.estimated_tokens == 0
 
 
 async def test_workflow_calls_are_charged_at_an_estimate_flagged_as_such(client, ledger):
@@ -162,7 +162,9 @@ async def test_over_budget_person_is_told_what_is_left_of_their_limit_and_the_re
 
 async def test_concurrent_requests_never_spend_past_a_budget(client, ledger, emulator):
     service = make_service(client, ledger)
-    per_request = (await service.handle(ask("x", request_id="probe"))).usage.total_tokens
+    probe = await service.handle(ask("x", request_id="probe"))
+    assert probe.usage is not None
+    per_request = probe.usage.total_tokens
     budget = per_request + 5 * 900  # room for the probe and a few more reservations of ~900 tokens
     await ledger.set_user_limit(USER, budget)
     replies = await asyncio.gather(*(service.handle(ask("x")) for _ in range(40)))

@@ -29,11 +29,11 @@ from bots.app import build_adapters
 from bots.http import HealthState, make_http_app, start_http_server
 from core.adapter import Adapter, AdapterError
 from core.client import IOClient
-from core.emulator import Emulator
 from core.ledger import SQLiteLedger
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import load_settings
+from emulator import Emulator
 
 from .standins import discord as discord_standin
 from .standins import slack as slack_standin

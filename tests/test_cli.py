@@ -13,6 +13,8 @@ import pytest
 
 from core.ledger import SQLiteLedger
 
+from .conftest import piped
+
 LINES = [
     "ask What is the capital of France?",
     "summarize 20 The quick brown fox jumps over the lazy dog. It was a sunny day.",
@@ -122,19 +124,20 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
         [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
     )
+    stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
-        service.stdin.write("ask first question\n")
-        service.stdin.flush()
-        assert "first question" in service.stdout.readline()
+        stdin.write("ask first question\n")
+        stdin.flush()
+        assert "first question" in stdout.readline()
         limit = iobot(tmp_path, "limits", "console:bo", "100")  # beside the running service
         assert limit.returncode == 0 and "100 tokens a day" in limit.stdout
         assert "console:bo: 100" in iobot(tmp_path, "limits").stdout
         assert iobot(tmp_path, "limits", "console:bo").stdout.strip() == "console:bo: 100 tokens a day"
         assert iobot(tmp_path, "limits", "console:bo", "-5").returncode == 2
-        service.stdin.write("ask second question\n")  # at once: the next reservation sees the new budget
-        service.stdin.flush()
-        service.stdin.close()
-        rest = service.stdout.read()
+        stdin.write("ask second question\n")  # at once: the next reservation sees the new budget
+        stdin.flush()
+        stdin.close()
+        rest = stdout.read()
         assert "Your daily budget of 100 tokens is too small for any answer" in rest
         assert service.wait(timeout=30) == 0
     finally:
@@ -147,10 +150,11 @@ def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_f
         [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
     )
+    stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
-        service.stdin.write("ask are you there?\n")
-        service.stdin.flush()
-        assert "are you there" in service.stdout.readline()
+        stdin.write("ask are you there?\n")
+        stdin.flush()
+        assert "are you there" in stdout.readline()
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "iobot.sqlite3").symlink_to(tmp_path / "ledger.sqlite3")
         second = iobot(
@@ -161,7 +165,7 @@ def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_f
         assert f"{tmp_path / 'ledger.sqlite3'} is in use by iobot process {service.pid} on " in second.stderr
         assert "Stop that process" in second.stderr and "owner=" not in second.stderr
         assert iobot(tmp_path, "usage", IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}").returncode == 0
-        service.stdin.close()
+        stdin.close()
         assert service.wait(timeout=30) == 0
     finally:
         service.kill()

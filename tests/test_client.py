@@ -12,7 +12,6 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from core.client import IOClient, data_url, parse_models, vision_message
-from core.emulator import Emulator, Fault
 from core.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -28,6 +27,7 @@ from core.errors import (
     UnprocessableEntityError,
 )
 from core.workflows import Classification, CustomResult, Entities, Moderation, Reasoning, Sentiment, Summary, Translation
+from emulator import Emulator, Fault
 
 from .conftest import API_KEY
 

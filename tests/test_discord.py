@@ -15,12 +15,12 @@ from adapters.discord import COMMANDS_HASH_FILE, DiscordAccess, DiscordAdapter, 
 from core.adapter import AdapterError
 from core.chunks import FENCE
 from core.commands import COMMANDS
-from core.emulator import CODE_BLOCK
 from core.images import ImageLimits
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import SettingsError, load_settings
+from emulator import CODE_BLOCK
 
 from .conftest import png_bytes
 from .standins.discord import (

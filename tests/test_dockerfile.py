@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +36,8 @@ def test_a_small_multi_stage_image_on_a_slim_base():
 
 
 def test_runs_as_a_non_root_user_with_the_ledger_on_a_volume():
-    user = re.search(r"^USER (\S+)", final_stage(), re.MULTILINE).group(1)
-    assert user.split(":")[0] not in ("root", "0")
+    user = re.search(r"^USER (\S+)", final_stage(), re.MULTILINE)
+    assert user is not None and user.group(1).split(":")[0] not in ("root", "0")
     assert 'VOLUME ["/data"]' in final_stage()
     assert "IOBOT_DATABASE_URL=sqlite:////data/iobot.sqlite3" in final_stage()
 
@@ -49,6 +50,8 @@ def test_health_check_and_entry_point():
 
 
 def test_the_image_copies_everything_the_package_needs():
-    packages = re.search(r'packages = \[(.*?)\]', (ROOT / "pyproject.toml").read_text()).group(1)
-    for package in re.findall(r'"(\w+)"', packages):
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [pattern.removesuffix("*") for pattern in found]
+    assert "emulator" in packages, "iobot run --emulator ships with the product"
+    for package in packages:
         assert f"COPY {package} ./{package}" in DOCKERFILE, package

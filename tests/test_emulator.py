@@ -12,8 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
-from core.emulator import Emulator, Fault
 from core.quotas import load_quota_table, parse_quota_table
+from emulator import Emulator, Fault
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
@@ -674,9 +674,10 @@ async def test_openai_client_chats(openai_client: openai.AsyncOpenAI) -> None:
     completion = await openai_client.chat.completions.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": "What is io.net?"}], max_tokens=200
     )
-    assert 'you asked "What is io.net?"' in completion.choices[0].message.content
+    assert 'you asked "What is io.net?"' in (completion.choices[0].message.content or "")
     assert completion.choices[0].finish_reason == "stop" and completion.model == CHAT_MODEL
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
+    usage = completion.usage
+    assert usage is not None and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
 
 
 async def test_openai_client_streams_with_usage(openai_client: openai.AsyncOpenAI) -> None:
@@ -688,17 +689,20 @@ async def test_openai_client_streams_with_usage(openai_client: openai.AsyncOpenA
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert 'you asked "Stream this"' in text
     assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == math.ceil(len(text) / 4)
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens == math.ceil(len(text) / 4)
     assert all(chunk.usage is None for chunk in chunks[:-1])
 
 
 async def test_openai_client_sends_an_image_as_a_data_url(openai_client: openai.AsyncOpenAI) -> None:
     completion = await openai_client.chat.completions.create(
         model=VISION_MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part(data_url())]}],
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": data_url()}},
+        ]}],
     )
-    assert "Image 1: PNG, 64x48 pixels." in completion.choices[0].message.content
-    assert completion.usage.prompt_tokens > 1_000, "an image costs its tokens"
+    assert "Image 1: PNG, 64x48 pixels." in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.prompt_tokens > 1_000, "an image costs its tokens"
 
 
 async def test_openai_client_reads_the_message_of_a_404(openai_client: openai.AsyncOpenAI) -> None:

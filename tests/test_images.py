@@ -13,11 +13,12 @@ import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,6 @@ from PIL import ExifTags, Image, ImageStat
 from adapters.slack import SlackAdapter
 from core import images
 from core.client import IOClient
-from core.emulator import Emulator
 from core.images import (
     ImageBudget,
     ImageError,
@@ -45,6 +45,7 @@ from core.ledger import Ledger, MemoryStore
 from core.quotas import load_quota_table
 from core.service import IMAGES_WAITING, Progress, Request, Service, ServiceConfig
 from core.tokens import TOKENS_PER_MESSAGE, estimate_message_tokens, image_tokens
+from emulator import Emulator
 
 LIMITS = ImageLimits()
 MB = 1024 * 1024
@@ -99,12 +100,20 @@ def opened(prepared: PreparedImage) -> Image.Image:
     return image
 
 
+def channels(image: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    """One pixel's channel values, of an image with more than one band."""
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, tuple), f"a single-band pixel: {pixel!r}"
+    return pixel
+
+
 def assert_sendable(prepared: PreparedImage, limits: ImageLimits = LIMITS) -> Image.Image:
     """What every accepted image must be: within the limits, and exactly what it says it is."""
     assert 0 < len(prepared.data) <= limits.max_bytes
     assert max(prepared.width, prepared.height) <= min(limits.target_side, limits.max_side)
     image = opened(prepared)
     assert image.size == (prepared.width, prepared.height)
+    assert image.format is not None
     assert prepared.mime == {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[image.format]
     assert image.mode in ("L", "RGB", "RGBA")
     return image
@@ -126,7 +135,7 @@ def test_rgba_png_keeps_its_transparency() -> None:
     prepared = prepare_image(encode(image, "PNG"), "logo.png")
     result = assert_sendable(prepared)
     assert prepared.mime == "image/png" and result.mode == "RGBA"
-    assert result.getpixel((10, 10))[3] == 0
+    assert channels(result, (10, 10))[3] == 0
     assert result.getpixel((290, 10)) == (200, 30, 30, 255)
 
 
@@ -192,7 +201,7 @@ def test_exif_rotated_jpeg_is_turned_upright() -> None:
     prepared = prepare_image(encode(stored, "JPEG", exif=exif), "phone.jpg")
     result = assert_sendable(prepared)
     assert result.size == (200, 300)
-    red, blue = result.getpixel((100, 60)), result.getpixel((100, 240))
+    red, blue = channels(result, (100, 60)), channels(result, (100, 240))
     assert red[0] > 180 and red[2] < 60
     assert blue[2] > 180 and blue[0] < 60
     # The tag went with the rotation: a client applying it again would turn the image sideways.
@@ -232,7 +241,7 @@ def test_mpo_photo_is_one_picture_not_an_animation() -> None:
     prepared = prepare_image(data, "portrait.jpg")
     result = assert_sendable(prepared)
     assert prepared.mime == "image/jpeg" and prepared.notes == ()
-    assert result.getpixel((0, 0))[1] != 128  # the photo, not the grey depth map
+    assert channels(result, (0, 0))[1] != 128  # the photo, not the grey depth map
 
 
 def test_format_comes_from_the_content_not_the_name() -> None:
@@ -470,6 +479,7 @@ async def server() -> AsyncIterator[Server]:
     async def stream(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
         """25 MB of a 'PNG' in 256 KB pieces, counting what was handed to the socket."""
         # A small send buffer, so that bytes counted as sent are close to bytes the client took.
+        assert request.transport is not None
         request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         await response.prepare(request)
         state.sent[request.path] = 0
@@ -485,6 +495,7 @@ async def server() -> AsyncIterator[Server]:
         response.content_length = 100_000  # a lie: 1,000 bytes come, then the connection closes
         await response.prepare(request)
         await response.write(CAT[:1000])
+        assert request.transport is not None
         request.transport.close()
         return response
 
@@ -554,16 +565,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def download(
-    http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, *, allow_loopback: bool = True, **source: object
+    http: httpx.AsyncClient,
+    url: str,
+    limits: ImageLimits = LIMITS,
+    *,
+    allow_loopback: bool = True,
+    headers: Mapping[str, str] | None = None,
+    html_refusal: str | None = None,
 ) -> bytes:
     into = io.BytesIO()
-    await download_image(http, ImageSource("x.png", url, **source), into, limits=limits, allow_loopback=allow_loopback)  # type: ignore[arg-type]
+    source = ImageSource("x.png", url, headers=headers or {}, html_refusal=html_refusal)
+    await download_image(http, source, into, limits=limits, allow_loopback=allow_loopback)
     return into.getvalue()
 
 
-async def download_refusal(http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, **source: object) -> str:
+async def download_refusal(
+    http: httpx.AsyncClient, url: str, limits: ImageLimits = LIMITS, *, html_refusal: str | None = None
+) -> str:
     with pytest.raises(ImageError) as caught:
-        await download(http, url, limits, **source)
+        await download(http, url, limits, html_refusal=html_refusal)
     assert "x.png" in str(caught.value)
     return str(caught.value)
 
@@ -906,11 +926,11 @@ async def test_downloads_wait_for_room_in_the_budget(server: Server, http: httpx
     running, most = [0], [0]
     real_download = images.download_image
 
-    async def counting_download(*args: object, **kwargs: object) -> None:
+    async def counting_download(*args: Any, **kwargs: Any) -> None:
         running[0] += 1
         most[0] = max(most[0], running[0])
         try:
-            await real_download(*args, **kwargs)  # type: ignore[arg-type]
+            await real_download(*args, **kwargs)
         finally:
             running[0] -= 1
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from core.emulator import Emulator
 from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, SQLiteLedger
 from core.ledger import sqlite as ledger_module
+from emulator import Emulator
 
 from .test_ledger_contract import ANN, BOB, LLAMA, QWQ, Clock, settled_total, spend
 

@@ -8,11 +8,11 @@ import logging
 import httpx
 from prometheus_client import REGISTRY
 
-from core.emulator import Emulator
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.ratelimit import RateLimit
 from core.service import Request, Service, ServiceConfig
+from emulator import Emulator
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
@@ -161,4 +161,5 @@ async def test_requests_and_tokens_are_counted(client, ledger):
     await service.handle(Request(user="discord:1", text="translate"))
     assert sample("iobot_requests_total", platform="discord", command="ask", outcome="ok") == before_ok + 1
     assert sample("iobot_requests_total", platform="discord", command="translate", outcome="usage") == before_usage + 1
+    assert reply.usage is not None
     assert sample("iobot_tokens_total", model=MODEL, kind="completion") == before_tokens + reply.usage.completion_tokens

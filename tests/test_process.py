@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .conftest import piped
+
 IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
 
 
@@ -38,13 +40,20 @@ def discord_environment(workdir: Path, standin, **extra: str) -> dict:
     )
 
 
+def logged_port(log: str) -> int | None:
+    """The HTTP server's port, once the service's log says where it listens."""
+    found = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", log)
+    return int(found.group(1)) if found else None
+
+
 class Emulator:
     """`iobot emulator` in its own process, driven through its control endpoints."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.process = subprocess.Popen([*IOBOT, "emulator", "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        self.base_url = re.search(r"http://\S+", line).group(0)
+        found = re.search(r"http://\S+", piped(self.process.stdout).readline())
+        assert found is not None, "the emulator did not say where it listens"
+        self.base_url = found.group(0)
         self.control = self.base_url.removesuffix("/api/v1") + "/_emulator"
 
     def inject(self, **fault: object) -> None:
@@ -82,21 +91,22 @@ class Bot:
             [*IOBOT, "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
             text=True, cwd=workdir, env=environment,
         )
+        self.stdin, self.stdout = piped(self.process.stdin), piped(self.process.stdout)
         self.database = workdir / "ledger.sqlite3"
 
     def ask(self, line: str) -> str:
         """Send a line; return the reply (lines up to the blank line that ends it)."""
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+        self.stdin.write(line + "\n")
+        self.stdin.flush()
         lines = []
-        while (text := self.process.stdout.readline()) not in ("\n", ""):
+        while (text := self.stdout.readline()) not in ("\n", ""):
             lines.append(text)
         return "".join(lines)
 
     def send_until_in_flight(self, line: str, emulator: Emulator) -> None:
         """Send a line and return once its API call has reached the emulator."""
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
+        self.stdin.write(line + "\n")
+        self.stdin.flush()
         deadline = time.monotonic() + 10
         while emulator.chat_requests() == 0:
             assert time.monotonic() < deadline, "the request never reached the API"
@@ -105,14 +115,14 @@ class Bot:
     def port(self) -> int:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            found = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", self.stderr_path.read_text())
-            if found:
-                return int(found.group(1))
+            port = logged_port(self.stderr_path.read_text())
+            if port is not None:
+                return port
             time.sleep(0.05)
         raise AssertionError("the HTTP server never said where it listens")
 
     def finish(self, timeout: float = 30) -> int:
-        self.process.stdin.close()
+        self.stdin.close()
         return self.process.wait(timeout=timeout)
 
     def ledger(self) -> tuple[list[tuple], int]:
@@ -195,7 +205,7 @@ def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tmp_path):
         bot.process.send_signal(signal.SIGTERM)
         assert bot.process.wait(timeout=15) == 0
         assert time.monotonic() - started < 10
-        assert 'you asked "a slow question"' in bot.process.stdout.read()
+        assert 'you asked "a slow question"' in bot.stdout.read()
         usage, open_reservations = bot.ledger()
         assert [row[2] for row in usage] == [1] and open_reservations == 0
     finally:
@@ -263,7 +273,7 @@ def test_a_refused_discord_token_is_explained_and_exits_2(tmp_path):
 
     from tests.standins.discord import DiscordStandIn
 
-    async def main() -> tuple[int, str]:
+    async def main() -> tuple[int | None, str]:
         async with DiscordStandIn() as standin:
             env = discord_environment(tmp_path, standin)
             env["DISCORD_BOT_TOKEN"] = "not-the-right-token"
@@ -341,8 +351,7 @@ async def test_iobot_run_serves_slack_over_http_from_its_settings(tmp_path):
             *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=slack_environment(tmp_path, standin)
         )
         try:
-            await standin.wait_for(lambda: re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()), timeout=20)
-            port = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()).group(1)
+            port = await standin.wait_for(lambda: logged_port(stderr.read_text()), timeout=20)
             body = command_body("ask What is io.net?", user="U0ANA", response_url=standin.response_url("r1"), trigger_id="t1")
             async with httpx.AsyncClient() as http:
                 ack = await http.post(
@@ -440,7 +449,7 @@ async def test_slack_and_discord_in_one_process_leak_no_secret_even_at_debug(tmp
             await discord_standin.wait_for(lambda: discord_standin.identifies, timeout=20)
             question = await discord_standin.post("<@1000> hi", mention_bot=True)
             await discord_standin.wait_for(lambda: [m for m in discord_standin.replies_to(question) if "-# " in m["content"]] or None, timeout=20)
-            port = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", stderr.read_text()).group(1)
+            port = await slack_standin.wait_for(lambda: logged_port(stderr.read_text()))
             body = command_body("ask hello", user="U0ANA", response_url=slack_standin.response_url("r1"), trigger_id="t1")
             async with httpx.AsyncClient() as http:
                 await http.post(

@@ -7,20 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from core.quotas import QuotaFileError, load_quota_table
+from core.quotas import ModelLimits, QuotaFileError, QuotaTable, load_quota_table
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_7ba87a35c6c7b563.txt"
+
+
+def row(table: QuotaTable, name: str) -> ModelLimits:
+    found = table.get(name)
+    assert found is not None, f"{name} is not in the table"
+    return found
 
 
 def test_the_built_in_table_has_every_model_of_the_seed():
     table = load_quota_table()
     assert len(table) == 34
-    llama = table.get("meta-llama/Llama-3.3-70B-Instruct")
+    llama = row(table, "meta-llama/Llama-3.3-70B-Instruct")
     assert (llama.chat_daily_tokens, llama.api_daily_tokens, llama.context_length, llama.images) == (1_000_000, 500_000, 128_000, False)
-    vision = table.get("meta-llama/Llama-3.2-90B-Vision-Instruct")
+    vision = row(table, "meta-llama/Llama-3.2-90B-Vision-Instruct")
     assert (vision.chat_daily_tokens, vision.api_daily_tokens, vision.context_length, vision.images) == (0, 500_000, 16_000, True)
-    assert table.get("Qwen/Qwen2-VL-7B-Instruct").context_length is None  # N/A in the source
-    embed = table.get("BAAI/bge-multilingual-gemma2")
+    assert row(table, "Qwen/Qwen2-VL-7B-Instruct").context_length is None  # N/A in the source
+    embed = row(table, "BAAI/bge-multilingual-gemma2")
     assert embed.kind == "embedding" and embed.embeddings_daily_tokens == 50_000_000 and embed.api_daily_tokens is None
     assert [m.name for m in table if m.images] == ["meta-llama/Llama-3.2-90B-Vision-Instruct", "Qwen/Qwen2-VL-7B-Instruct"]
 
@@ -32,17 +38,17 @@ def test_the_built_in_table_matches_the_seed_row_by_row():
         match = re.match(r"^\| ([\w./-]+) \| ([\d,]+ tk|N/A) \| ([\d,]+ tk|N/A) \| ([\d,]+ tk|N/A) \| ([\d,]+ tk|N/A) \|$", line)
         if not match:
             continue
-        row = table.get(match.group(1))
+        found = row(table, match.group(1))
         figures = [None if value == "N/A" else int(value.removesuffix(" tk").replace(",", "")) for value in match.groups()[1:]]
-        assert [row.chat_daily_tokens, row.api_daily_tokens, row.embeddings_daily_tokens, row.context_length] == figures, row.name
+        assert [found.chat_daily_tokens, found.api_daily_tokens, found.embeddings_daily_tokens, found.context_length] == figures, found.name
 
 
 def test_an_operator_file_replaces_the_table(tmp_path):
     path = tmp_path / "quotas.toml"
     path.write_text('[[model]]\nname = "acme/model"\napi_daily_tokens = 1_000\ncontext_length = 4_096\nimages = true\n')
     table = load_quota_table(path)
-    assert [row.name for row in table] == ["acme/model"]
-    assert table.get("acme/model").images and table.get("meta-llama/Llama-3.3-70B-Instruct") is None
+    assert [limits.name for limits in table] == ["acme/model"]
+    assert row(table, "acme/model").images and table.get("meta-llama/Llama-3.3-70B-Instruct") is None
 
 
 @pytest.mark.parametrize(

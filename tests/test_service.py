@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from core.emulator import Fault
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
+from emulator import Fault
 
 from .conftest import png_bytes
 

@@ -95,7 +95,7 @@ async def test_missing_stale_or_garbled_signature_headers_are_401(edge):
     ]
     async with httpx.AsyncClient() as http:
         for headers in variants:
-            encoded = {name: value.encode() for name, value in headers.items()}
+            encoded = {name.encode(): value.encode() for name, value in headers.items()}
             response = await http.post(url, content=body.encode(), headers=encoded)
             assert response.status_code == 401, headers
     async with httpx.AsyncClient() as http:  # bytes that are no UTF-8, signed or not

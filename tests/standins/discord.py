@@ -175,13 +175,14 @@ class DiscordStandIn:
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
+        token = f"interaction-token-{interaction_id}"
         interaction = {
             "id": str(interaction_id), "application_id": str(APPLICATION_ID), "type": 2, "data": data,
-            "token": f"interaction-token-{interaction_id}", "version": 1, "app_permissions": "1071698660929",
+            "token": token, "version": 1, "app_permissions": "1071698660929",
             "locale": "en-US", "entitlements": [], "attachment_size_limit": 25 * 1024 * 1024, "context": 0,
             "channel_id": str(channel),
         }
-        self._interaction_channels[interaction["token"]] = channel
+        self._interaction_channels[token] = channel
         if channel == DM_CHANNEL:
             interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
         else:
@@ -202,12 +203,12 @@ class DiscordStandIn:
         if self._socket is not None:
             await self._socket.close(code=4000, message=b"stand-in: please reconnect")
 
-    async def wait_for(self, condition: Callable[[], T], timeout: float = 10.0) -> T:
+    async def wait_for(self, condition: Callable[[], T | None], timeout: float = 10.0) -> T:
         """Poll until `condition()` is truthy, and return it; fail after `timeout` seconds."""
         async with asyncio.timeout(timeout):
             while not (result := condition()):
                 await asyncio.sleep(0.02)
-        return result
+            return result
 
     # --- what tests read ---------------------------------------------------------------------------
 
@@ -259,7 +260,7 @@ class DiscordStandIn:
     async def _create_message(self, request: web.Request) -> web.Response:
         body = await request.json()
         reference = body.get("message_reference") or {}
-        reply_to = int(reference.get("message_id", 0))
+        reply_to: int | None = int(reference.get("message_id", 0))
         if reply_to not in self.messages:  # deleted meanwhile: with fail_if_not_exists off, a plain message
             reply_to = None
         message = self._new_message(body.get("content", ""), author=BOT_ID, channel=int(request.match_info["channel"]),
