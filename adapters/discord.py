@@ -413,7 +413,8 @@ class DiscordAdapter:
         self, user: discord.User | discord.Member, guild: int | None, channel_id: int | None, channel: object
     ) -> bool:
         roles = [role.id for role in getattr(user, "roles", ())]  # a Member in a server, a User in a DM
-        channels = {channel_id, getattr(channel, "parent_id", None)} - {None}  # a thread counts as its parent too
+        parent_id: int | None = getattr(channel, "parent_id", None)  # a thread counts as its parent too
+        channels = {id_ for id_ in (channel_id, parent_id) if id_ is not None}
         return self.access.permits(user=user.id, roles=roles, guild=guild, channels=channels)
 
     def _images(self, attachments: Sequence[discord.Attachment]) -> tuple[list[ImageSource], list[str]]:

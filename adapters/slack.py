@@ -48,6 +48,7 @@ from core.adapter import AdapterError
 from core.client import Message
 from core.commands import is_informational
 from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
+from core.errors import Outcome
 from core.images import ImageError, ImageLimits, ImageSource
 from core.ledger.store import Store
 from core.service import Progress, Reply, Request, Service
@@ -328,7 +329,7 @@ class SlackAdapter:
         except WEB_API_FAILURES as error:
             said = _said(error)
             log.warning("could not answer privately in %s (%s)", thread.channel, said)
-            await answer.finish(Reply(f"I could not send my reply privately (Slack: {said}).", outcome="error"))
+            await answer.finish(Reply(f"I could not send my reply privately (Slack: {said}).", outcome=Outcome.ERROR))
             return
         await answer.show([])
 
@@ -338,7 +339,7 @@ class SlackAdapter:
         """The reply to a message (its images and thread included), with notes for its footer."""
         images, notes, unreadable = await self._attachments(client, event.get("files", ()))
         if unreadable and not images:  # the person asked about images, none of which could be read
-            return with_notes(Reply("\n".join(unreadable), outcome="refused"), notes)
+            return with_notes(Reply("\n".join(unreadable), outcome=Outcome.REFUSED), notes)
         history: list[Message] = []
         if "thread_ts" in event:
             history, history_notes = await self._history(client, event, context)

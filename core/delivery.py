@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from .client import Message
+from .errors import Outcome
 from .ledger.store import Store
 from .service import Progress, Reply
 
@@ -152,7 +153,7 @@ class Answer(Generic[Piece, Handle]):
         try:
             return await ask(self.stream)
         except asyncio.CancelledError:
-            await self.finish(Reply(INTERRUPTED, outcome="error", private=True))  # private where that is an option
+            await self.finish(Reply(INTERRUPTED, outcome=Outcome.ERROR, private=True))  # private where that is an option
             raise
 
     async def finish(self, reply: Reply) -> Delivery:

@@ -6,6 +6,7 @@ import io
 from typing import cast
 
 from adapters.console import HISTORY_MESSAGES, ConsoleAdapter
+from core.errors import Outcome
 from core.service import Reply, Request, Service
 
 
@@ -18,7 +19,7 @@ class RecordingService:
     async def handle(self, request: Request) -> Reply:
         self.requests.append(request)
         if request.text == "usage":
-            return Reply("Your use today", outcome="usage", private=True)
+            return Reply("Your use today", outcome=Outcome.USAGE, private=True)
         return Reply(f"echo {request.text}", model="m")
 
 

@@ -20,6 +20,7 @@ from core.delivery import (
     merge_turns,
     with_notes,
 )
+from core.errors import Outcome
 from core.ledger import MemoryStore
 from core.service import Reply
 
@@ -152,7 +153,7 @@ async def test_an_answer_nothing_of_which_could_be_posted_is_not_delivered(chat,
 
 async def test_a_duplicate_takes_back_what_was_shown(chat, answer):
     await answer.show(["Thinking…"])
-    delivery = await answer.finish(Reply("This request is already being answered.", outcome="duplicate", private=True))
+    delivery = await answer.finish(Reply("This request is already being answered.", outcome=Outcome.DUPLICATE, private=True))
     assert delivery.delivered is Delivered.NONE
     assert chat.shown == []
 
