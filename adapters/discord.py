@@ -51,9 +51,7 @@ HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
 # What the bot needs in a channel: see it, read the reply chain, answer (in threads too).
-PERMISSIONS = discord.Permissions(
-    view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True
-)
+PERMISSIONS = discord.Permissions(view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True)
 
 
 IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
@@ -79,8 +77,14 @@ class DiscordSettings(PlatformSettings):
     _http_url = field_validator("api_url")(http_url)
 
     @field_validator(
-        "allowed_guilds", "blocked_guilds", "allowed_channels", "blocked_channels",
-        "allowed_roles", "blocked_roles", "allowed_users", "blocked_users",
+        "allowed_guilds",
+        "blocked_guilds",
+        "allowed_channels",
+        "blocked_channels",
+        "allowed_roles",
+        "blocked_roles",
+        "allowed_users",
+        "blocked_users",
         mode="before",
     )
     @classmethod
@@ -173,7 +177,12 @@ class DiscordAccess:
         if guild is None:
             if not self.allow_dms:
                 return False
-        elif guild in self.blocked_guilds or (self.allowed_guilds and guild not in self.allowed_guilds) or channels & self.blocked_channels or (self.allowed_channels and not channels & self.allowed_channels):
+        elif (
+            guild in self.blocked_guilds
+            or (self.allowed_guilds and guild not in self.allowed_guilds)
+            or channels & self.blocked_channels
+            or (self.allowed_channels and not channels & self.allowed_channels)
+        ):
             return False
         if self.allowed_users or self.allowed_roles:
             return user in self.allowed_users or bool(roles & self.allowed_roles)
@@ -409,9 +418,7 @@ class DiscordAdapter:
 
     # --- shared --------------------------------------------------------------------------------
 
-    def _permits(
-        self, user: discord.User | discord.Member, guild: int | None, channel_id: int | None, channel: object
-    ) -> bool:
+    def _permits(self, user: discord.User | discord.Member, guild: int | None, channel_id: int | None, channel: object) -> bool:
         roles = [role.id for role in getattr(user, "roles", ())]  # a Member in a server, a User in a DM
         parent_id: int | None = getattr(channel, "parent_id", None)  # a thread counts as its parent too
         channels = {id_ for id_ in (channel_id, parent_id) if id_ is not None}

@@ -257,7 +257,6 @@ class SlackAdapter:
             async with asyncio.timeout(ACK_PRIORITY):
                 await self._acknowledged.wait()
 
-
     # --- the slash command -----------------------------------------------------------------------
 
     async def _on_command(self, ack: AsyncAck, command: Payload, context: AsyncBoltContext) -> None:
@@ -275,15 +274,11 @@ class SlackAdapter:
 
     # --- conversations: mentions, DMs, thread follow-ups -----------------------------------------
 
-    async def _on_mention(
-        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
-    ) -> None:
+    async def _on_mention(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         if _written(event) and await self._first_delivery(body, event):
             await self._converse(body, event, client, context)
 
-    async def _on_message(
-        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
-    ) -> None:
+    async def _on_message(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         """A DM, or a message in a channel thread the bot answered in (a mention there also comes as app_mention)."""
         if not _written(event):
             return
@@ -299,9 +294,7 @@ class SlackAdapter:
             keys.insert(0, f"slack:{body['event_id']}")
         return await first_delivery(self.store, *keys)
 
-    async def _converse(
-        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext
-    ) -> None:
+    async def _converse(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         """Answer a message in its thread: a placeholder at once, then the answer as it streams."""
         async with self.in_flight.track():
             channel, direct = event["channel"], event.get("channel_type") == "im"
@@ -535,9 +528,7 @@ def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: s
     return merge_turns(turns)
 
 
-async def thread_before(
-    client: AsyncWebClient, channel: str, thread_ts: str, before: str
-) -> tuple[list[Payload], bool]:
+async def thread_before(client: AsyncWebClient, channel: str, thread_ts: str, before: str) -> tuple[list[Payload], bool]:
     """A thread's first message and its newest replies before `before` (`THREAD_HISTORY` at most),
     oldest first, and whether replies between them were left out.
 
@@ -550,7 +541,10 @@ async def thread_before(
 
     async def replies(oldest: float | None) -> tuple[list[Payload], bool]:
         page = await client.conversations_replies(
-            channel=channel, ts=thread_ts, latest=before, limit=HISTORY_PAGE,
+            channel=channel,
+            ts=thread_ts,
+            latest=before,
+            limit=HISTORY_PAGE,
             oldest=None if oldest is None else f"{oldest:.6f}",
         )
         found = [m for m in page["messages"] if m.get("ts") != thread_ts and (oldest or 0) < float(m["ts"]) < end]

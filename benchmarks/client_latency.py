@@ -60,7 +60,9 @@ async def measure(base_url: str) -> dict:
 
     timings: dict[str, list[float]] = {"client": [], "bare": []}
     for i in range(WARMUP + CALLS):
-        for name, call in (("client", via_client), ("bare", via_httpx)) if i % 2 else (("bare", via_httpx), ("client", via_client)):
+        for name, call in (
+            (("client", via_client), ("bare", via_httpx)) if i % 2 else (("bare", via_httpx), ("client", via_client))
+        ):
             started = time.perf_counter()
             await call()
             if i >= WARMUP:

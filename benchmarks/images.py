@@ -138,17 +138,21 @@ def serve_people(image_url: str, api_url: str, image_bytes: int, people: int) ->
                 service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
                 baseline = memory_mb("VmRSS")
                 started = time.perf_counter()
-                replies = await asyncio.gather(*(
-                    service.handle(Request(
-                        user=f"console:person{person}",
-                        text="What do these photos show?",
-                        images=[
-                            ImageSource(f"{person}-{number}.png", image_url, size=image_bytes)
-                            for number in range(IMAGES_PER_REQUEST)
-                        ],
-                    ))
-                    for person in range(people)
-                ))
+                replies = await asyncio.gather(
+                    *(
+                        service.handle(
+                            Request(
+                                user=f"console:person{person}",
+                                text="What do these photos show?",
+                                images=[
+                                    ImageSource(f"{person}-{number}.png", image_url, size=image_bytes)
+                                    for number in range(IMAGES_PER_REQUEST)
+                                ],
+                            )
+                        )
+                        for person in range(people)
+                    )
+                )
                 seconds = time.perf_counter() - started
             await ledger.close()
         return {
@@ -190,24 +194,28 @@ def main() -> None:
         server.terminate()
         server.join()
     per_s, batch_per_s, jpeg_bytes = normalised_per_s()
-    print(json.dumps({
-        "normalised_per_s": round(per_s, 2),
-        "normalised_per_s_prepare_images": round(batch_per_s, 2),
-        "photo_megapixels": 12,
-        "photo_mb": round(jpeg_bytes / MB, 2),
-        "images_per_request": IMAGES_PER_REQUEST,
-        "png_mb_each": round(len(image) / MB, 1),
-        "people": PEOPLE,
-        "baseline_rss_mb": round(one["baseline"], 1),
-        "peak_rss_mb_1_request": round(one["peak"], 1),
-        "peak_rss_mb_6_requests": round(many["peak"], 1),
-        "seconds_1_request": round(one["seconds"], 1),
-        "seconds_6_requests": round(many["seconds"], 1),
-        "answered": f"{int(one['answered'])}/1, {int(many['answered'])}/{PEOPLE}",
-        "target_peak_rss_mb_1_request": TARGET_PEAK_RSS_MB_1,
-        "target_peak_rss_mb_6_requests": TARGET_PEAK_RSS_MB_6,
-        "target_met": one["peak"] < TARGET_PEAK_RSS_MB_1 and many["peak"] < TARGET_PEAK_RSS_MB_6,
-    }))
+    print(
+        json.dumps(
+            {
+                "normalised_per_s": round(per_s, 2),
+                "normalised_per_s_prepare_images": round(batch_per_s, 2),
+                "photo_megapixels": 12,
+                "photo_mb": round(jpeg_bytes / MB, 2),
+                "images_per_request": IMAGES_PER_REQUEST,
+                "png_mb_each": round(len(image) / MB, 1),
+                "people": PEOPLE,
+                "baseline_rss_mb": round(one["baseline"], 1),
+                "peak_rss_mb_1_request": round(one["peak"], 1),
+                "peak_rss_mb_6_requests": round(many["peak"], 1),
+                "seconds_1_request": round(one["seconds"], 1),
+                "seconds_6_requests": round(many["seconds"], 1),
+                "answered": f"{int(one['answered'])}/1, {int(many['answered'])}/{PEOPLE}",
+                "target_peak_rss_mb_1_request": TARGET_PEAK_RSS_MB_1,
+                "target_peak_rss_mb_6_requests": TARGET_PEAK_RSS_MB_6,
+                "target_met": one["peak"] < TARGET_PEAK_RSS_MB_1 and many["peak"] < TARGET_PEAK_RSS_MB_6,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -98,16 +98,20 @@ def main() -> None:
         pairs_per_s, exact = asyncio.run(ledger_pairs_per_s(str(Path(directory) / "ledger.sqlite3")))
         tx_per_s = sqlite3_upsert_tx_per_s(str(Path(directory) / "plain.sqlite3"))
     ratio = pairs_per_s / (tx_per_s / 2)
-    print(json.dumps({
-        "pairs_per_s": round(pairs_per_s),
-        "sqlite3_upsert_tx_per_s": round(tx_per_s),
-        "ratio": round(ratio, 3),
-        "totals_exact": exact,
-        "concurrent_tasks": TASKS,
-        "target_pairs_per_s": TARGET_PAIRS_PER_S,
-        "target_ratio": TARGET_RATIO,
-        "targets_met": pairs_per_s >= TARGET_PAIRS_PER_S and ratio >= TARGET_RATIO and exact,
-    }))
+    print(
+        json.dumps(
+            {
+                "pairs_per_s": round(pairs_per_s),
+                "sqlite3_upsert_tx_per_s": round(tx_per_s),
+                "ratio": round(ratio, 3),
+                "totals_exact": exact,
+                "concurrent_tasks": TASKS,
+                "target_pairs_per_s": TARGET_PAIRS_PER_S,
+                "target_ratio": TARGET_RATIO,
+                "targets_met": pairs_per_s >= TARGET_PAIRS_PER_S and ratio >= TARGET_RATIO and exact,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

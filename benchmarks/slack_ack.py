@@ -66,10 +66,19 @@ async def serve(kind: str, api_url: str, emulator_url: str) -> None:
 
             ledger = await SQLiteLedger.open(os.path.join(tempfile.mkdtemp(), "ledger.sqlite3"), user_daily_tokens=50_000)
             client = IOClient(emulator_url, API_KEY, timeout=30)
-            config = ServiceConfig(model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct")
+            config = ServiceConfig(
+                model="meta-llama/Llama-3.3-70B-Instruct", vision_model="meta-llama/Llama-3.2-90B-Vision-Instruct"
+            )
             service = Service(client, ledger, load_quota_table(), config, http, store=ledger.store)
-            adapter = SlackAdapter(service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=api_url,
-                                   file_hosts=["files.slack.com"], image_limits=ImageLimits(), store=MemoryStore())
+            adapter = SlackAdapter(
+                service,
+                bot_token=BOT_TOKEN,
+                signing_secret=SECRET,
+                api_url=api_url,
+                file_hosts=["files.slack.com"],
+                image_limits=ImageLimits(),
+                store=MemoryStore(),
+            )
             app.add_routes(adapter.routes())
         else:
             bolt = AsyncApp(client=AsyncWebClient(token=BOT_TOKEN, base_url=api_url), signing_secret=SECRET, name="bare")
@@ -131,15 +140,27 @@ class Outcome:
         return figures
 
 
-async def load(session: aiohttp.ClientSession, slack: SlackStandIn, url: str, name: str,
-               count: int, interval: float, answered: bool, outcome: Outcome) -> None:
+async def load(
+    session: aiohttp.ClientSession,
+    slack: SlackStandIn,
+    url: str,
+    name: str,
+    count: int,
+    interval: float,
+    answered: bool,
+    outcome: Outcome,
+) -> None:
     """Send `count` signed `/io ask` commands `interval` seconds apart (0: all at once), timing each ack;
     then, if `answered`, wait for their answers at the response_url."""
     keys = [f"{name}-{index}" for index in range(count)]
     requests = []
     for index, key in enumerate(keys):  # signed up front, so that signing is not timed
-        body = command_body(f"ask Question {index} of the {name} load?", user=f"U{name.upper()}{index:04d}",
-                            response_url=slack.response_url(key), trigger_id=f"{key}.trigger")
+        body = command_body(
+            f"ask Question {index} of the {name} load?",
+            user=f"U{name.upper()}{index:04d}",
+            response_url=slack.response_url(key),
+            trigger_id=f"{key}.trigger",
+        )
         requests.append((body, signed_headers(body, SECRET, FORM)))
 
     async def send(body: str, headers: dict[str, str], at: float) -> None:
@@ -191,7 +212,10 @@ async def main() -> None:
     finally:
         stop(emulator)
     result: dict = {"benchmark": "slack_ack", "answer_delay_s": ANSWER_DELAY}
-    for phase, spec in (("steady", {"rate_per_s": STEADY_RATE, "seconds": STEADY_SECONDS}), ("burst", {"at_once": BURST, "repeats": BURST_REPEATS})):
+    for phase, spec in (
+        ("steady", {"rate_per_s": STEADY_RATE, "seconds": STEADY_SECONDS}),
+        ("burst", {"at_once": BURST, "repeats": BURST_REPEATS}),
+    ):
         ratio = iobot[phase]["ack_p99_ms"] / bare[phase]["ack_p99_ms"]
         result[phase] = {**spec, "iobot": iobot[phase], "bare_bolt": bare[phase], "p99_ratio": round(ratio, 2)}
     result["targets"] = TARGETS

@@ -151,7 +151,9 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         if cancelled:
             log.warning("cancelled %d request(s) still running after the grace period", cancelled)
         await stack.aclose()  # the HTTP server, then each adapter, then the API client and the ledger
-        failures = [outcome for outcome in await asyncio.gather(*endings, return_exceptions=True) if isinstance(outcome, Exception)]
+        failures = [
+            outcome for outcome in await asyncio.gather(*endings, return_exceptions=True) if isinstance(outcome, Exception)
+        ]
         for failure in failures:
             log.error("an adapter stopped with an error: %s", failure)
     log.info("stopped")

@@ -103,8 +103,16 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
         print(f"No usage recorded on {(args.day or date.today()).isoformat()}.")
         return
     table = [
-        (row.day.isoformat(), row.user, row.model, f"{row.requests:,}", f"{row.total_tokens:,}",
-         f"{row.estimated_tokens:,}", f"{row.interrupted_tokens:,}", f"{limits[row.user]:,}")
+        (
+            row.day.isoformat(),
+            row.user,
+            row.model,
+            f"{row.requests:,}",
+            f"{row.total_tokens:,}",
+            f"{row.estimated_tokens:,}",
+            f"{row.interrupted_tokens:,}",
+            f"{limits[row.user]:,}",
+        )
         for row in rows
     ]
     header = ("day", "user", "model", "requests", "tokens", "estimated", "interrupted", "user limit/day")

@@ -290,7 +290,9 @@ def read_option(command: str, option: Option, value: Any) -> Any:
             number = value if isinstance(value, int) else word_count(value)
             low, high = option.low or 1, option.high or 10**9 - 1
             if number is None or not low <= number <= high:
-                raise UsageError(command, f"`{option.name}` must be a whole number from {low} to {high}, not {shown(str(value))}.")
+                raise UsageError(
+                    command, f"`{option.name}` must be a whole number from {low} to {high}, not {shown(str(value))}."
+                )
             return number
     return value
 
@@ -379,24 +381,40 @@ COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
         CommandSpec(
-            "ask", "<question>", "Ask the model anything. Any line that starts with no command word is a question too.",
-            "ask What is io.net?", Call.CHAT,
+            "ask",
+            "<question>",
+            "Ask the model anything. Any line that starts with no command word is a question too.",
+            "ask What is io.net?",
+            Call.CHAT,
             options=(Option("question", "What to ask the model", missing="Write your question after ask."),),
         ),
         CommandSpec(
-            "summarize", "[max_words] <text>",
+            "summarize",
+            "[max_words] <text>",
             f"Summarize text in at most max_words words (default {DEFAULT_SUMMARY_WORDS}), with its key points.",
             "summarize 50 The meeting covered the budget, the hiring plan and the launch date.",
             AgentTask("summarize_text", _summary_arguments, _summary_tokens),
             options=(
                 Option("text", "The text to summarize"),
-                Option("max_words", f"At most this many words (default {DEFAULT_SUMMARY_WORDS})", OptionKind.NUMBER, "max_words",
-                       required=False, default=DEFAULT_SUMMARY_WORDS, low=1, high=MAX_SUMMARY_WORDS),
+                Option(
+                    "max_words",
+                    f"At most this many words (default {DEFAULT_SUMMARY_WORDS})",
+                    OptionKind.NUMBER,
+                    "max_words",
+                    required=False,
+                    default=DEFAULT_SUMMARY_WORDS,
+                    low=1,
+                    high=MAX_SUMMARY_WORDS,
+                ),
             ),
-            grammar=_summarize, details=f"max_words is a whole number from 1 to {MAX_SUMMARY_WORDS}.",
+            grammar=_summarize,
+            details=f"max_words is a whole number from 1 to {MAX_SUMMARY_WORDS}.",
         ),
         CommandSpec(
-            "translate", "<language> <text>", "Translate text into a language.", "translate French Good morning",
+            "translate",
+            "<language> <text>",
+            "Translate text into a language.",
+            "translate French Good morning",
             AgentTask("translate_text", lambda command: {"target_language": command.language}),
             options=(
                 Option("language", "The language to translate into", OptionKind.LANGUAGE, "language"),
@@ -404,14 +422,20 @@ COMMANDS: dict[str, CommandSpec] = {
             ),
             grammar=_translate,
             details='Quote a language of several words: `translate "Simplified Chinese" Good morning`. '
-                    "The language goes to the model as written, so codes such as pt-BR work too.",
+            "The language goes to the model as written, so codes such as pt-BR work too.",
         ),
         CommandSpec(
-            "sentiment", "<text>", "Tell whether text is positive, neutral or negative.", "sentiment I love the new release",
-            AgentTask("sentiment"), options=(Option("text", "The text to rate"),),
+            "sentiment",
+            "<text>",
+            "Tell whether text is positive, neutral or negative.",
+            "sentiment I love the new release",
+            AgentTask("sentiment"),
+            options=(Option("text", "The text to rate"),),
         ),
         CommandSpec(
-            "classify", "<label,label,...> <text>", "Put text into one of two or more labels.",
+            "classify",
+            "<label,label,...> <text>",
+            "Put text into one of two or more labels.",
             "classify bug,feature,question The app crashes when I save",
             AgentTask("classify", lambda command: {"classify_by": list(command.labels)}),
             options=(
@@ -420,42 +444,72 @@ COMMANDS: dict[str, CommandSpec] = {
             ),
             grammar=_classify,
             details=f"Up to {MAX_LABELS} labels, separated by commas; quote them if they have spaces: "
-                    '`classify "bug report,feature request" The app crashes`.',
+            '`classify "bug report,feature request" The app crashes`.',
         ),
         CommandSpec(
-            "moderate", "<text>", "Score text for profanity, hate, harassment, self-harm and other risks.",
-            "moderate You are all wonderful", AgentTask("moderation", lambda command: {"threshold": MODERATION_THRESHOLD}),
+            "moderate",
+            "<text>",
+            "Score text for profanity, hate, harassment, self-harm and other risks.",
+            "moderate You are all wonderful",
+            AgentTask("moderation", lambda command: {"threshold": MODERATION_THRESHOLD}),
             options=(Option("text", "The text to score"),),
         ),
         CommandSpec(
-            "entities", "<text>", "List the people, organizations, places, dates and events in text.",
-            "entities Ada Lovelace met Charles Babbage in London in 1833", AgentTask("extract_categorized_entities"),
+            "entities",
+            "<text>",
+            "List the people, organizations, places, dates and events in text.",
+            "entities Ada Lovelace met Charles Babbage in London in 1833",
+            AgentTask("extract_categorized_entities"),
             options=(Option("text", "The text to search"),),
         ),
         CommandSpec(
-            "reason", "<problem>", "Work through a problem step by step.",
-            "reason A train leaves at 3pm at 60 km/h. When has it gone 150 km?", AgentTask("solve_with_reasoning"),
+            "reason",
+            "<problem>",
+            "Work through a problem step by step.",
+            "reason A train leaves at 3pm at 60 km/h. When has it gone 150 km?",
+            AgentTask("solve_with_reasoning"),
             options=(Option("problem", "The problem to work through", missing="Describe the problem after reason."),),
         ),
         CommandSpec(
-            "vision", "<image-url> [question]", "Ask about an image. Attaching images to a message works too.",
-            "vision https://example.com/cat.png How many cats are there?", Call.VISION,
+            "vision",
+            "<image-url> [question]",
+            "Ask about an image. Attaching images to a message works too.",
+            "vision https://example.com/cat.png How many cats are there?",
+            Call.VISION,
             options=(
                 Option("image", "An image to ask about", OptionKind.ATTACHMENT, required=False),
                 Option("url", "Or a link to one", OptionKind.URL, "image", required=False),
                 Option("question", "What to ask about it", required=False, default=DEFAULT_VISION_QUESTION),
             ),
-            grammar=_vision, build=_vision_options,
+            grammar=_vision,
+            build=_vision_options,
             details="The link must be http or https. In the terminal a file path works too; quote a path with spaces.",
         ),
-        CommandSpec("agents", "", "List the AI agents the service offers.", "agents", Call.AGENTS, takes_text=False, private=True),
-        CommandSpec("models", "", "List the models with their daily quota and today's use.", "models", Call.MODELS,
-                    takes_text=False, private=True),
-        CommandSpec("usage", "", "Show your own use today and what is left.", "usage", Call.USAGE, takes_text=False, private=True),
         CommandSpec(
-            "help", "[command]", "Show this help, or one command's. `/help` and `?` are help too.", "help translate", Call.HELP,
+            "agents", "", "List the AI agents the service offers.", "agents", Call.AGENTS, takes_text=False, private=True
+        ),
+        CommandSpec(
+            "models",
+            "",
+            "List the models with their daily quota and today's use.",
+            "models",
+            Call.MODELS,
+            takes_text=False,
+            private=True,
+        ),
+        CommandSpec(
+            "usage", "", "Show your own use today and what is left.", "usage", Call.USAGE, takes_text=False, private=True
+        ),
+        CommandSpec(
+            "help",
+            "[command]",
+            "Show this help, or one command's. `/help` and `?` are help too.",
+            "help translate",
+            Call.HELP,
             options=(Option("command", "A command to explain", OptionKind.COMMAND, "topic", required=False),),
-            grammar=_help, takes_text=False, private=True,
+            grammar=_help,
+            takes_text=False,
+            private=True,
         ),
     )
 }

@@ -208,11 +208,7 @@ def prepare_image(data: bytes | IO[bytes], name: str, limits: ImageLimits = Imag
 
     as_is_mime = _AS_IS_MIMES.get(source_format or "")  # None for formats that are always re-encoded
     sendable_as_is = (
-        source_mode in _AS_IS_MODES
-        and not animated
-        and not carries_metadata
-        and orientation == 1
-        and max(width, height) <= bound
+        source_mode in _AS_IS_MODES and not animated and not carries_metadata and orientation == 1 and max(width, height) <= bound
     )
     if as_is_mime is not None and sendable_as_is and size <= len(encoded):
         file.seek(0)
@@ -467,7 +463,6 @@ async def prepare_images(
     return prepared, refusals
 
 
-
 async def _prepare_one(
     item: ImageInput,
     limits: ImageLimits,
@@ -558,9 +553,7 @@ async def download_image(
         raise
 
 
-async def _download(
-    http: httpx.AsyncClient, request: httpx.Request, name: str, limits: ImageLimits, into: IO[bytes]
-) -> None:
+async def _download(http: httpx.AsyncClient, request: httpx.Request, name: str, limits: ImageLimits, into: IO[bytes]) -> None:
     failed = f"Could not download {name}"
     try:
         async with asyncio.timeout(limits.timeout):

@@ -80,17 +80,27 @@ class NotEnoughLeft(QuotaExceeded):
         self.model = refusal.model if isinstance(refusal, ModelQuotaExceeded) else None  # None: the person's budget
         left = max(0, refusal.limit - refusal.used)
         if self.model is None:
-            limit, whose, resets = "your daily budget", f"You have {left:,} of your {refusal.limit:,} tokens left today", "Your budget resets"
+            limit, whose, resets = (
+                "your daily budget",
+                f"You have {left:,} of your {refusal.limit:,} tokens left today",
+                "Your budget resets",
+            )
         else:
             name = short_model_name(self.model)
-            limit, whose, resets = f"{name}'s daily quota", f"{name} has {left:,} of its {refusal.limit:,} tokens left today", "It resets"
+            limit, whose, resets = (
+                f"{name}'s daily quota",
+                f"{name} has {left:,} of its {refusal.limit:,} tokens left today",
+                "It resets",
+            )
         if no_room.needed - no_room.message_tokens > refusal.limit:  # not even an empty message would fit
             text = (
                 f"{limit[0].upper()}{limit[1:]} of {refusal.limit:,} tokens is too small for any answer: even a short one "
                 f"needs about {no_room.needed:,}. An operator can raise it."
             )
         elif no_room.needed > refusal.limit:  # not even a whole day's tokens would do
-            text = str(InputTooLong(limit, NoRoom(needed=no_room.needed, room=refusal.limit, message_tokens=no_room.message_tokens)))
+            text = str(
+                InputTooLong(limit, NoRoom(needed=no_room.needed, room=refusal.limit, message_tokens=no_room.message_tokens))
+            )
         else:
             wait = time_until(refusal.resets_at - datetime.now(UTC))
             text = f"{whose}; this message and a short answer need about {no_room.needed:,}. {resets} at 00:00 UTC ({wait})."
@@ -137,7 +147,14 @@ class ServiceConfig:
 
 class Service:
     def __init__(
-        self, client: IOClient, ledger: Ledger, quotas: QuotaTable, config: ServiceConfig, http: httpx.AsyncClient, *, store: Store
+        self,
+        client: IOClient,
+        ledger: Ledger,
+        quotas: QuotaTable,
+        config: ServiceConfig,
+        http: httpx.AsyncClient,
+        *,
+        store: Store,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -284,8 +301,12 @@ class Service:
                     await progress(IMAGES_WAITING)
 
         prepared, refusals = await prepare_images(
-            items, limits, budget=self._image_budget, http=self.http,
-            allow_loopback=self.config.allow_loopback_images, on_wait=on_wait,
+            items,
+            limits,
+            budget=self._image_budget,
+            http=self.http,
+            allow_loopback=self.config.allow_loopback_images,
+            on_wait=on_wait,
         )
         for refusal in refusals:
             metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
@@ -293,7 +314,10 @@ class Service:
             return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
         log.info(
             "%d image(s) for %s: %d bytes sent, %d saved by normalising",
-            len(prepared), request.user, sum(len(image.data) for image in prepared), sum(image.saved_bytes for image in prepared),
+            len(prepared),
+            request.user,
+            sum(len(image.data) for image in prepared),
+            sum(image.saved_bytes for image in prepared),
         )
         message = vision_message(question, [image.data_url for image in prepared])
         reply = await self._chat(request, message, images=True, progress=progress)
@@ -376,7 +400,11 @@ class Service:
                 return Reply("The model gave an empty answer. Please rephrase and try again.", outcome=Outcome.ERROR, model=model)
             notes = [_stood_in(model, passed_over)] if passed_over else []
             if fitted.dropped:
-                which = "oldest message of this conversation was" if fitted.dropped == 1 else f"{fitted.dropped} oldest messages of this conversation were"
+                which = (
+                    "oldest message of this conversation was"
+                    if fitted.dropped == 1
+                    else f"{fitted.dropped} oldest messages of this conversation were"
+                )
                 notes.append(f"The {which} left out to fit {limited_by}.")
             if fitted.max_tokens < self.config.max_tokens and limited_by != CONTEXT:
                 notes.append(f"The answer was kept to about {fitted.max_tokens:,} tokens to fit {limited_by}.")
@@ -406,8 +434,11 @@ class Service:
                 raise NotEnoughLeft(refusal, exc) from None
             try:
                 reservation = await self.ledger.reserve(
-                    user=user, model=model, tokens=fitted.tokens,
-                    model_limit=row.api_daily_tokens if row else None, idempotency_key=key,
+                    user=user,
+                    model=model,
+                    tokens=fitted.tokens,
+                    model_limit=row.api_daily_tokens if row else None,
+                    idempotency_key=key,
                 )
                 return reservation, fitted, limited_by
             except QuotaExceeded as exc:
@@ -458,8 +489,11 @@ class Service:
             no_room = NoRoom(needed=prompt + answer_room, room=context, message_tokens=estimate_text_tokens(command.text))
             raise InputTooLong(short_model_name(model), no_room)
         reservation = await self.ledger.reserve(
-            user=request.user, model=model, tokens=prompt + answer_room,
-            model_limit=row.api_daily_tokens if row else None, idempotency_key=request.request_id,
+            user=request.user,
+            model=model,
+            tokens=prompt + answer_room,
+            model_limit=row.api_daily_tokens if row else None,
+            idempotency_key=request.request_id,
         )
         try:
             result = await self.client.run_workflow(task.task, command.text, **task.arguments(command))
@@ -483,8 +517,7 @@ class Service:
             lines.append(code_table(("model", "requests", "tokens"), table))
         left = max(0, limit - used)
         lines.append(
-            f"Used {used:,} of your {limit:,} tokens; {left:,} left. "
-            f"Resets at 00:00 UTC ({time_until(next_reset(now) - now)})."
+            f"Used {used:,} of your {limit:,} tokens; {left:,} left. Resets at 00:00 UTC ({time_until(next_reset(now) - now)})."
         )
         return "\n".join(lines)
 

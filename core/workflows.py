@@ -166,9 +166,7 @@ def _moderation(raw: Any, args: dict[str, Any]) -> Moderation:
     if not isinstance(raw, dict):
         raise UnexpectedResponseError("moderation result is not an object")
     scores = {
-        str(name): float(value)
-        for name, value in raw.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        str(name): float(value) for name, value in raw.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
     if not scores:
         raise UnexpectedResponseError("moderation result has no scores")

@@ -87,9 +87,7 @@ def _validate_chat(body: Any) -> None:
     elif not isinstance(messages, list):
         errors.append(field_error(["body", "messages"], "Input should be a valid list", "list_type"))
     elif not messages:
-        errors.append(
-            field_error(["body", "messages"], "List should have at least 1 item after validation, not 0", "too_short")
-        )
+        errors.append(field_error(["body", "messages"], "List should have at least 1 item after validation, not 0", "too_short"))
     else:
         for index, message in enumerate(messages):
             errors += _message_errors(message, ["body", "messages", index])
@@ -147,9 +145,7 @@ CODE_BLOCK = (
     "```python\n"
     "def emulated_total() -> int:\n"
     '    """Add up one to twenty-six, one line at a time."""\n'
-    "    total = 0\n"
-    + "".join(f"    total += {n}\n" for n in range(1, 27))
-    + "    return total\n"
+    "    total = 0\n" + "".join(f"    total += {n}\n" for n in range(1, 27)) + "    return total\n"
     "```"
 )
 FILLER = (

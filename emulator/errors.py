@@ -42,7 +42,6 @@ class ApiError(Exception):
         return web.json_response(self.body, status=self.status, headers=self.headers)
 
 
-
 def reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

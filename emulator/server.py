@@ -148,9 +148,7 @@ class Emulator:
         body, body_error = _parse_json(raw)
         auth_problem = self._auth_problem(request)
         fault = self._take_fault(path, body)
-        self.requests.append(
-            RecordedRequest(request.method, path, body, auth_problem is None, fault.kind if fault else None)
-        )
+        self.requests.append(RecordedRequest(request.method, path, body, auth_problem is None, fault.kind if fault else None))
         if fault is not None and fault.kind not in ("slow", "cut_stream"):
             return self._serve_fault(request, fault, body)
         if fault is not None and fault.kind == "slow":
@@ -217,8 +215,7 @@ class Emulator:
     async def _models(self, _body: Any) -> Reply:
         """Each model in OpenAI's shape (`id`, `object`) and io.net's newer one (`name`, `metadata`) at once."""
         data = [
-            {"id": row.name, "object": "model", "created": MODELS_CREATED, "owned_by": "io-intelligence"}
-            for row in self.quotas
+            {"id": row.name, "object": "model", "created": MODELS_CREATED, "owned_by": "io-intelligence"} for row in self.quotas
         ]
         if self.models_shape == "openai":
             return {"object": "list", "data": data}
@@ -315,4 +312,3 @@ def _cloudflare_page(status: int) -> str:
 </body>
 </html>
 """
-

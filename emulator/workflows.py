@@ -32,16 +32,27 @@ class ArgKind:
     error_type: str
 
 
-POSITIVE_INT = ArgKind({"type": "integer", "minimum": 1}, lambda v: is_int(v) and v >= 1,
-                       "Input should be an integer of at least 1", "int_type")
-TEXT = ArgKind({"type": "string", "minLength": 1}, lambda v: isinstance(v, str) and bool(v.strip()),
-               "Input should be a non-empty string", "string_type")
-LABELS = ArgKind({"type": "array", "items": {"type": "string"}, "minItems": 1},
-                 lambda v: isinstance(v, list) and bool(v) and all(isinstance(label, str) for label in v),
-                 "Input should be a non-empty list of strings", "list_type")
-FRACTION = ArgKind({"type": "number", "minimum": 0, "maximum": 1},
-                   lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
-                   "Input should be a number between 0 and 1", "float_type")
+POSITIVE_INT = ArgKind(
+    {"type": "integer", "minimum": 1}, lambda v: is_int(v) and v >= 1, "Input should be an integer of at least 1", "int_type"
+)
+TEXT = ArgKind(
+    {"type": "string", "minLength": 1},
+    lambda v: isinstance(v, str) and bool(v.strip()),
+    "Input should be a non-empty string",
+    "string_type",
+)
+LABELS = ArgKind(
+    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    lambda v: isinstance(v, list) and bool(v) and all(isinstance(label, str) for label in v),
+    "Input should be a non-empty list of strings",
+    "list_type",
+)
+FRACTION = ArgKind(
+    {"type": "number", "minimum": 0, "maximum": 1},
+    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
+    "Input should be a number between 0 and 1",
+    "float_type",
+)
 OBJECT = ArgKind({"type": "object"}, lambda v: isinstance(v, dict), "Input should be a valid dictionary", "dict_type")
 
 # Each task's arguments besides "type": name -> (kind, required).
@@ -53,8 +64,7 @@ TASKS: dict[str, dict[str, tuple[ArgKind, bool]]] = {
     "classify": {"classify_by": (LABELS, True)},
     "moderation": {"threshold": (FRACTION, True)},
     "solve_with_reasoning": {},
-    "custom": {"name": (TEXT, True), "objective": (TEXT, True), "instructions": (TEXT, True),
-               "context": (OBJECT, False)},
+    "custom": {"name": (TEXT, True), "objective": (TEXT, True), "instructions": (TEXT, True), "context": (OBJECT, False)},
 }
 
 
@@ -122,11 +132,13 @@ def _validate_workflow(body: Any) -> tuple[str, dict[str, Any]]:
         errors.append(field_error(["body", "args"], "Input should be a valid dictionary", "dict_type"))
     elif args.get("type") not in TASKS:
         expected = ", ".join(f"'{task}'" for task in TASKS)
-        errors.append(field_error(
-            ["body", "args"],
-            f"Input tag {args.get('type')!r} found using 'type' does not match any of the expected tags: {expected}",
-            "union_tag_invalid",
-        ))
+        errors.append(
+            field_error(
+                ["body", "args"],
+                f"Input tag {args.get('type')!r} found using 'type' does not match any of the expected tags: {expected}",
+                "union_tag_invalid",
+            )
+        )
     else:
         task = args["type"]
         for name, (kind, required) in TASKS[task].items():
@@ -172,9 +184,7 @@ def _sentiment(text: str, _args: dict[str, Any]) -> float:
 
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
-DATE = re.compile(
-    rf"\b(?:(?:{MONTHS})(?:\s+\d{{1,2}}(?:st|nd|rd|th)?)?(?:,?\s+\d{{4}})?|{DAYS}|(?:1[89]|20)\d\d)\b"
-)
+DATE = re.compile(rf"\b(?:(?:{MONTHS})(?:\s+\d{{1,2}}(?:st|nd|rd|th)?)?(?:,?\s+\d{{4}})?|{DAYS}|(?:1[89]|20)\d\d)\b")
 CAPITALISED_RUN = re.compile(r"[A-Z][\w'&-]*(?:[ \t]+[A-Z][\w'&-]*)*")
 ORGANIZATION_ENDINGS = frozenset({"Inc", "Corp", "Ltd", "University", "Foundation"})
 EVENT_ENDINGS = frozenset({"Conference", "Summit", "Festival", "Expo", "Olympics", "Championship"})
@@ -251,12 +261,14 @@ def _moderate(text: str, _args: dict[str, Any]) -> dict[str, float]:
 
 
 def _solve(text: str, _args: dict[str, Any]) -> str:
-    return "\n".join((
-        f'1. Restate the problem: "{text}"',
-        "2. Split it into smaller steps and work through each one in order.",
-        "3. Check the result against what the problem asks for.",
-        f"Answer: the emulated solution to a problem of {len(text.split())} words.",
-    ))
+    return "\n".join(
+        (
+            f'1. Restate the problem: "{text}"',
+            "2. Split it into smaller steps and work through each one in order.",
+            "3. Check the result against what the problem asks for.",
+            f"Answer: the emulated solution to a problem of {len(text.split())} words.",
+        )
+    )
 
 
 def _custom(text: str, args: dict[str, Any]) -> str:

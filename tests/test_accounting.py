@@ -47,7 +47,11 @@ QUOTAS = parse_quota_table(
 
 def make_service(client, ledger, fallbacks=(FALLBACK, SMALL_VISION), model=MODEL, max_tokens=200) -> Service:
     config = ServiceConfig(
-        model=model, vision_model=VISION, fallback_models=tuple(fallbacks), max_tokens=max_tokens, allow_loopback_images=True,
+        model=model,
+        vision_model=VISION,
+        fallback_models=tuple(fallbacks),
+        max_tokens=max_tokens,
+        allow_loopback_images=True,
         user_requests_per_minute=1_000,  # these tests are about the ledger, not the rate limit
     )
     return Service(client, ledger, QUOTAS, config, httpx.AsyncClient(), store=MemoryStore())
@@ -212,7 +216,10 @@ async def test_history_is_trimmed_to_the_model_context(client, ledger, emulator)
     assert sent[0]["role"] == "system" and sent[-1]["content"] == "And now?"
     assert 1 < len(sent) < len(history) + 2, "some, not all, of the history went along"
     assert sent[1:-1] == history[len(history) - (len(sent) - 2) :], "the newest turns are kept"
-    assert f"The {len(history) - (len(sent) - 2)} oldest messages of this conversation were left out to fit the model's context." in reply.notes
+    assert (
+        f"The {len(history) - (len(sent) - 2)} oldest messages of this conversation were left out to fit the model's context."
+        in reply.notes
+    )
 
 
 async def test_an_input_too_long_for_the_model_is_refused_with_its_limit(client, ledger, emulator):

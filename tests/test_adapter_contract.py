@@ -64,7 +64,9 @@ class Driver:
 @pytest.fixture
 async def service(client: IOClient, ledger: SQLiteLedger) -> AsyncIterator[Service]:
     async with httpx.AsyncClient() as downloads:
-        yield Service(client, ledger, load_quota_table(), ServiceConfig(model=MODEL, vision_model=MODEL), downloads, store=ledger.store)
+        yield Service(
+            client, ledger, load_quota_table(), ServiceConfig(model=MODEL, vision_model=MODEL), downloads, store=ledger.store
+        )
 
 
 @pytest.fixture

@@ -38,7 +38,9 @@ IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(
 
 def environment(workdir: Path, **extra: str) -> dict:
     """A clean environment: no settings from the machine, the ledger in `workdir`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))
+    }
     env.update({"IOBOT_PORT": "0", "IOBOT_HOST": "127.0.0.1", "IOBOT_DATABASE_URL": f"sqlite:///{workdir / 'ledger.sqlite3'}"})
     env.update(extra)
     return env
@@ -103,7 +105,9 @@ def test_usage_json_shows_what_the_console_run_spent(console_run, workdir):
     chat = by_model["meta-llama/Llama-3.3-70B-Instruct"]
     assert chat["user"] == "console:ana" and chat["requests"] == 9  # 2 questions + 7 agent tasks
     assert chat["total_tokens"] == chat["prompt_tokens"] + chat["completion_tokens"] > chat["estimated_tokens"] > 0
-    assert {"day", "user", "model", "prompt_tokens", "completion_tokens", "total_tokens", "requests", "estimated_tokens"} <= set(chat)
+    assert {"day", "user", "model", "prompt_tokens", "completion_tokens", "total_tokens", "requests", "estimated_tokens"} <= set(
+        chat
+    )
     assert iobot(workdir, "usage", "--json", "--user", "console:nobody").stdout.strip() == "[]"
     assert iobot(workdir, "usage", "--json", "--day", "2000-01-01").stdout.strip() == "[]"
     table = iobot(workdir, "usage").stdout
@@ -121,8 +125,13 @@ def test_models_prints_the_quota_table_with_todays_use(console_run, workdir):
 
 def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
     service = subprocess.Popen(
-        [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
+        [*IOBOT, "run", "--emulator"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=environment(tmp_path, USER="bo", LOGNAME="bo"),
     )
     stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
@@ -147,8 +156,13 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
 
 def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_first(tmp_path):
     service = subprocess.Popen(
-        [*IOBOT, "run", "--emulator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, cwd=tmp_path, env=environment(tmp_path, USER="bo", LOGNAME="bo"),
+        [*IOBOT, "run", "--emulator"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=environment(tmp_path, USER="bo", LOGNAME="bo"),
     )
     stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
@@ -158,13 +172,18 @@ def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_f
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "iobot.sqlite3").symlink_to(tmp_path / "ledger.sqlite3")
         second = iobot(
-            tmp_path, "run", "--emulator", stdin="ask hi\n",
+            tmp_path,
+            "run",
+            "--emulator",
+            stdin="ask hi\n",
             IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}",
         )
         assert second.returncode == 2
         assert f"{tmp_path / 'ledger.sqlite3'} is in use by iobot process {service.pid} on " in second.stderr
         assert "Stop that process" in second.stderr and "owner=" not in second.stderr
-        assert iobot(tmp_path, "usage", IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}").returncode == 0
+        assert (
+            iobot(tmp_path, "usage", IOBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'iobot.sqlite3'}").returncode == 0
+        )
         stdin.close()
         assert service.wait(timeout=30) == 0
     finally:

@@ -239,7 +239,13 @@ async def test_html_error_page_becomes_a_readable_server_error(client, emulator)
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(400, BadRequestError), (401, AuthenticationError), (403, PermissionDeniedError), (404, NotFoundError), (422, UnprocessableEntityError)],
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (422, UnprocessableEntityError),
+    ],
 )
 async def test_client_errors_are_never_retried(client, emulator, status, error):
     emulator.inject(Fault("status", status=status))

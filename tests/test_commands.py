@@ -23,7 +23,10 @@ from .test_discord import bot, http, make_adapter, service, standin  # noqa: F40
         ("summarize Long text here.", Command("summarize", text="Long text here.")),
         ("translate french Good morning", Command("translate", text="Good morning", language="french")),
         ("sentiment I love it", Command("sentiment", text="I love it")),
-        ("classify bug,feature,question The app crashes", Command("classify", text="The app crashes", labels=("bug", "feature", "question"))),
+        (
+            "classify bug,feature,question The app crashes",
+            Command("classify", text="The app crashes", labels=("bug", "feature", "question")),
+        ),
         ("moderate some text", Command("moderate", text="some text")),
         ("entities Ada met Charles", Command("entities", text="Ada met Charles")),
         ("reason 2 trains leave at noon", Command("reason", text="2 trains leave at noon")),
@@ -94,10 +97,16 @@ def test_a_usage_error_says_what_was_wrong_with_the_usage_line_and_an_example(li
     ("line", "expected"),
     [
         ('translate "Simplified Chinese" Good morning', Command("translate", text="Good morning", language="Simplified Chinese")),
-        ("translate \u201cBrazilian Portuguese\u201d Bom dia", Command("translate", text="Bom dia", language="Brazilian Portuguese")),
+        (
+            "translate \u201cBrazilian Portuguese\u201d Bom dia",
+            Command("translate", text="Bom dia", language="Brazilian Portuguese"),
+        ),
         ("translate 'Old English' Hello", Command("translate", text="Hello", language="Old English")),
         ("translate pt-BR Good morning", Command("translate", text="Good morning", language="pt-BR")),
-        ('classify "bug report,feature request" It crashes', Command("classify", text="It crashes", labels=("bug report", "feature request"))),
+        (
+            'classify "bug report,feature request" It crashes',
+            Command("classify", text="It crashes", labels=("bug report", "feature request")),
+        ),
         ('vision "/tmp/my cat.png" Whose?', Command("vision", image="/tmp/my cat.png", text="Whose?")),
         ("vision C:\\cat.png", Command("vision", image="C:\\cat.png", text="What is in this image?")),  # a drive, no scheme
     ],
@@ -129,7 +138,9 @@ def test_help_for_one_command_and_for_no_such_command():
     unknown = help_text("frobnicate")
     assert unknown.startswith("There is no command `frobnicate`.")
     assert all(f"`{name}`" in unknown for name in COMMANDS)
-    assert help_text("`x\u202e" + "y" * 100).startswith("There is no command `xyyy"), "shown without backticks or controls, cut short"
+    assert help_text("`x\u202e" + "y" * 100).startswith("There is no command `xyyy"), (
+        "shown without backticks or controls, cut short"
+    )
 
 
 def test_help_lists_every_command_with_its_usage():
@@ -141,9 +152,19 @@ def test_help_lists_every_command_with_its_usage():
 
 @pytest.mark.parametrize(
     ("line", "informational"),
-    [("help", True), ("usage", True), ("models", True), ("agents", True), ("translate", True),
-     ("help me", True), ("vision ftp://x.example/a.png", True),
-     ("ask hi", False), ("hi there", False), ("help me write", False), ("summarize 5 text", False)],
+    [
+        ("help", True),
+        ("usage", True),
+        ("models", True),
+        ("agents", True),
+        ("translate", True),
+        ("help me", True),
+        ("vision ftp://x.example/a.png", True),
+        ("ask hi", False),
+        ("hi there", False),
+        ("help me write", False),
+        ("summarize 5 text", False),
+    ],
 )
 def test_informational_lines_are_recognised_for_instant_private_answers(line, informational):
     assert is_informational(line) is informational
@@ -205,7 +226,8 @@ async def test_a_language_keeps_its_case_on_the_way_to_the_api_and_back(grammar_
 
 
 @pytest.mark.parametrize(
-    "line", ["help translate", "help frobnicate", "/help", "?", "translate French", "summarize +-5 text", "vision ftp://x.example/a.png"]
+    "line",
+    ["help translate", "help frobnicate", "/help", "?", "translate French", "summarize +-5 text", "vision ftp://x.example/a.png"],
 )
 async def test_help_and_usage_errors_are_private_and_cost_nothing(grammar_service, emulator, ledger, line):
     reply = await grammar_service.handle(Request(user="console:ana", text=line))

@@ -35,4 +35,7 @@ async def test_each_answered_line_is_a_turn_of_the_next_ones_history():
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "echo first"},
     ], "a line that was no conversation (usage) is not remembered"
-    assert len(last.history) == HISTORY_MESSAGES and last.history[-1] == {"role": "assistant", "content": f"echo q{HISTORY_MESSAGES - 2}"}
+    assert len(last.history) == HISTORY_MESSAGES and last.history[-1] == {
+        "role": "assistant",
+        "content": f"echo q{HISTORY_MESSAGES - 2}",
+    }

@@ -376,7 +376,9 @@ def test_access_rules():
     assert everyone.permits(user=ALICE, guild=GUILD_ID, channels={GENERAL}) and everyone.permits(user=ALICE)
 
     rules = DiscordAccess(
-        blocked_channels=frozenset({RANDOM}), allowed_roles=frozenset({MEMBER_ROLE}), blocked_users=frozenset({BOB}),
+        blocked_channels=frozenset({RANDOM}),
+        allowed_roles=frozenset({MEMBER_ROLE}),
+        blocked_users=frozenset({BOB}),
         allowed_users=frozenset({OTHER_BOT}),
     )
     assert rules.permits(user=ALICE, roles={MEMBER_ROLE}, guild=GUILD_ID, channels={GENERAL})

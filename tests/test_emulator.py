@@ -223,10 +223,14 @@ async def test_unknown_or_non_chat_model_is_404(client: httpx.AsyncClient, model
         ({"messages": [{"role": "user", "content": "hi"}]}, ["body", "model"]),
         ({"model": CHAT_MODEL, "messages": [{"role": "robot", "content": "hi"}]}, ["body", "messages", 0, "role"]),
         ({"model": CHAT_MODEL, "messages": [{"role": "user"}]}, ["body", "messages", 0, "content"]),
-        ({"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
-         ["body", "messages", 0, "content", 0]),
-        ({"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
-         ["body", "messages", 0, "content", 0]),
+        (
+            {"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+            ["body", "messages", 0, "content", 0],
+        ),
+        (
+            {"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+            ["body", "messages", 0, "content", 0],
+        ),
         (chat_body("hi", max_tokens=0), ["body", "max_tokens"]),
         (chat_body("hi", stream="yes"), ["body", "stream"]),
     ],
@@ -345,7 +349,11 @@ async def test_over_context_length_is_400(
     body = response.json()
     assert error_message(response) == message
     assert {key: body[key] for key in ("object", "message", "type", "param", "code")} == {
-        "object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400,
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
     }, "vLLM's own fields too"
 
 
@@ -384,8 +392,14 @@ async def test_models_openai_shape_from_a_custom_table() -> None:
 async def test_agents_listing(client: httpx.AsyncClient) -> None:
     agents = (await client.get("/agents")).json()["agents"]
     assert set(agents) == {
-        "summary_agent", "sentiment_analysis_agent", "extractor", "translation_agent",
-        "classification_agent", "moderation_agent", "reasoning_agent", "custom_agent",
+        "summary_agent",
+        "sentiment_analysis_agent",
+        "extractor",
+        "translation_agent",
+        "classification_agent",
+        "moderation_agent",
+        "reasoning_agent",
+        "custom_agent",
     }
     for agent in agents.values():
         assert agent["name"] and agent["description"]
@@ -398,8 +412,14 @@ async def test_workflow_schema_lists_every_task(client: httpx.AsyncClient) -> No
     assert schema["type"] == "object"
     variants = {variant["title"]: variant for variant in schema["properties"]["args"]["oneOf"]}
     assert set(variants) == {
-        "summarize_text", "sentiment", "extract_categorized_entities", "translate_text",
-        "classify", "moderation", "solve_with_reasoning", "custom",
+        "summarize_text",
+        "sentiment",
+        "extract_categorized_entities",
+        "translate_text",
+        "classify",
+        "moderation",
+        "solve_with_reasoning",
+        "custom",
     }
     assert variants["translate_text"]["required"] == ["type", "target_language"]
 
@@ -464,7 +484,12 @@ async def test_translate_classify_reason_custom(client: httpx.AsyncClient) -> No
 
 async def test_moderation(client: httpx.AsyncClient) -> None:
     categories = {
-        "extreme_profanity", "sexually_explicit", "hate_speech", "harassment", "self_harm", "dangerous_content",
+        "extreme_profanity",
+        "sexually_explicit",
+        "hate_speech",
+        "harassment",
+        "self_harm",
+        "dangerous_content",
     }
     clean = (await run(client, "Lovely weather today.", "moderation_agent", type="moderation", threshold=0.5)).json()
     assert set(clean["result"]) == categories
@@ -475,8 +500,11 @@ async def test_moderation(client: httpx.AsyncClient) -> None:
 
 
 async def test_objective_stands_in_for_text(client: httpx.AsyncClient) -> None:
-    body = {"objective": "Hola", "agent_names": ["translation_agent"],
-            "args": {"type": "translate_text", "target_language": "English"}}
+    body = {
+        "objective": "Hola",
+        "agent_names": ["translation_agent"],
+        "args": {"type": "translate_text", "target_language": "English"},
+    }
     response = await client.post("/workflows/run", json=body)
     assert response.json() == {"result": "[English] Hola"}
 
@@ -490,10 +518,8 @@ async def test_objective_stands_in_for_text(client: httpx.AsyncClient) -> None:
         ({"text": "x", "args": {"type": "translate_text"}}, ["body", "args", "translate_text", "target_language"]),
         ({"text": "x", "args": {"type": "classify", "classify_by": []}}, ["body", "args", "classify", "classify_by"]),
         ({"text": "x", "args": {"type": "moderation"}}, ["body", "args", "moderation", "threshold"]),
-        ({"text": "x", "args": {"type": "custom", "name": "n", "objective": "o"}},
-         ["body", "args", "custom", "instructions"]),
-        ({"text": "x", "args": {"type": "summarize_text", "max_words": "ten"}},
-         ["body", "args", "summarize_text", "max_words"]),
+        ({"text": "x", "args": {"type": "custom", "name": "n", "objective": "o"}}, ["body", "args", "custom", "instructions"]),
+        ({"text": "x", "args": {"type": "summarize_text", "max_words": "ten"}}, ["body", "args", "summarize_text", "max_words"]),
     ],
 )
 async def test_malformed_workflow_is_422(client: httpx.AsyncClient, body: dict, loc: list) -> None:
@@ -624,11 +650,13 @@ async def test_requests_are_recorded(emu: Emulator, client: httpx.AsyncClient) -
     await client.get("/models", headers={"Authorization": ""})
     first, second = emu.requests
     assert (first.method, first.path, first.body, first.authorized, first.fault) == (
-        "POST", "/chat/completions", chat_body("first"), True, "status"
+        "POST",
+        "/chat/completions",
+        chat_body("first"),
+        True,
+        "status",
     )
-    assert (second.method, second.path, second.body, second.authorized, second.fault) == (
-        "GET", "/models", None, False, None
-    )
+    assert (second.method, second.path, second.body, second.authorized, second.fault) == ("GET", "/models", None, False, None)
 
 
 async def test_control_endpoints(emu: Emulator, client: httpx.AsyncClient) -> None:
@@ -682,7 +710,9 @@ async def test_openai_client_chats(openai_client: openai.AsyncOpenAI) -> None:
 
 async def test_openai_client_streams_with_usage(openai_client: openai.AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
-        model=CHAT_MODEL, messages=[{"role": "user", "content": "Stream this"}], stream=True,
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Stream this"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]
@@ -697,9 +727,15 @@ async def test_openai_client_streams_with_usage(openai_client: openai.AsyncOpenA
 async def test_openai_client_sends_an_image_as_a_data_url(openai_client: openai.AsyncOpenAI) -> None:
     completion = await openai_client.chat.completions.create(
         model=VISION_MODEL,
-        messages=[{"role": "user", "content": [
-            {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": data_url()}},
-        ]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": data_url()}},
+                ],
+            }
+        ],
     )
     assert "Image 1: PNG, 64x48 pixels." in (completion.choices[0].message.content or "")
     assert completion.usage is not None and completion.usage.prompt_tokens > 1_000, "an image costs its tokens"
@@ -712,9 +748,7 @@ async def test_openai_client_reads_the_message_of_a_404(openai_client: openai.As
     assert caught.value.type == "not_found_error"
 
 
-async def test_openai_client_reads_the_message_and_retry_after_of_a_429(
-    emu: Emulator, openai_client: openai.AsyncOpenAI
-) -> None:
+async def test_openai_client_reads_the_message_and_retry_after_of_a_429(emu: Emulator, openai_client: openai.AsyncOpenAI) -> None:
     emu.inject(Fault("status", status=429, retry_after="7", path="/chat/completions"))
     with pytest.raises(openai.RateLimitError) as caught:
         await openai_client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])

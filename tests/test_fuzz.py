@@ -31,17 +31,71 @@ VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
 
 SPACES = [" ", "  ", "\t", "\n", "\xa0", "\u2003", "\u3000", "\u200b", "\u2060", "\ufeff", "\u2028", "\x85", "\x1c", "\u200d"]
 COMMAND_WORDS = [  # every command, in other cases, in fullwidth letters, with invisible characters
-    *COMMANDS, "HELP", "Summarize", "\uff33\uff35\uff2d\uff2d\uff21\uff32\uff29\uff3a\uff25", "\uff54\uff52\uff41\uff4e\uff53\uff4c\uff41\uff54\uff45", "/help", "?", "sum\u200dmarize", "summarize\u200b"]
+    *COMMANDS,
+    "HELP",
+    "Summarize",
+    "\uff33\uff35\uff2d\uff2d\uff21\uff32\uff29\uff3a\uff25",
+    "\uff54\uff52\uff41\uff4e\uff53\uff4c\uff41\uff54\uff45",
+    "/help",
+    "?",
+    "sum\u200dmarize",
+    "summarize\u200b",
+]
 # Superscript 2, Arabic-Indic, fullwidth, mathematical and Mongolian digits, Roman twelve, one half; labels; mentions;
 # markup; NUL and an escape sequence; unsupported links; quotes; a right-to-left override; an unknown home directory.
 HOSTILE_WORDS = [
-    "\u00b2", "+-5", "-5", "-0", "0", "+7", "00000000007", "9" * 5000, "\u0665", "\uff15", "\U0001d7d3", "\u1810", "1e3", "0x10", "1_000", "1,000",
-    "\u0661\u0660\u0660\u0661", "\u216b", "\u00bd", ",,,", "a,b", "a,A", ",".join("x" * 60), "x" * 200 + ",y", "\u200b,\u200b", "pt-BR", "\u200b",
-    "@everyone", "<!channel>", "&lt;!here&gt;", "[x](https://evil.example)", "`", "```", "\x00", "\x1b[31m", "ftp://example.com/a.png",
-    "file:///etc/passwd", "data:image/png;base64,AAAA", '"Simplified Chinese"', '"unclosed', "\u201cBrazilian Portuguese\u201d", "\u202e", "~nobody-here",
+    "\u00b2",
+    "+-5",
+    "-5",
+    "-0",
+    "0",
+    "+7",
+    "00000000007",
+    "9" * 5000,
+    "\u0665",
+    "\uff15",
+    "\U0001d7d3",
+    "\u1810",
+    "1e3",
+    "0x10",
+    "1_000",
+    "1,000",
+    "\u0661\u0660\u0660\u0661",
+    "\u216b",
+    "\u00bd",
+    ",,,",
+    "a,b",
+    "a,A",
+    ",".join("x" * 60),
+    "x" * 200 + ",y",
+    "\u200b,\u200b",
+    "pt-BR",
+    "\u200b",
+    "@everyone",
+    "<!channel>",
+    "&lt;!here&gt;",
+    "[x](https://evil.example)",
+    "`",
+    "```",
+    "\x00",
+    "\x1b[31m",
+    "ftp://example.com/a.png",
+    "file:///etc/passwd",
+    "data:image/png;base64,AAAA",
+    '"Simplified Chinese"',
+    '"unclosed',
+    "\u201cBrazilian Portuguese\u201d",
+    "\u202e",
+    "~nobody-here",
 ]
 # Lines that broke a handler before: each entry point runs them first, whatever hypothesis draws.
-KNOWN_BREAKERS = ["summarize \u00b2", "summarize +-5", f"summarize {'9' * 5000} text", "summarize\xa0+-5\xa0text", "vision ~nobody-here"]
+KNOWN_BREAKERS = [
+    "summarize \u00b2",
+    "summarize +-5",
+    f"summarize {'9' * 5000} text",
+    "summarize\xa0+-5\xa0text",
+    "vision ~nobody-here",
+]
 NUMBER_LIKE = (
     st.from_regex(r"\A[+-]{0,3}[0-9]{1,12}\Z")
     | st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=8)
@@ -62,7 +116,10 @@ def known_breakers(test):
 
 
 FUZZ = settings(
-    derandomize=True, database=None, deadline=None, max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 END_TO_END = settings(FUZZ, max_examples=40)  # each example goes through a real library and its stand-in

@@ -783,9 +783,7 @@ async def test_download_connects_to_the_checked_address_under_the_original_name(
     assert request.extensions["sni_hostname"] == "localhost"
 
 
-@pytest.mark.parametrize(
-    "url", ["ftp://example.com/cat.png", "file:///etc/passwd", "javascript:alert(1)", "cat.png", "http://"]
-)
+@pytest.mark.parametrize("url", ["ftp://example.com/cat.png", "file:///etc/passwd", "javascript:alert(1)", "cat.png", "http://"])
 def test_only_http_links_are_taken(url: str) -> None:
     with pytest.raises(ImageError, match="is not an http or https link"):
         public_image(url)
@@ -830,8 +828,12 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
     """A Slack adapter for its file checks alone: no service, never started."""
     adapter = SlackAdapter(
         None,  # type: ignore[arg-type]
-        bot_token="xoxb-test", signing_secret="secret", api_url="http://127.0.0.1:9/api/",
-        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"], image_limits=LIMITS, store=MemoryStore(),
+        bot_token="xoxb-test",
+        signing_secret="secret",
+        api_url="http://127.0.0.1:9/api/",
+        file_hosts=["files.slack.com", "xn--80ak6aa92e.com"],
+        image_limits=LIMITS,
+        store=MemoryStore(),
     )
     try:
         yield adapter
@@ -922,7 +924,9 @@ async def test_a_request_that_gives_up_waiting_leaves_no_hole_in_the_queue(relea
     assert quitter.cancelled() and budget.used == 0
 
 
-async def test_downloads_wait_for_room_in_the_budget(server: Server, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_downloads_wait_for_room_in_the_budget(
+    server: Server, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     running, most = [0], [0]
     real_download = images.download_image
 
@@ -983,7 +987,9 @@ async def test_ten_images_fit_the_default_vision_model(client, ledger, emulator,
     """The documented "up to 10": with the default settings, ten big images are scaled down to fit 16,000 tokens."""
     service = vision_service(client, ledger, http)  # max_tokens 1024, images up to 2048 px
     screenshot = encode(Image.new("RGB", (3000, 2000), "navy"), "PNG")
-    request = Request(user="console:ana", text="what changed between these?", images=[(f"s{i}.png", screenshot) for i in range(10)])
+    request = Request(
+        user="console:ana", text="what changed between these?", images=[(f"s{i}.png", screenshot) for i in range(10)]
+    )
     reply = await service.handle(request)
     assert reply.outcome == "ok", reply.text
     seen = sent_images(emulator)
@@ -1023,9 +1029,11 @@ async def test_waiting_for_room_is_shown_and_noted(client, ledger, emulator, htt
 
         return show
 
-    first = asyncio.create_task(service.handle(
-        Request(user="console:ana", text="a", images=[ImageSource("late.png", f"{server.base}/late.png")]), progress(0)
-    ))
+    first = asyncio.create_task(
+        service.handle(
+            Request(user="console:ana", text="a", images=[ImageSource("late.png", f"{server.base}/late.png")]), progress(0)
+        )
+    )
     await asyncio.sleep(0.1)  # the first request's download holds the budget
     second = await service.handle(Request(user="console:bob", text="b", images=[("cat.png", CAT)]), progress(1))
     assert (await first).outcome == "ok" and second.outcome == "ok"

@@ -79,11 +79,22 @@ async def test_reservations_left_open_charge_the_model_not_the_person_and_free_t
     assert await ledger.used_today() == 2_000
     rows = {row.user: row for row in await ledger.usage()}
     assert (rows[ANN].total_tokens, rows[ANN].requests, rows[ANN].interrupted_tokens, rows[ANN].interrupted_requests) == (
-        300, 1, 1_000, 1,
+        300,
+        1,
+        1_000,
+        1,
     )
     assert rows[BOB].as_json() | {"day": None} == {
-        "day": None, "user": BOB, "model": QWQ, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
-        "requests": 0, "estimated_tokens": 0, "interrupted_tokens": 700, "interrupted_requests": 1,
+        "day": None,
+        "user": BOB,
+        "model": QWQ,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "requests": 0,
+        "estimated_tokens": 0,
+        "interrupted_tokens": 700,
+        "interrupted_requests": 1,
     }
     with pytest.raises(ModelQuotaExceeded):  # the quota counts the interrupted call
         await ledger.reserve(user="discord:7", model=LLAMA, tokens=1, model_limit=1_300)
@@ -112,9 +123,15 @@ async def test_killed_at_random_points_the_account_is_charged_for_every_call_and
     async def run_worker(feed: list[int], kill_after: int | None) -> None:
         """Deliver `feed`; SIGKILL after `kill_after` answers (plus a random moment), else let it finish."""
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), str(path), emulator.base_url,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            sys.executable,
+            str(WORKER),
+            str(path),
+            emulator.base_url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert worker.stdin is not None and worker.stdout is not None  # both are pipes
         worker.stdin.write("".join(f"{n}\n" for n in feed).encode())
@@ -335,8 +352,12 @@ asyncio.run(main())
 def hold(path: Path) -> subprocess.Popen:
     """Another process owning the ledger at `path` until its stdin is closed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
     return holder
@@ -419,14 +440,18 @@ async def test_a_file_from_a_newer_iobot_is_refused(tmp_path, open_ledger):
 
 async def test_the_queries_use_indexes(ledger, tmp_path):
     queries = [
-        ledger_module.USAGE_ROWS, ledger_module.USAGE_ROWS_OF_USER, ledger_module.SPENT_BY_MODEL,
-        ledger_module.SPENT_BY_MODEL_SINCE, ledger_module.SETTLED_BY_USER_SINCE, ledger_module.FORGET_KEYS,
-        ledger_module.SPENT_SUM + " AND model = ?", ledger_module.SETTLED_SUM + " AND user = ?",
-        ledger_module.DELETE_RESERVATION, ledger_module.FREE_KEY,
+        ledger_module.USAGE_ROWS,
+        ledger_module.USAGE_ROWS_OF_USER,
+        ledger_module.SPENT_BY_MODEL,
+        ledger_module.SPENT_BY_MODEL_SINCE,
+        ledger_module.SETTLED_BY_USER_SINCE,
+        ledger_module.FORGET_KEYS,
+        ledger_module.SPENT_SUM + " AND model = ?",
+        ledger_module.SETTLED_SUM + " AND user = ?",
+        ledger_module.DELETE_RESERVATION,
+        ledger_module.FREE_KEY,
     ]
     for sql in queries:
         steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))
         plan = " ".join(step[3] for step in steps)
         assert plan.startswith("SEARCH") and "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
-
-

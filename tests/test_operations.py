@@ -108,8 +108,12 @@ async def test_a_burst_waits_for_a_slot_and_past_the_queue_timeout_is_told_busy(
 
         async with IOClient(slow.base_url, "key") as client:
             service = Service(
-                client, ledger, load_quota_table(),
-                ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45), http, store=MemoryStore(),
+                client,
+                ledger,
+                load_quota_table(),
+                ServiceConfig(model=MODEL, vision_model=MODEL, max_concurrent=2, queue_timeout=0.45),
+                http,
+                store=MemoryStore(),
             )
             replies = await asyncio.gather(*(service.handle(Request(user=f"console:u{i}", text="hi")) for i in range(6)))
     outcomes = sorted(reply.outcome for reply in replies)

@@ -50,7 +50,9 @@ class Emulator:
     """`iobot emulator` in its own process, driven through its control endpoints."""
 
     def __init__(self, delay: float = 0.0) -> None:
-        self.process = subprocess.Popen([*IOBOT, "emulator", "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [*IOBOT, "emulator", "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE, text=True
+        )
         found = re.search(r"http://\S+", piped(self.process.stdout).readline())
         assert found is not None, "the emulator did not say where it listens"
         self.base_url = found.group(0)
@@ -88,8 +90,13 @@ class Bot:
         environment.update(env)
         self.stderr_path = workdir / "stderr.log"
         self.process = subprocess.Popen(
-            [*IOBOT, "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_path.open("w"),
-            text=True, cwd=workdir, env=environment,
+            [*IOBOT, "run"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr_path.open("w"),
+            text=True,
+            cwd=workdir,
+            env=environment,
         )
         self.stdin, self.stdout = piped(self.process.stdin), piped(self.process.stdout)
         self.database = workdir / "ledger.sqlite3"
@@ -299,8 +306,13 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
     async def main() -> tuple[int, float, int]:
         async with DiscordStandIn() as standin:
             env = discord_environment(
-                tmp_path, standin, IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url,
-                IOBOT_API_TIMEOUT="60", IOBOT_SHUTDOWN_GRACE=grace, IOBOT_USER_REQUESTS_PER_MINUTE="1000",
+                tmp_path,
+                standin,
+                IOINTELLIGENCE_API_KEY="key",
+                IOINTELLIGENCE_BASE_URL=emulator.base_url,
+                IOBOT_API_TIMEOUT="60",
+                IOBOT_SHUTDOWN_GRACE=grace,
+                IOBOT_USER_REQUESTS_PER_MINUTE="1000",
                 IOBOT_USER_DAILY_TOKENS="10000000",
             )
             bot = await asyncio.create_subprocess_exec(
@@ -335,7 +347,9 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
 
 
 def slack_environment(tmp_path: Path, standin, **extra: str) -> dict:
-    settings = dict(SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url)
+    settings = dict(
+        SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url
+    )
     return clean_environment(tmp_path, **{**settings, **extra})
 
 
@@ -348,18 +362,25 @@ async def test_iobot_run_serves_slack_over_http_from_its_settings(tmp_path):
     async with SlackStandIn(bot_token="xoxb-process-test") as standin:
         stderr = tmp_path / "stderr.log"
         bot = await asyncio.create_subprocess_exec(
-            *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=slack_environment(tmp_path, standin)
+            *IOBOT,
+            "run",
+            "--emulator",
+            stdin=subprocess.DEVNULL,
+            stderr=stderr.open("w"),
+            env=slack_environment(tmp_path, standin),
         )
         try:
             port = await standin.wait_for(lambda: logged_port(stderr.read_text()), timeout=20)
             body = command_body("ask What is io.net?", user="U0ANA", response_url=standin.response_url("r1"), trigger_id="t1")
             async with httpx.AsyncClient() as http:
                 ack = await http.post(
-                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    f"http://127.0.0.1:{port}/slack/events",
+                    content=body,
                     headers=signed_headers(body, "process-signing-secret", "application/x-www-form-urlencoded"),
                 )
                 forged = await http.post(
-                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    f"http://127.0.0.1:{port}/slack/events",
+                    content=body,
                     headers=signed_headers(body, "wrong-secret", "application/x-www-form-urlencoded"),
                 )
             assert ack.status_code == 200 and forged.status_code == 401
@@ -382,7 +403,9 @@ async def test_a_refused_slack_token_is_a_clear_error(tmp_path):
 
     async with SlackStandIn(bot_token="xoxb-the-real-one") as standin:
         env = slack_environment(tmp_path, standin, SLACK_BOT_TOKEN="xoxb-a-wrong-one")
-        bot = await asyncio.create_subprocess_exec(*IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        bot = await asyncio.create_subprocess_exec(
+            *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
         _, stderr = await asyncio.wait_for(bot.communicate(), timeout=20)
     assert bot.returncode == 2
     assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in stderr.decode() and "xoxb-a-wrong-one" not in stderr.decode()
@@ -399,10 +422,15 @@ def test_a_stream_cut_off_on_discord_is_told_released_and_the_next_answered(tmp_
     async def main() -> tuple[list[str], int]:
         async with DiscordStandIn() as standin:
             env = discord_environment(
-                tmp_path, standin, IOINTELLIGENCE_API_KEY="key", IOINTELLIGENCE_BASE_URL=emulator.base_url,
+                tmp_path,
+                standin,
+                IOINTELLIGENCE_API_KEY="key",
+                IOINTELLIGENCE_BASE_URL=emulator.base_url,
                 IOBOT_FALLBACK_MODELS="",
             )
-            bot = await asyncio.create_subprocess_exec(*IOBOT, "run", stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            bot = await asyncio.create_subprocess_exec(
+                *IOBOT, "run", stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+            )
             try:
                 await standin.wait_for(lambda: standin.identifies, timeout=20)
                 emulator.inject(kind="cut_stream", path="/chat/completions")
@@ -444,16 +472,21 @@ async def test_slack_and_discord_in_one_process_leak_no_secret_even_at_debug(tmp
             **slack_environment(tmp_path, slack_standin, SLACK_SIGNING_SECRET="debug-signing-secret", IOBOT_LOG_LEVEL="DEBUG"),
         }
         stderr = tmp_path / "stderr.log"
-        bot = await asyncio.create_subprocess_exec(*IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=env)
+        bot = await asyncio.create_subprocess_exec(
+            *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr.open("w"), env=env
+        )
         try:
             await discord_standin.wait_for(lambda: discord_standin.identifies, timeout=20)
             question = await discord_standin.post("<@1000> hi", mention_bot=True)
-            await discord_standin.wait_for(lambda: [m for m in discord_standin.replies_to(question) if "-# " in m["content"]] or None, timeout=20)
+            await discord_standin.wait_for(
+                lambda: [m for m in discord_standin.replies_to(question) if "-# " in m["content"]] or None, timeout=20
+            )
             port = await slack_standin.wait_for(lambda: logged_port(stderr.read_text()))
             body = command_body("ask hello", user="U0ANA", response_url=slack_standin.response_url("r1"), trigger_id="t1")
             async with httpx.AsyncClient() as http:
                 await http.post(
-                    f"http://127.0.0.1:{port}/slack/events", content=body,
+                    f"http://127.0.0.1:{port}/slack/events",
+                    content=body,
                     headers=signed_headers(body, "debug-signing-secret", "application/x-www-form-urlencoded"),
                 )
             await slack_standin.wait_for(lambda: slack_standin.responses("r1"), timeout=20)

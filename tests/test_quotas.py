@@ -22,7 +22,12 @@ def test_the_built_in_table_has_every_model_of_the_seed():
     table = load_quota_table()
     assert len(table) == 34
     llama = row(table, "meta-llama/Llama-3.3-70B-Instruct")
-    assert (llama.chat_daily_tokens, llama.api_daily_tokens, llama.context_length, llama.images) == (1_000_000, 500_000, 128_000, False)
+    assert (llama.chat_daily_tokens, llama.api_daily_tokens, llama.context_length, llama.images) == (
+        1_000_000,
+        500_000,
+        128_000,
+        False,
+    )
     vision = row(table, "meta-llama/Llama-3.2-90B-Vision-Instruct")
     assert (vision.chat_daily_tokens, vision.api_daily_tokens, vision.context_length, vision.images) == (0, 500_000, 16_000, True)
     assert row(table, "Qwen/Qwen2-VL-7B-Instruct").context_length is None  # N/A in the source
@@ -40,7 +45,12 @@ def test_the_built_in_table_matches_the_seed_row_by_row():
             continue
         found = row(table, match.group(1))
         figures = [None if value == "N/A" else int(value.removesuffix(" tk").replace(",", "")) for value in match.groups()[1:]]
-        assert [found.chat_daily_tokens, found.api_daily_tokens, found.embeddings_daily_tokens, found.context_length] == figures, found.name
+        assert [
+            found.chat_daily_tokens,
+            found.api_daily_tokens,
+            found.embeddings_daily_tokens,
+            found.context_length,
+        ] == figures, found.name
 
 
 def test_an_operator_file_replaces_the_table(tmp_path):

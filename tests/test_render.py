@@ -28,7 +28,7 @@ PHISHING = "[https://good.example](https://evil.example/login)"
         ("[https://io.net/](https://io.net)", "<https://io.net>"),  # the text is the target: shown once
         ("[](https://evil.example)", "<https://evil.example>"),
         ("![a cat](https://img.example/cat.png)", "a cat (<https://img.example/cat.png>)"),
-        ("[x](<https://evil.example> \"Good\")", "x (<https://evil.example>)"),  # angle brackets and a title
+        ('[x](<https://evil.example> "Good")', "x (<https://evil.example>)"),  # angle brackets and a title
         ("[x]( https://evil.example )", "x (<https://evil.example>)"),
         ("[a [b] c](https://evil.example)", "a [b] c (<https://evil.example>)"),  # brackets inside the text
         ("[[a](https://x.example)](https://evil.example)", "a (<https://x.example>) (<https://evil.example>)"),
@@ -58,7 +58,13 @@ def test_code_is_left_as_written(code):
 
 
 def test_hostile_markup_is_revealed_quickly():
-    for text in ["[" * 20_000, "](" * 10_000, "`" * 5_000 + "x" * 20_000, "[a](https://x" + "(" * 10_000, "[" * 2_000 + "a" + "](https://x)" * 2_000]:
+    for text in [
+        "[" * 20_000,
+        "](" * 10_000,
+        "`" * 5_000 + "x" * 20_000,
+        "[a](https://x" + "(" * 10_000,
+        "[" * 2_000 + "a" + "](https://x)" * 2_000,
+    ]:
         revealed = reveal_links(text)
         assert "](h" not in revealed
 

@@ -33,8 +33,14 @@ IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(
         (f"postgres://:{PASSWORD}@db", "postgres://:***@db"),
         (f"postgresql://bob:{PASSWORD}@db", "postgresql://bob:***@db"),
         ("postgresql://bob:p@ss/w#o?rd@db/x", "postgresql://bob:***@db/x"),  # raw @ / # ? in a password
-        (f"postgresql://db/x?user=bob&password={PASSWORD}&sslmode=require", "postgresql://db/x?user=bob&password=***&sslmode=require"),
-        (f'{{"a": "http://u:{PASSWORD}@proxy", "b": "https://v:{PASSWORD}@h/x"}}', '{"a": "http://u:***@proxy", "b": "https://v:***@h/x"}'),
+        (
+            f"postgresql://db/x?user=bob&password={PASSWORD}&sslmode=require",
+            "postgresql://db/x?user=bob&password=***&sslmode=require",
+        ),
+        (
+            f'{{"a": "http://u:{PASSWORD}@proxy", "b": "https://v:{PASSWORD}@h/x"}}',
+            '{"a": "http://u:***@proxy", "b": "https://v:***@h/x"}',
+        ),
         ("postgresql://bob@db/x and sqlite:///data/iobot.sqlite3", "postgresql://bob@db/x and sqlite:///data/iobot.sqlite3"),
         ("https://discord.com/api/v10/users/@me", "https://discord.com/api/v10/users/@me"),
     ],
@@ -52,7 +58,16 @@ def test_the_database_url_is_a_secret_in_the_settings(monkeypatch, tmp_path):
     assert str(settings.database_url) == "sqlite:///data/ledger.sqlite3", "a URL without a password shows whole"
     url = DatabaseURL(DATABASE_URL)
     assert url.get_secret_value() == DATABASE_URL and url.kind == "postgresql"
-    shown = [str(url), repr(url), f"{url}", TypeAdapter(DatabaseURL).dump_json(url).decode(), repr(settings), str(settings), repr(discord), str(discord)]
+    shown = [
+        str(url),
+        repr(url),
+        f"{url}",
+        TypeAdapter(DatabaseURL).dump_json(url).decode(),
+        repr(settings),
+        str(settings),
+        repr(discord),
+        str(discord),
+    ]
     assert all(PASSWORD not in text for text in shown)
     assert "bob:***@db.internal" in str(url) and "bob:***@proxy.internal" in repr(discord)
 
@@ -67,7 +82,9 @@ def test_a_postgresql_url_is_refused_with_its_password_masked(monkeypatch, tmp_p
 
 
 def environment(workdir: Path, **extra: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))
+    }
     return {**env, "IOBOT_HOST": "127.0.0.1", "IOBOT_PORT": "0", "IOBOT_LOG_LEVEL": "DEBUG", **extra}
 
 
@@ -82,8 +99,13 @@ def test_no_command_prints_the_password_of_a_database_url(tmp_path):
         if index % 2:  # every other one reads it from .env
             (workdir / ".env").write_text(f"IOBOT_DATABASE_URL={env.pop('IOBOT_DATABASE_URL')}\n")
         process = subprocess.Popen(
-            [*IOBOT, *command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, cwd=workdir, env=env,
+            [*IOBOT, *command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=workdir,
+            env=env,
         )
         runs.append((command, process))
     for command, process in runs:

@@ -78,8 +78,16 @@ class Bot:
         assert response.status_code == 200
         return response
 
-    def message(self, text: str, *, channel: str = CHANNEL, user: str = ANA, thread_ts: str | None = None,
-                files: list[dict[str, Any]] | None = None, mention: bool = True) -> dict[str, Any]:
+    def message(
+        self,
+        text: str,
+        *,
+        channel: str = CHANNEL,
+        user: str = ANA,
+        thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+        mention: bool = True,
+    ) -> dict[str, Any]:
         """A person's message, stored in the stand-in, as the event Slack sends for it."""
         extra: dict[str, Any] = {"files": files, "subtype": "file_share"} if files else {}
         written = f"<@{BOT_USER_ID}> {text}" if mention else text
@@ -151,8 +159,13 @@ async def start_bot(service, slack):
         remembers (a fresh one by default: a restart of a process that keeps nothing)."""
         limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
         adapter = SlackAdapter(
-            service, bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=limits, store=store or MemoryStore(),
+            service,
+            bot_token=BOT_TOKEN,
+            signing_secret=SECRET,
+            api_url=slack.api_url,
+            file_hosts=["127.0.0.1"],
+            image_limits=limits,
+            store=store or MemoryStore(),
             web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
         )
         app = web.Application()
@@ -189,19 +202,35 @@ COMMANDS = [
     ("translate", "ephemeral", ["Usage: translate &lt;language&gt; &lt;text&gt;"]),
     ("ask What is io.net?", "in_channel", ['you asked "What is io.net?"', "Llama-3.3-70B-Instruct"]),
     ("Why is the sky blue?", "in_channel", ['you asked "Why is the sky blue?"']),
-    (f"summarize 12 {SUMMARY_TEXT}", "in_channel", ["*Summary*\nAda Lovelace", "*Key points*\n• Ada Lovelace wrote the first program.\n• She worked"]),
+    (
+        f"summarize 12 {SUMMARY_TEXT}",
+        "in_channel",
+        ["*Summary*\nAda Lovelace", "*Key points*\n• Ada Lovelace wrote the first program.\n• She worked"],
+    ),
     ("translate french Good morning", "in_channel", ["*French:* [french] Good morning"]),
     ("sentiment I love this great tool", "in_channel", ["*Sentiment:* positive (score 0.83)"]),
     ("classify bug,feature The app crashes: a bug", "in_channel", ["*Label:* bug (out of bug, feature)"]),
     ("moderate you are an idiot", "in_channel", ["*Flagged:* harassment", "```\ncategory", "harassment          0.62  over"]),
-    ("entities Ada Lovelace met Charles Babbage in London in 1833.", "in_channel", ["*People:* Charles Babbage", "*Places:* London", "*Dates:* 1833"]),
+    (
+        "entities Ada Lovelace met Charles Babbage in London in 1833.",
+        "in_channel",
+        ["*People:* Charles Babbage", "*Places:* London", "*Dates:* 1833"],
+    ),
     ("reason How many legs do three spiders have?", "in_channel", ["1. Restate the problem", "Answer:"]),
-    ("vision {images}/cat.png What colour is it?", "in_channel", ["Image 1: PNG, 64x48 pixels.", "Llama-3.2-90B-Vision-Instruct"]),
+    (
+        "vision {images}/cat.png What colour is it?",
+        "in_channel",
+        ["Image 1: PNG, 64x48 pixels.", "Llama-3.2-90B-Vision-Instruct"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("line", "visibility", "expected"), COMMANDS, ids=[line.split()[0] + str(i) for i, (line, _, _) in enumerate(COMMANDS)])
-async def test_each_command_is_acknowledged_then_answered_through_response_url(bot, emulator, image_server, line, visibility, expected):
+@pytest.mark.parametrize(
+    ("line", "visibility", "expected"), COMMANDS, ids=[line.split()[0] + str(i) for i, (line, _, _) in enumerate(COMMANDS)]
+)
+async def test_each_command_is_acknowledged_then_answered_through_response_url(
+    bot, emulator, image_server, line, visibility, expected
+):
     response, key = await bot.command(line.format(images=image_server))
     assert response.status_code == 200
     # An answer that takes the API a while is acknowledged with a note only the asker sees.
@@ -273,7 +302,7 @@ async def test_model_output_never_pings_a_crowd(bot, slack):
     _, key = await bot.command(line)
     [answer] = await bot.responses(key)
     text = json.dumps(answer, ensure_ascii=False)
-    assert 'Repeat: &lt;!channel&gt; @\u200bhere @\u200beveryone' in text
+    assert "Repeat: &lt;!channel&gt; @\u200bhere @\u200beveryone" in text
     assert "&lt;@U0BOSS&gt;" in text
     assert not CROWD_PING.search(text)
     assert "<!" not in text and "<@U0BOSS>" not in text
@@ -416,11 +445,40 @@ async def test_a_restart_sharing_the_store_still_follows_its_threads_and_skips_r
 
 async def test_a_direct_message_is_answered_in_its_thread_and_bots_edits_and_deletions_are_ignored(bot, slack, emulator):
     ignored = [
-        {"type": "message", "channel": DM, "channel_type": "im", "bot_id": "B0OTHER", "subtype": "bot_message", "text": "beep", "ts": slack.next_ts()},
-        {"type": "message", "channel": DM, "channel_type": "im", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": "my own answer", "ts": slack.next_ts()},
-        {"type": "message", "channel": DM, "channel_type": "im", "subtype": "message_changed", "ts": slack.next_ts(),
-         "message": {"user": ANA, "text": "edited", "ts": "1.0"}},
-        {"type": "message", "channel": DM, "channel_type": "im", "subtype": "message_deleted", "ts": slack.next_ts(), "deleted_ts": "1.0"},
+        {
+            "type": "message",
+            "channel": DM,
+            "channel_type": "im",
+            "bot_id": "B0OTHER",
+            "subtype": "bot_message",
+            "text": "beep",
+            "ts": slack.next_ts(),
+        },
+        {
+            "type": "message",
+            "channel": DM,
+            "channel_type": "im",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "text": "my own answer",
+            "ts": slack.next_ts(),
+        },
+        {
+            "type": "message",
+            "channel": DM,
+            "channel_type": "im",
+            "subtype": "message_changed",
+            "ts": slack.next_ts(),
+            "message": {"user": ANA, "text": "edited", "ts": "1.0"},
+        },
+        {
+            "type": "message",
+            "channel": DM,
+            "channel_type": "im",
+            "subtype": "message_deleted",
+            "ts": slack.next_ts(),
+            "deleted_ts": "1.0",
+        },
     ]
     for event in ignored:
         await bot.deliver(event)
@@ -482,8 +540,13 @@ async def test_a_download_that_returns_a_web_page_names_the_missing_scope(bot, s
 # --- Slack failing: every Web API call, every way ---------------------------------------------------
 
 # What the adapter makes of each fault the stand-in serves.
-SAID = {"json_error": "fatal_error", "text_405": "HTTP 405", "html_502": "HTTP 502", "timeout": "no answer in time",
-        "drop": "the connection failed"}
+SAID = {
+    "json_error": "fatal_error",
+    "text_405": "HTTP 405",
+    "html_502": "HTTP 502",
+    "timeout": "no answer in time",
+    "drop": "the connection failed",
+}
 FAILING = ["conversations.replies", "files.info", "download", "chat.postMessage", "chat.update", "response"]
 
 
@@ -623,12 +686,23 @@ async def test_a_thread_over_a_thousand_messages_sends_its_first_and_newest_in_f
 async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(service, slack, emulator):
     with pytest.raises(ValueError, match="signing secret"):
         SlackAdapter(
-            service, bot_token=BOT_TOKEN, signing_secret=None, api_url=slack.api_url,
-            file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
+            service,
+            bot_token=BOT_TOKEN,
+            signing_secret=None,
+            api_url=slack.api_url,
+            file_hosts=["127.0.0.1"],
+            image_limits=ImageLimits(),
+            store=MemoryStore(),
         )
     adapter = SlackAdapter(
-        service, bot_token=BOT_TOKEN, signing_secret=None, app_token=APP_TOKEN, api_url=slack.api_url,
-        file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
+        service,
+        bot_token=BOT_TOKEN,
+        signing_secret=None,
+        app_token=APP_TOKEN,
+        api_url=slack.api_url,
+        file_hosts=["127.0.0.1"],
+        image_limits=ImageLimits(),
+        store=MemoryStore(),
     )
     assert adapter.routes() == [], "Socket Mode serves no HTTP route"
     try:
@@ -659,7 +733,16 @@ async def test_socket_mode_serves_the_slash_command_and_skips_a_retried_event(se
 def test_the_manifest_asks_for_what_the_adapter_uses():
     manifest = (Path(__file__).resolve().parents[1] / "slack-manifest.yml").read_text()
     listed = set(re.findall(r"^\s+- (\S+)", manifest, re.MULTILINE))
-    scopes = {"commands", "app_mentions:read", "chat:write", "im:history", "im:read", "channels:history", "groups:history", "files:read"}
+    scopes = {
+        "commands",
+        "app_mentions:read",
+        "chat:write",
+        "im:history",
+        "im:read",
+        "channels:history",
+        "groups:history",
+        "files:read",
+    }
     assert scopes | {"app_mention", "message.im", "message.channels"} <= listed
     assert "- command: /io" in manifest
     assert len(re.findall(r"^\s+(?:url|request_url): https://YOUR-HOST/slack/events$", manifest, re.MULTILINE)) == 2
@@ -678,7 +761,9 @@ def test_markdown_becomes_mrkdwn_and_code_is_left_alone():
 
 
 def test_nothing_the_model_writes_can_become_a_mention():
-    rendered = to_mrkdwn("<!channel> <!here|here> <@U123> @everyone @Here [x](https://a.io|<!channel>)\n```\n@channel <!everyone>\n```")
+    rendered = to_mrkdwn(
+        "<!channel> <!here|here> <@U123> @everyone @Here [x](https://a.io|<!channel>)\n```\n@channel <!everyone>\n```"
+    )
     assert not CROWD_PING.search(rendered)
     assert "<@U123>" not in rendered and "<!" not in rendered
     assert "@\u200beveryone" in rendered and "@\u200bHere" in rendered

@@ -41,8 +41,13 @@ async def edge(client, ledger, emulator, caplog):
     config = ServiceConfig(model=MODEL, vision_model=MODEL)
     async with SlackStandIn(BOT_TOKEN) as slack, httpx.AsyncClient() as downloads:
         adapter = SlackAdapter(
-            Service(client, ledger, load_quota_table(), config, downloads, store=MemoryStore()), bot_token=BOT_TOKEN, signing_secret=SECRET,
-            api_url=slack.api_url, file_hosts=["127.0.0.1"], image_limits=ImageLimits(), store=MemoryStore(),
+            Service(client, ledger, load_quota_table(), config, downloads, store=MemoryStore()),
+            bot_token=BOT_TOKEN,
+            signing_secret=SECRET,
+            api_url=slack.api_url,
+            file_hosts=["127.0.0.1"],
+            image_limits=ImageLimits(),
+            store=MemoryStore(),
         )
         app = web.Application()
         app.add_routes(adapter.routes())

@@ -14,7 +14,10 @@ def test_estimates_are_at_least_a_realistic_count():
     text = "The quick brown fox jumps over the lazy dog. " * 50
     assert estimate_text_tokens(text) >= math.ceil(len(text) / 4)
     assert estimate_text_tokens("日本語のテキスト") >= 8  # multi-byte text is not undercounted
-    image_message = {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}
+    image_message = {
+        "role": "user",
+        "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}],
+    }
     assert estimate_message_tokens([image_message]) > 1000
 
 

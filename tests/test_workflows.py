@@ -37,11 +37,15 @@ def test_sentiment_as_a_score_or_a_label(raw, expected):
 
 def test_entities_keep_only_found_kinds_without_duplicates():
     raw = {"persons": ["Ada", "Ada", {"name": "Charles"}], "locations": [], "dates": "1833"}
-    assert normalise_result("extract_categorized_entities", raw, {}) == Entities({"persons": ("Ada", "Charles"), "dates": ("1833",)})
+    assert normalise_result("extract_categorized_entities", raw, {}) == Entities(
+        {"persons": ("Ada", "Charles"), "dates": ("1833",)}
+    )
 
 
 def test_moderation_flags_scores_at_or_over_the_threshold():
-    result = normalise_result("moderation", {"scores": {"hate_speech": 0.7, "harassment": 0.5, "self_harm": 0.1}}, {"threshold": 0.5})
+    result = normalise_result(
+        "moderation", {"scores": {"hate_speech": 0.7, "harassment": 0.5, "self_harm": 0.1}}, {"threshold": 0.5}
+    )
     assert isinstance(result, Moderation) and result.flagged == ["hate_speech", "harassment"]
 
 
@@ -51,7 +55,9 @@ def test_classification_from_a_string_an_object_or_a_list():
         assert normalise_result("classify", raw, args) == Classification("b", ("a", "b"))
 
 
-@pytest.mark.parametrize(("task", "raw"), [("summarize_text", 42), ("sentiment", [1]), ("moderation", {"x": "high"}), ("classify", "")])
+@pytest.mark.parametrize(
+    ("task", "raw"), [("summarize_text", 42), ("sentiment", [1]), ("moderation", {"x": "high"}), ("classify", "")]
+)
 def test_unreadable_results_raise_a_named_error(task, raw):
     args = {"classify_by": ["a", "b"], "threshold": 0.5}
     with pytest.raises(UnexpectedResponseError):
@@ -71,7 +77,11 @@ def test_workflow_body_names_the_agent_and_checks_required_args():
     ("body", "content_type", "expected"),
     [
         ('{"detail": "Model not found"}', "application/json", "Model not found"),
-        ('{"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}', "application/json", "body.messages: field required"),
+        (
+            '{"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}',
+            "application/json",
+            "body.messages: field required",
+        ),
         ('{"message": "too long"}', "application/json", "too long"),
         ('{"error": {"message": "quota spent"}}', "application/json", "quota spent"),
         ("<html><head><title>502 Bad Gateway</title></head></html>", "text/html", "HTML error page: 502 Bad Gateway"),

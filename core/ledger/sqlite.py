@@ -126,8 +126,7 @@ INSERT_RESERVATION = (
     "INSERT INTO reservations (id, user, model, day, tokens, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 REMEMBER_KEY = (
-    "INSERT INTO idempotency (key, created_at) VALUES (?, ?)"
-    " ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at"
+    "INSERT INTO idempotency (key, created_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at"
 )
 ADD_USAGE = """
     INSERT INTO usage (day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens)
@@ -169,9 +168,7 @@ USAGE_ROWS = USAGE_COLUMNS + " WHERE day = ? ORDER BY user, model"
 USAGE_ROWS_OF_USER = USAGE_COLUMNS + " WHERE day = ? AND user = ? ORDER BY model"
 # A model's (the account's) spend includes interrupted calls; a person's does not.
 SPENT_BY_MODEL = "SELECT model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day = ? GROUP BY model"
-SPENT_BY_MODEL_SINCE = (
-    "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
-)
+SPENT_BY_MODEL_SINCE = "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
 SETTLED_BY_USER_SINCE = "SELECT day, user, SUM(total_tokens) FROM usage WHERE day >= ? GROUP BY day, user"
 RESERVED_BY_MODEL = "SELECT model, SUM(tokens) FROM reservations WHERE day = ? GROUP BY model"
 SETTLED_SUM = "SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ?"
@@ -265,8 +262,13 @@ class SQLiteLedger:
                 await db.execute(pragma)
             await _migrate(db, path)
             ledger = cls(
-                db, path, owner_lock=owner_lock, owner=owner, user_daily_tokens=user_daily_tokens,
-                reservation_ttl=reservation_ttl, clock=clock,
+                db,
+                path,
+                owner_lock=owner_lock,
+                owner=owner,
+                user_daily_tokens=user_daily_tokens,
+                reservation_ttl=reservation_ttl,
+                clock=clock,
             )
             if owner:
                 await ledger._load()
@@ -309,7 +311,8 @@ class SQLiteLedger:
             log.warning(
                 "%d call(s) were cut off by the end of the previous process: charged to their models at their "
                 "estimate (%d tokens), not to the people, whose events will be answered when redelivered",
-                len(left_open), sum(row[3] for row in left_open),
+                len(left_open),
+                sum(row[3] for row in left_open),
             )
         for day, model, tokens in await self._db.execute_fetchall(SPENT_BY_MODEL_SINCE, (since,)):
             self._model_used[date.fromisoformat(day), model] = tokens
@@ -377,9 +380,7 @@ class SQLiteLedger:
         if self._open.pop(reservation.id, None) is not None:
             self._charge(reservation, -reservation.tokens)
 
-    async def settle(
-        self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool
-    ) -> None:
+    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
         """Charge the real use; a reservation that has expired meanwhile is still charged (the call ran)."""
         self._check_owner()
         if prompt_tokens < 0 or completion_tokens < 0:
@@ -389,9 +390,7 @@ class SQLiteLedger:
         held = reservation.tokens if opened else 0
         self._charge(reservation, total - held)
         day, user, model = reservation.day.isoformat(), reservation.user, reservation.model
-        batch = self._queue(
-            ADD_USAGE, (day, user, model, prompt_tokens, completion_tokens, total, total if estimated else 0)
-        )
+        batch = self._queue(ADD_USAGE, (day, user, model, prompt_tokens, completion_tokens, total, total if estimated else 0))
         if opened:
             self._queue(DELETE_RESERVATION, (reservation.id,))
         try:

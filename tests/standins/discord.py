@@ -48,33 +48,71 @@ class Call:
 
 def user(user_id: int) -> dict[str, Any]:
     return {
-        "id": str(user_id), "username": NAMES[user_id], "global_name": NAMES[user_id], "discriminator": "0",
-        "avatar": None, "bot": user_id in (BOT_ID, OTHER_BOT),
+        "id": str(user_id),
+        "username": NAMES[user_id],
+        "global_name": NAMES[user_id],
+        "discriminator": "0",
+        "avatar": None,
+        "bot": user_id in (BOT_ID, OTHER_BOT),
     }
 
 
 def member(user_id: int, roles: Sequence[int] = ()) -> dict[str, Any]:
-    return {"user": user(user_id), "roles": [str(role) for role in roles], "joined_at": TIMESTAMP,
-            "deaf": False, "mute": False, "flags": 0}
+    return {
+        "user": user(user_id),
+        "roles": [str(role) for role in roles],
+        "joined_at": TIMESTAMP,
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+    }
 
 
 def text_channel(channel_id: int, name: str) -> dict[str, Any]:
-    return {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": name, "position": 0,
-            "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None, "last_message_id": None,
-            "rate_limit_per_user": 0}
+    return {
+        "id": str(channel_id),
+        "type": 0,
+        "guild_id": str(GUILD_ID),
+        "name": name,
+        "position": 0,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+        "topic": None,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+    }
 
 
 def thread(thread_id: int, parent: int) -> dict[str, Any]:
-    return {"id": str(thread_id), "type": 11, "guild_id": str(GUILD_ID), "parent_id": str(parent), "name": "a thread",
-            "owner_id": str(ALICE), "last_message_id": None, "rate_limit_per_user": 0, "message_count": 0,
-            "member_count": 1, "flags": 0,
-            "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP,
-                                "locked": False}}
+    return {
+        "id": str(thread_id),
+        "type": 11,
+        "guild_id": str(GUILD_ID),
+        "parent_id": str(parent),
+        "name": "a thread",
+        "owner_id": str(ALICE),
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+        "message_count": 0,
+        "member_count": 1,
+        "flags": 0,
+        "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "archive_timestamp": TIMESTAMP, "locked": False},
+    }
 
 
 def role(role_id: int, name: str) -> dict[str, Any]:
-    return {"id": str(role_id), "name": name, "permissions": "1071698660929", "position": 0 if role_id == GUILD_ID else 1,
-            "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+    return {
+        "id": str(role_id),
+        "name": name,
+        "permissions": "1071698660929",
+        "position": 0 if role_id == GUILD_ID else 1,
+        "color": 0,
+        "hoist": False,
+        "managed": False,
+        "mentionable": False,
+        "flags": 0,
+    }
 
 
 class DiscordStandIn:
@@ -152,8 +190,9 @@ class DiscordStandIn:
     ) -> dict[str, Any]:
         """A person's message; `deliver=False` only stores it, as if sent before the bot was connected."""
         mentions = [user(BOT_ID)] if mention_bot else []
-        message = self._new_message(content, author=author, channel=channel, reply_to=reply_to,
-                                    mentions=mentions, attachments=list(attachments))
+        message = self._new_message(
+            content, author=author, channel=channel, reply_to=reply_to, mentions=mentions, attachments=list(attachments)
+        )
         if deliver:
             await self.dispatch("MESSAGE_CREATE", message)
         return message
@@ -163,11 +202,22 @@ class DiscordStandIn:
         attachment_id = str(next(self._ids))
         self._files[f"{attachment_id}/{name}"] = (data, content_type)
         url = f"http://{self.base}/attachments/{attachment_id}/{name}"
-        return {"id": attachment_id, "filename": name, "size": len(data) if size is None else size,
-                "url": url, "proxy_url": url, "content_type": content_type}
+        return {
+            "id": attachment_id,
+            "filename": name,
+            "size": len(data) if size is None else size,
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
 
     async def invoke(
-        self, name: str, options: Sequence[dict[str, Any]] = (), *, author: int = ALICE, channel: int = GENERAL,
+        self,
+        name: str,
+        options: Sequence[dict[str, Any]] = (),
+        *,
+        author: int = ALICE,
+        channel: int = GENERAL,
         resolved: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A slash command used by `author`: an INTERACTION_CREATE."""
@@ -177,17 +227,29 @@ class DiscordStandIn:
             data["resolved"] = resolved
         token = f"interaction-token-{interaction_id}"
         interaction = {
-            "id": str(interaction_id), "application_id": str(APPLICATION_ID), "type": 2, "data": data,
-            "token": token, "version": 1, "app_permissions": "1071698660929",
-            "locale": "en-US", "entitlements": [], "attachment_size_limit": 25 * 1024 * 1024, "context": 0,
+            "id": str(interaction_id),
+            "application_id": str(APPLICATION_ID),
+            "type": 2,
+            "data": data,
+            "token": token,
+            "version": 1,
+            "app_permissions": "1071698660929",
+            "locale": "en-US",
+            "entitlements": [],
+            "attachment_size_limit": 25 * 1024 * 1024,
+            "context": 0,
             "channel_id": str(channel),
         }
         self._interaction_channels[token] = channel
         if channel == DM_CHANNEL:
             interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
         else:
-            interaction.update(guild_id=str(GUILD_ID), guild_locale="en-US", channel=text_channel(channel, "general"),
-                               member={**member(author, [MEMBER_ROLE]), "permissions": "1071698660929"})
+            interaction.update(
+                guild_id=str(GUILD_ID),
+                guild_locale="en-US",
+                channel=text_channel(channel, "general"),
+                member={**member(author, [MEMBER_ROLE]), "permissions": "1071698660929"},
+            )
         await self.dispatch("INTERACTION_CREATE", interaction)
         return interaction
 
@@ -240,19 +302,39 @@ class DiscordStandIn:
         return _json({**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0})
 
     async def _application(self, _request: web.Request) -> web.Response:
-        return _json({
-            "id": str(APPLICATION_ID), "name": "iobot", "icon": None, "description": "", "rpc_origins": [],
-            "bot_public": True, "bot_require_code_grant": False, "owner": user(ALICE), "team": None,
-            "verify_key": "0" * 64, "flags": 0, "summary": "", "bot": user(BOT_ID),
-        })
+        return _json(
+            {
+                "id": str(APPLICATION_ID),
+                "name": "iobot",
+                "icon": None,
+                "description": "",
+                "rpc_origins": [],
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": user(ALICE),
+                "team": None,
+                "verify_key": "0" * 64,
+                "flags": 0,
+                "summary": "",
+                "bot": user(BOT_ID),
+            }
+        )
 
     async def _put_commands(self, request: web.Request) -> web.Response:
         commands = await request.json()
-        return _json([
-            {**command, "id": str(900 + index), "application_id": str(APPLICATION_ID), "version": "1",
-             "default_member_permissions": None, "type": command.get("type", 1)}
-            for index, command in enumerate(commands)
-        ])
+        return _json(
+            [
+                {
+                    **command,
+                    "id": str(900 + index),
+                    "application_id": str(APPLICATION_ID),
+                    "version": "1",
+                    "default_member_permissions": None,
+                    "type": command.get("type", 1),
+                }
+                for index, command in enumerate(commands)
+            ]
+        )
 
     async def _typing(self, _request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -263,8 +345,9 @@ class DiscordStandIn:
         reply_to: int | None = int(reference.get("message_id", 0))
         if reply_to not in self.messages:  # deleted meanwhile: with fail_if_not_exists off, a plain message
             reply_to = None
-        message = self._new_message(body.get("content", ""), author=BOT_ID, channel=int(request.match_info["channel"]),
-                                    reply_to=reply_to)
+        message = self._new_message(
+            body.get("content", ""), author=BOT_ID, channel=int(request.match_info["channel"]), reply_to=reply_to
+        )
         await self.dispatch("MESSAGE_CREATE", message)
         return _json(message)
 
@@ -297,10 +380,13 @@ class DiscordStandIn:
         resource: dict[str, Any] = {"type": body["type"]}
         if body["type"] == 4:  # an immediate message
             channel = self._interaction_channels[request.match_info["token"]]
-            resource["message"] = self._new_message(body["data"].get("content", ""), author=BOT_ID, channel=channel,
-                                                    flags=flags)
-        interaction = {"id": request.match_info["id"], "type": 2, "response_message_loading": body["type"] == 5,
-                       "response_message_ephemeral": bool(flags & EPHEMERAL)}
+            resource["message"] = self._new_message(body["data"].get("content", ""), author=BOT_ID, channel=channel, flags=flags)
+        interaction = {
+            "id": request.match_info["id"],
+            "type": 2,
+            "response_message_loading": body["type"] == 5,
+            "response_message_ephemeral": bool(flags & EPHEMERAL),
+        }
         return _json({"interaction": interaction, "resource": resource})
 
     async def _create_followup(self, request: web.Request) -> web.Response:
@@ -325,14 +411,32 @@ class DiscordStandIn:
         return web.Response(body=data, content_type=content_type)
 
     def _new_message(
-        self, content: str, *, author: int, channel: int, reply_to: int | None = None,
-        mentions: list[dict[str, Any]] | None = None, attachments: list[dict[str, Any]] | None = None, flags: int = 0,
+        self,
+        content: str,
+        *,
+        author: int,
+        channel: int,
+        reply_to: int | None = None,
+        mentions: list[dict[str, Any]] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        flags: int = 0,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {
-            "id": str(next(self._ids)), "channel_id": str(channel), "author": user(author), "content": content,
-            "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False, "mention_everyone": False,
-            "mentions": mentions or [], "mention_roles": [], "attachments": attachments or [], "embeds": [],
-            "pinned": False, "type": 0, "flags": flags,
+            "id": str(next(self._ids)),
+            "channel_id": str(channel),
+            "author": user(author),
+            "content": content,
+            "timestamp": TIMESTAMP,
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": mentions or [],
+            "mention_roles": [],
+            "attachments": attachments or [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": flags,
         }
         if channel != DM_CHANNEL:
             message["guild_id"] = str(GUILD_ID)
@@ -340,8 +444,12 @@ class DiscordStandIn:
         if reply_to is not None:
             parent = self.messages[reply_to]
             message["type"] = 19
-            message["message_reference"] = {"type": 0, "message_id": parent["id"], "channel_id": parent["channel_id"],
-                                            "guild_id": parent.get("guild_id")}
+            message["message_reference"] = {
+                "type": 0,
+                "message_id": parent["id"],
+                "channel_id": parent["channel_id"],
+                "guild_id": parent.get("guild_id"),
+            }
             # Discord nests the replied-to message one level deep, without its own referenced message.
             message["referenced_message"] = {k: v for k, v in parent.items() if k != "referenced_message"}
         self.messages[int(message["id"])] = message
@@ -377,10 +485,14 @@ class DiscordStandIn:
         self.session_id = uuid.uuid4().hex
         self._sequence = 0
         ready = {
-            "v": 10, "user": {**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}], "session_id": self.session_id,
-            "resume_gateway_url": self.gateway_url, "application": {"id": str(APPLICATION_ID), "flags": 0},
-            "private_channels": [], "relationships": [],
+            "v": 10,
+            "user": {**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0},
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+            "session_id": self.session_id,
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(APPLICATION_ID), "flags": 0},
+            "private_channels": [],
+            "relationships": [],
         }
         await self._send(socket, "READY", ready)
         await self._send(socket, "GUILD_CREATE", self._guild())
@@ -407,14 +519,35 @@ class DiscordStandIn:
 
     def _guild(self) -> dict[str, Any]:
         return {
-            "id": str(GUILD_ID), "name": "Stand-in server", "icon": None, "owner_id": str(ALICE), "afk_timeout": 300,
-            "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
-            "roles": [role(GUILD_ID, "@everyone"), role(MEMBER_ROLE, "member")], "emojis": [], "stickers": [],
-            "features": [], "mfa_level": 0, "system_channel_flags": 0, "premium_tier": 0, "nsfw_level": 0,
-            "preferred_locale": "en-US", "member_count": 4, "large": False, "unavailable": False,
-            "joined_at": TIMESTAMP, "channels": [text_channel(GENERAL, "general"), text_channel(RANDOM, "random")],
-            "threads": [thread(THREAD, RANDOM)], "members": [member(BOT_ID)], "voice_states": [], "presences": [], "stage_instances": [],
-            "guild_scheduled_events": [], "soundboard_sounds": [],
+            "id": str(GUILD_ID),
+            "name": "Stand-in server",
+            "icon": None,
+            "owner_id": str(ALICE),
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": [role(GUILD_ID, "@everyone"), role(MEMBER_ROLE, "member")],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "system_channel_flags": 0,
+            "premium_tier": 0,
+            "nsfw_level": 0,
+            "preferred_locale": "en-US",
+            "member_count": 4,
+            "large": False,
+            "unavailable": False,
+            "joined_at": TIMESTAMP,
+            "channels": [text_channel(GENERAL, "general"), text_channel(RANDOM, "random")],
+            "threads": [thread(THREAD, RANDOM)],
+            "members": [member(BOT_ID)],
+            "voice_states": [],
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
         }
 
 

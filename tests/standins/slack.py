@@ -123,16 +123,27 @@ class SlackStandIn:
         return message
 
     def add_file(
-        self, name: str, body: bytes, mimetype: str = "image/png", *, html: bool = False,
-        redirect_to: str | None = None, url: str | None = None,
+        self,
+        name: str,
+        body: bytes,
+        mimetype: str = "image/png",
+        *,
+        html: bool = False,
+        redirect_to: str | None = None,
+        url: str | None = None,
     ) -> dict[str, Any]:
         """A file as an event lists it; `url` replaces its download link (e.g. with another host)."""
         file_id = "F" + uuid.uuid4().hex[:10].upper()
         self.files[file_id] = StoredFile(file_id, name, body, mimetype, html, redirect_to)
         link = url or f"{self.base_url}/files/{file_id}/{name}"
         return {
-            "id": file_id, "name": name, "mimetype": mimetype, "filetype": name.rsplit(".", 1)[-1], "size": len(body),
-            "url_private": link, "url_private_download": link,
+            "id": file_id,
+            "name": name,
+            "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1],
+            "size": len(body),
+            "url_private": link,
+            "url_private_download": link,
         }
 
     def fail(self, method: str, kind: str, *, times: int | None = None, after: int = 0) -> None:
@@ -175,7 +186,12 @@ class SlackStandIn:
         """Push an envelope ("slash_commands", "events_api") to the connected app; returns its id."""
         await self.wait_for(lambda: self._sockets)
         envelope_id = uuid.uuid4().hex
-        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "accepts_response_payload": kind != "events_api"}
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": kind != "events_api",
+        }
         if kind == "events_api":
             envelope.update(retry_attempt=retry_attempt, retry_reason="timeout" if retry_attempt else "")
         await self._sockets[-1].send_str(json.dumps(envelope))
@@ -248,12 +264,25 @@ class SlackStandIn:
         return web.json_response({"ok": "error" not in result, **result})
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"url": "https://stand-in.slack.com/", "team": "Stand-in", "user": "iobot", "team_id": TEAM_ID,
-                "user_id": BOT_USER_ID, "bot_id": BOT_ID, "is_enterprise_install": False}
+        return {
+            "url": "https://stand-in.slack.com/",
+            "team": "Stand-in",
+            "user": "iobot",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
-        message = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "text": args.get("text", ""),
-                   "blocks": args.get("blocks", []), "ts": self.next_ts()}
+        message = {
+            "type": "message",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "text": args.get("text", ""),
+            "blocks": args.get("blocks", []),
+            "ts": self.next_ts(),
+        }
         if args.get("thread_ts"):
             message["thread_ts"] = args["thread_ts"]
         self.messages.setdefault(args["channel"], []).append(message)
@@ -303,8 +332,16 @@ class SlackStandIn:
         if stored is None:
             return {"error": "file_not_found"}
         link = f"{self.base_url}/files/{stored.id}/{stored.name}"
-        return {"file": {"id": stored.id, "name": stored.name, "mimetype": stored.mimetype, "size": len(stored.body),
-                         "url_private": link, "url_private_download": link}}
+        return {
+            "file": {
+                "id": stored.id,
+                "name": stored.name,
+                "mimetype": stored.mimetype,
+                "size": len(stored.body),
+                "url_private": link,
+                "url_private_download": link,
+            }
+        }
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": self.base_url.replace("http://", "ws://") + "/socket"}
@@ -350,10 +387,19 @@ def signed_headers(body: str, signing_secret: str, content_type: str, *, timesta
 def command_fields(text: str, *, user: str, response_url: str, trigger_id: str, channel: str = "C0GENERAL") -> dict[str, str]:
     """A `/io` slash command's fields."""
     return {
-        "token": "deprecated-verification-token", "team_id": TEAM_ID, "team_domain": "stand-in",
-        "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
-        "command": "/io", "text": text, "api_app_id": "A0TEST", "is_enterprise_install": "false",
-        "response_url": response_url, "trigger_id": trigger_id,
+        "token": "deprecated-verification-token",
+        "team_id": TEAM_ID,
+        "team_domain": "stand-in",
+        "channel_id": channel,
+        "channel_name": "general",
+        "user_id": user,
+        "user_name": user.lower(),
+        "command": "/io",
+        "text": text,
+        "api_app_id": "A0TEST",
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        "trigger_id": trigger_id,
     }
 
 
@@ -365,9 +411,14 @@ def command_body(text: str, **fields: str) -> str:
 def event_fields(event: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
     """An Events API delivery wrapping `event`."""
     return {
-        "token": "deprecated-verification-token", "team_id": TEAM_ID, "api_app_id": "A0TEST", "event": event,
-        "type": "event_callback", "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
-        "event_time": int(time.time()), "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
+        "token": "deprecated-verification-token",
+        "team_id": TEAM_ID,
+        "api_app_id": "A0TEST",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID, "is_bot": True}],
     }
 
 
