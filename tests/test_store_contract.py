@@ -19,6 +19,7 @@ from core.ledger import CLAIM_SECONDS, LedgerError, MemoryStore, SQLiteLedger, S
 from core.ledger import sqlite as ledger_module
 
 IMPLEMENTATIONS = ["memory", "sqlite"]
+PERSISTENT = ["sqlite"]  # those whose state outlives a close and an open
 ANN = "slack:T1:U1"
 BOB = "discord:42"
 
@@ -46,7 +47,6 @@ class Stores:
         self.kind = kind
         self.path = path
         self.clock = clock
-        self.persistent = kind != "memory"  # whether what is stored outlives a close and an open
         self._ledgers: list[SQLiteLedger] = []
 
     async def open(self) -> Store:
@@ -181,22 +181,25 @@ async def test_unicode_and_long_values_round_trip(store: Store) -> None:
 # --- persistence ---
 
 
-async def test_claims_threads_and_settings_survive_a_restart(stores: Stores, clock: Clock) -> None:
-    if not stores.persistent:
-        pytest.skip("this store keeps its state in memory only")
-    store = await stores.open()
-    assert await store.claim("slack:Ev05", ttl=600) is True
-    await store.follow_thread("discord:1234")
-    await store.set_setting(ANN, "model", "Qwen/QwQ-32B")
-    await stores.close()
+@pytest.mark.parametrize("kind", PERSISTENT)
+async def test_claims_threads_and_settings_survive_a_restart(kind: str, tmp_path: Path, clock: Clock) -> None:
+    stores = Stores(kind, tmp_path / "store.sqlite3", clock)
+    try:
+        store = await stores.open()
+        assert await store.claim("slack:Ev05", ttl=600) is True
+        await store.follow_thread("discord:1234")
+        await store.set_setting(ANN, "model", "Qwen/QwQ-32B")
+        await stores.close()
 
-    clock.advance(seconds=60)
-    store = await stores.open()
-    assert await store.claim("slack:Ev05", ttl=600) is False
-    assert await store.follows_thread("discord:1234") is True
-    assert await store.setting(ANN, "model") == "Qwen/QwQ-32B"
-    clock.advance(seconds=541)
-    assert await store.claim("slack:Ev05", ttl=600) is True  # the claim kept its end across the restart
+        clock.advance(seconds=60)
+        store = await stores.open()
+        assert await store.claim("slack:Ev05", ttl=600) is False
+        assert await store.follows_thread("discord:1234") is True
+        assert await store.setting(ANN, "model") == "Qwen/QwQ-32B"
+        clock.advance(seconds=541)
+        assert await store.claim("slack:Ev05", ttl=600) is True  # the claim kept its end across the restart
+    finally:
+        await stores.close()
 
 
 # --- the SQLite file ---
