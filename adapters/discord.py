@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import io
 import json
 import logging
 import re
@@ -39,19 +40,23 @@ from core.errors import Outcome
 from core.images import ImageLimits, ImageSource
 from core.ledger.store import Store
 from core.render import model_line, reveal_links
-from core.service import INFORMATIONAL, Progress, Reply, Request, Service
+from core.service import INFORMATIONAL, Attachment, Progress, Reply, Request, Service
 from core.settings import PlatformSettings, env, http_url
 
 log = logging.getLogger("iobot.discord")
 
 NO_PINGS = discord.AllowedMentions.none()
 MESSAGE_LIMIT = 2000
+NOTE_CHARS = 500  # of a note added under a message, so that most of the message stays
+MIN_PIECE = 160  # characters of a message's text kept whatever notes are added under it
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate-limits edits per channel
 HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
-# What the bot needs in a channel: see it, read the reply chain, answer (in threads too).
-PERMISSIONS = discord.Permissions(view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True)
+# What the bot needs in a channel: see it, read the reply chain, answer (in threads too, a long answer as a file).
+PERMISSIONS = discord.Permissions(
+    view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True, attach_files=True
+)
 
 
 IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
@@ -325,10 +330,10 @@ class DiscordAdapter:
         if not await first_delivery(self.store, f"discord:{message.id}"):  # replayed after a resume
             return
 
-        async def send(piece: str, previous: discord.Message | None) -> discord.Message:
+        async def send(piece: Sendable, previous: discord.Message | None) -> discord.Message:
             # Each piece replies to the one before, so a reply to the last piece continues the chain.
             reference = (previous or message).to_reference(fail_if_not_exists=False)  # asker may delete theirs
-            return await message.channel.send(piece, reference=reference, allowed_mentions=NO_PINGS)
+            return await message.channel.send(**_carrying(piece), reference=reference, allowed_mentions=NO_PINGS)
 
         async with self.in_flight.track():
             answer = Answer(_Messages(send), f"in channel {message.channel.id}", interval=EDIT_INTERVAL)
@@ -448,12 +453,15 @@ class DiscordAdapter:
         return [ImageSource(a.filename, a.url, size=a.size or None) for a in wanted], notes
 
 
+Sendable = str | discord.File  # what one message of an answer carries: text, or a file
+
+
 class _Messages:
     """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any."""
 
     name = "Discord"
 
-    def __init__(self, send: Callable[[str, discord.Message | None], Awaitable[discord.Message]]) -> None:
+    def __init__(self, send: Callable[[Sendable, discord.Message | None], Awaitable[discord.Message]]) -> None:
         self._send = send
 
     def render(self, reply: Reply) -> list[str]:
@@ -463,7 +471,15 @@ class _Messages:
         return message_pieces(text)
 
     def noted(self, piece: str, note: str) -> str:
-        return f"{piece}\n-# {note}"
+        """The piece with the note as a last line of subtext; the text above its subtext is cut (code
+        blocks closed) if all of it would pass the limit."""
+        lines = piece.split("\n")
+        kept = len(lines)
+        while kept and lines[kept - 1].startswith("-# "):
+            kept -= 1
+        footer = "".join(f"\n{line}" for line in [*lines[kept:], f"-# {note[:NOTE_CHARS]}"])
+        room = max(MESSAGE_LIMIT - len(footer), MIN_PIECE)
+        return (split_message("\n".join(lines[:kept]), room) or [""])[0] + footer
 
     async def post(self, piece: str, after: discord.Message | None) -> discord.Message:
         with _delivering():
@@ -476,6 +492,15 @@ class _Messages:
     async def delete(self, handle: discord.Message) -> None:
         with _delivering():
             await handle.delete()
+
+    async def upload(self, attachment: Attachment, after: discord.Message | None) -> discord.Message:
+        with _delivering():
+            return await self._send(discord.File(io.BytesIO(attachment.data), filename=attachment.name), after)
+
+
+def _carrying(piece: Sendable) -> dict[str, Any]:
+    """`send`'s arguments for one message: its text, or its file."""
+    return {"file": piece} if isinstance(piece, discord.File) else {"content": piece}
 
 
 @contextlib.contextmanager
@@ -506,8 +531,8 @@ def message_pieces(text: str) -> list[str]:
 
 
 def _followups(interaction: discord.Interaction, *, ephemeral: bool) -> Answer[str, discord.Message]:
-    async def send(piece: str, _previous: discord.Message | None) -> discord.Message:
-        return await interaction.followup.send(piece, ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True)
+    async def send(piece: Sendable, _previous: discord.Message | None) -> discord.Message:
+        return await interaction.followup.send(**_carrying(piece), ephemeral=ephemeral, allowed_mentions=NO_PINGS, wait=True)
 
     return Answer(_Messages(send), f"in interaction {interaction.id}", interval=EDIT_INTERVAL)
 

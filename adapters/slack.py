@@ -38,7 +38,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler, async_default_handlers
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -51,7 +51,7 @@ from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_del
 from core.errors import Outcome
 from core.images import ImageError, ImageLimits, ImageSource
 from core.ledger.store import Store
-from core.service import Progress, Reply, Request, Service
+from core.service import Attachment, Progress, Reply, Request, Service
 from core.settings import CommaList, PlatformSettings, env, http_url, split_commas
 
 from .slack_render import (
@@ -74,7 +74,8 @@ Payload = dict[str, Any]  # a JSON object from Slack: a command, an event, a mes
 # every acknowledgement queue behind the answers already started (benchmarks/slack_ack.py).
 ACK_PRIORITY = 1.0
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer (chat.update is rate limited)
-RESPONSE_URL_POSTS = 5  # Slack takes at most five posts to one response_url
+# Slack takes at most five posts to one response_url, and none with a file: a longer answer there is cut.
+RESPONSE_URL_POSTS = 5
 THREAD_HISTORY = 50  # the newest messages of a thread sent along as context (with its first)
 HISTORY_PAGE = 200  # messages per conversations.replies call, as Slack recommends
 HISTORY_CALLS = 8  # conversations.replies calls for one message at most, however long its thread
@@ -463,6 +464,19 @@ class _Thread:
         with _delivering():
             await self.client.chat_delete(channel=self.channel, ts=handle)
 
+    async def upload(self, attachment: Attachment, after: str | None) -> str:
+        """Share a file in the thread: files.getUploadURLExternal, the bytes to the URL it gives, then
+        files.completeUploadExternal. Slack shares it in the background, so the message carrying it
+        has no `ts` yet: the file's id stands for it."""
+        with _delivering():
+            try:
+                response = await self.client.files_upload_v2(
+                    channel=self.channel, thread_ts=self.thread_ts, filename=attachment.name, content=attachment.data
+                )
+            except SlackRequestError as error:  # the upload URL did not take the bytes; it answers with a status only
+                raise DeliveryFailed("the file upload was refused") from error
+        return str(response["file"]["id"])
+
 
 class _ResponseURL:
     """A slash command's response_url: the `Port` that posts, but cannot edit or delete what it posted."""
@@ -495,6 +509,9 @@ class _ResponseURL:
 
     async def delete(self, handle: None) -> None:
         raise DeliveryFailed("a response_url post cannot be deleted")
+
+    async def upload(self, attachment: Attachment, after: None) -> None:
+        raise DeliveryFailed("a response_url post cannot carry a file")
 
 
 @contextlib.contextmanager

@@ -5,10 +5,12 @@ throttled edits, split into as many messages as the platform's limit needs, and 
 in a last edit that always lands. Platforms fail the same ways too: an edit that fails is replaced
 by a new message, a message that cannot be posted ends the answer with a line saying the rest is
 missing, and an answer the API computed but the platform would not take stays charged, which is
-logged here, once, with its tokens.
+logged here, once, with its tokens. An answer too long to read comfortably as messages is shown as
+its first message and posted whole as a file, `answer.md`.
 
 An adapter supplies a `Port`: how to post, edit and delete one message on its platform and how to
-render text as its messages (Slack: Block Kit dicts, Discord: strings). This module also holds what
+render text as its messages (Slack: Block Kit dicts, Discord: strings), and how to upload a file
+in the answer's place. This module also holds what
 adapters otherwise each keep: the one turn merge, the duplicate check, and the answers in flight.
 """
 
@@ -27,12 +29,18 @@ from typing import Any, Generic, Protocol, TypeVar
 from .client import Message
 from .errors import Outcome
 from .ledger.store import Store
-from .service import Progress, Reply
+from .render import model_line
+from .service import Attachment, Progress, Reply
 
 log = logging.getLogger("iobot.delivery")
 
 INTERRUPTED = "iobot was restarted before it could answer. Please ask again."
 CLOSE_GRACE = 5.0  # seconds that answers already computed get to be posted when an adapter closes
+# A finished answer that needs more messages than this is shown as its first message and uploaded
+# whole as a file. Channels flooded with a dozen messages of one answer are what people complain
+# about, while six (12,000 characters on Discord, 18,000 on Slack) are still read in place.
+MAX_ANSWER_MESSAGES = 6
+ANSWER_FILE = "answer.md"
 
 Piece = TypeVar("Piece")  # one message as the platform takes it
 Handle = TypeVar("Handle")  # a posted message, as the platform lets it be edited or deleted again
@@ -73,6 +81,10 @@ class Port(Protocol[Piece, Handle]):
     async def edit(self, handle: Handle, piece: Piece) -> None: ...
 
     async def delete(self, handle: Handle) -> None: ...
+
+    async def upload(self, attachment: Attachment, after: Handle | None) -> Handle:
+        """Post a message carrying the file after the answer's last one (`after`, None for the first)."""
+        ...
 
 
 class Delivered(StrEnum):
@@ -157,8 +169,11 @@ class Answer(Generic[Piece, Handle]):
             raise
 
     async def finish(self, reply: Reply) -> Delivery:
-        """Show the finished reply; a duplicate (answered by its first delivery) takes back what is shown.
+        """Show the finished reply, then upload its attachments; a duplicate (answered by its first
+        delivery) takes back what is shown.
 
+        An answer that needs more than `MAX_ANSWER_MESSAGES` messages is shown as its first message and
+        uploaded whole as `ANSWER_FILE`, or posted as all its messages if the upload fails.
         When the platform takes only the first messages, the last of them gets a line saying the
         rest is missing, and what the reply cost is logged as charged but not delivered.
         """
@@ -167,7 +182,10 @@ class Answer(Generic[Piece, Handle]):
             return Delivery(Delivered.NONE, "a repeated delivery")
         pieces = self.port.render(reply)
         try:
-            await self.show(pieces)
+            long = reply.outcome == Outcome.OK and len(pieces) > MAX_ANSWER_MESSAGES  # not a refusal or an error
+            if not (long and await self._show_as_file(reply, pieces[0])):
+                await self.show(pieces)
+            await self._upload(reply.attachments)
             return Delivery(Delivered.ALL)
         except DeliveryFailed as error:
             reason = error.reason
@@ -181,6 +199,28 @@ class Answer(Generic[Piece, Handle]):
             with contextlib.suppress(DeliveryFailed):
                 await self.port.edit(handle, self.port.noted(shown, note))
         return Delivery(Delivered.PART, reason)
+
+    async def _show_as_file(self, reply: Reply, first: Piece) -> bool:
+        """Show the answer's first message, with its notes and a line naming the file, then upload the
+        whole answer as that file. False when the upload fails: the answer is then shown as messages."""
+        notes = [*reply.notes, f"The whole answer is in {ANSWER_FILE}."]
+        if reply.model:
+            notes.append(model_line(reply.model, reply.usage))
+        for note in notes:
+            first = self.port.noted(first, note)
+        await self.show([first])
+        try:
+            await self._upload([Attachment(ANSWER_FILE, reply.text.encode(), "text/markdown")])
+        except DeliveryFailed as error:
+            log.warning("could not upload an answer %s as a file (%s); posting it as messages", self.where, error.reason)
+            return False
+        return True
+
+    async def _upload(self, attachments: Sequence[Attachment]) -> None:
+        """Post each file after the answer's messages, in order; raises `DeliveryFailed` at the first refused."""
+        after = self._posted[-1][0] if self._posted else None
+        for attachment in attachments:
+            after = await self.port.upload(attachment, after)
 
     async def _remove_from(self, index: int) -> None:
         """Delete the messages from `index` on; one that will not go is forgotten, not retried."""

@@ -121,6 +121,15 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file that goes out with a reply; each platform shows it as a message carrying the file."""
+
+    name: str  # the file name people see: "answer.md"
+    data: bytes
+    mime_type: str  # "text/markdown"
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str  # neutral markdown (see render.py)
     outcome: Outcome = Outcome.OK
@@ -128,6 +137,7 @@ class Reply:
     model: str | None = None  # the model that answered, if one did
     usage: Usage | None = None
     notes: tuple[str, ...] = field(default=())  # remarks for the person, e.g. which model stood in
+    attachments: tuple[Attachment, ...] = field(default=())  # files posted after the text
 
 
 @dataclass(frozen=True)

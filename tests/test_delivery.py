@@ -10,7 +10,9 @@ import pytest
 
 from core.client import Usage
 from core.delivery import (
+    ANSWER_FILE,
     INTERRUPTED,
+    MAX_ANSWER_MESSAGES,
     Answer,
     Delivered,
     Delivery,
@@ -22,7 +24,8 @@ from core.delivery import (
 )
 from core.errors import Outcome
 from core.ledger import MemoryStore
-from core.service import Reply
+from core.render import model_line
+from core.service import Attachment, Reply
 
 LIMIT = 10  # characters in one of the fake platform's messages
 
@@ -36,7 +39,8 @@ class FakeChat:
         self.messages: dict[int, str] = {}  # what the channel shows, oldest first
         self.calls: list[tuple[str, int | None, str | None]] = []  # (operation, message id, piece)
         self.posts_allowed: int | None = None  # posts that succeed before every further one fails
-        self.failing: set[str] = set()  # operations that fail: "edit", "delete"
+        self.failing: set[str] = set()  # operations that fail: "edit", "delete", "upload"
+        self.uploads: dict[int, Attachment] = {}  # the files posted, by message id
         self.renderings = 0  # of streamed text: one per update the answer showed
         self._next_id = 1
 
@@ -72,6 +76,15 @@ class FakeChat:
             raise DeliveryFailed("delete refused")
         del self.messages[handle]
         self.calls.append(("delete", handle, None))
+
+    async def upload(self, attachment: Attachment, after: int | None) -> int:
+        assert after == max([*self.messages, *self.uploads], default=None), "a file follows the answer's last message"
+        if "upload" in self.failing:
+            raise DeliveryFailed("upload refused")
+        handle, self._next_id = self._next_id, self._next_id + 1
+        self.uploads[handle] = attachment
+        self.calls.append(("upload", handle, attachment.name))
+        return handle
 
     @property
     def shown(self) -> list[str]:
@@ -163,8 +176,8 @@ async def test_streaming_edits_are_throttled_and_the_whole_answer_always_lands(c
     assert chat.calls == []
     text = ""
     started = time.monotonic()
-    for i in range(30):  # 30 pieces over about 0.6 s
-        text += f"p{i} "
+    for i in range(30):  # 30 pieces over about 0.6 s, 3 messages in all
+        text += str(i % 10)
         await answer.stream(text)
         await asyncio.sleep(0.02)
     elapsed, updates = time.monotonic() - started, chat.renderings
@@ -184,6 +197,72 @@ async def test_a_stream_that_fails_stops_and_the_finish_shows_everything(chat, a
     assert "as it streamed (edit refused)" in caplog.text
     assert (await answer.finish(Reply("the whole answer"))).delivered is Delivered.ALL
     assert "".join(chat.shown) == "the whole answer"
+
+
+def pieces_of(count: int) -> str:
+    """A reply text the fake platform shows as exactly `count` messages."""
+    return "".join(chr(ord("a") + index) * LIMIT for index in range(count))
+
+
+async def test_a_reply_of_the_most_messages_allowed_is_posted_as_messages(chat, answer):
+    text = pieces_of(MAX_ANSWER_MESSAGES)
+    assert await answer.finish(Reply(text)) == Delivery(Delivered.ALL)
+    assert "".join(chat.shown) == text and len(chat.shown) == MAX_ANSWER_MESSAGES
+    assert chat.uploads == {}
+
+
+async def test_a_longer_reply_shows_its_first_message_and_goes_up_whole_as_a_file(chat, answer):
+    text = pieces_of(MAX_ANSWER_MESSAGES + 1)
+    model, usage = "meta-llama/Llama-3.3-70B-Instruct", Usage(10, 1224, 1234)
+    assert await answer.finish(Reply(text, model=model, usage=usage, notes=("n",))) == Delivery(Delivered.ALL)
+
+    notes = ["n", f"The whole answer is in {ANSWER_FILE}.", model_line(model, usage)]
+    assert chat.shown == ["aaaaaaaaaa" + "".join(f" ({note})" for note in notes)]
+    assert list(chat.uploads.values()) == [Attachment("answer.md", text.encode(), "text/markdown")]
+    assert chat.operations() == ["post", "upload"], "the file comes after the message that names it"
+
+
+async def test_a_long_reply_that_streamed_keeps_only_its_first_message_beside_the_file(chat, answer):
+    text = pieces_of(MAX_ANSWER_MESSAGES + 3)
+    await answer.show(chat.render_text(text))  # the answer as it streamed, all of it
+    first = min(chat.messages)
+    await answer.finish(Reply(text))
+    assert list(chat.messages) == [first], "the first message edited in place, the others deleted"
+    assert chat.shown == [f"aaaaaaaaaa (The whole answer is in {ANSWER_FILE}.)"]
+    assert [attachment.data for attachment in chat.uploads.values()] == [text.encode()]
+
+
+async def test_a_long_reply_whose_file_is_refused_is_posted_as_all_its_messages(chat, answer, caplog):
+    chat.failing.add("upload")
+    text = pieces_of(MAX_ANSWER_MESSAGES + 2)
+    with caplog.at_level(logging.WARNING, logger="iobot.delivery"):
+        delivery = await answer.finish(Reply(text))
+    assert delivery == Delivery(Delivered.ALL)
+    assert "".join(chat.shown) == text and chat.uploads == {}
+    assert "could not upload an answer in the test channel as a file (upload refused)" in caplog.text
+
+
+async def test_a_long_refusal_or_error_is_read_in_place_not_as_a_file(chat, answer):
+    text = pieces_of(MAX_ANSWER_MESSAGES + 1)
+    await answer.finish(Reply(text, outcome=Outcome.ERROR))
+    assert "".join(chat.shown) == text and chat.uploads == {}
+
+
+async def test_a_replys_own_attachments_follow_its_messages_in_order(chat, answer):
+    files = (Attachment("a.csv", b"x,y\n1,2\n", "text/csv"), Attachment("b.png", b"\x89PNG", "image/png"))
+    assert await answer.finish(Reply("see the files", attachments=files)) == Delivery(Delivered.ALL)
+    assert chat.shown == ["see the fi", "les"]
+    assert list(chat.uploads.values()) == list(files)
+    assert chat.operations() == ["post", "post", "upload", "upload"]
+
+
+async def test_an_attachment_the_platform_refuses_leaves_the_answer_partly_delivered(chat, answer, caplog):
+    chat.failing.add("upload")
+    files = (Attachment("a.csv", b"1,2", "text/csv"),)
+    delivery = await answer.finish(Reply("see the file", usage=Usage(5, 7, 12), attachments=files))
+    assert delivery == Delivery(Delivered.PART, "upload refused")
+    assert "".join(chat.shown) == "see the file"
+    assert "could not post an answer in the test channel (upload refused); its 12 tokens stay charged" in caplog.text
 
 
 async def test_reply_streams_progress_into_the_answer(chat, answer):

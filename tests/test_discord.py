@@ -57,8 +57,14 @@ async def http():
 
 
 @pytest.fixture
-def service(client, ledger, http):
-    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=2048, allow_loopback_images=True)
+def max_tokens() -> int:
+    """The room for an answer; a test that needs a longer one parametrizes `max_tokens`."""
+    return 2048
+
+
+@pytest.fixture
+def service(client, ledger, http, max_tokens):
+    config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=max_tokens, allow_loopback_images=True)
     return Service(client, ledger, load_quota_table(), config, http, store=MemoryStore())
 
 
@@ -366,6 +372,47 @@ async def test_slash_commands_are_synced_only_when_their_definition_changes(make
     async with running(make_adapter(), standin):
         pass
     assert len(standin.calls_to("PUT", sync)) == 2
+
+
+# --- answers as files ------------------------------------------------------------------------------
+
+VERY_LONG = "emulate:long=14000 tell me everything"  # over six messages of 2,000 characters
+
+
+async def emulator_answer(client, question: str) -> str:
+    """The emulator's answer to `question`, asked directly (its long answers are the same every time)."""
+    return (await client.chat(MODEL, [{"role": "user", "content": question}], max_tokens=4000)).content
+
+
+@pytest.mark.parametrize("max_tokens", [4000])
+async def test_a_very_long_answer_is_its_beginning_and_a_file_of_all_of_it_in_the_reply_chain(bot, standin, client, max_tokens):
+    question = await standin.post(f"{MENTION} {VERY_LONG}", mention_bot=True)
+    await standin.wait_for(lambda: any(call.files for call in message_calls(standin)))
+    await standin.wait_for(lambda: not bot.in_flight.busy)
+    beginning, carrier = await answer_to(standin, question, done="")
+
+    assert beginning["content"].startswith("This paragraph comes from the IO Intelligence emulator")
+    assert "\n-# The whole answer is in answer.md.\n-# Llama-3.3-70B-Instruct · " in beginning["content"]
+    assert len(beginning["content"]) <= 2000
+    [file] = carrier["attachments"]
+    assert file["filename"] == "answer.md" and carrier["content"] == ""
+    assert standin.attachment_bytes(file) == (await emulator_answer(client, VERY_LONG)).encode()
+    [sent] = [call for call in message_calls(standin) if call.files]
+    assert sent.files == [("answer.md", standin.attachment_bytes(file))] and pings_nobody(sent.body)
+
+
+@pytest.mark.parametrize("max_tokens", [4000])
+async def test_a_very_long_answer_to_a_slash_command_comes_with_its_file_as_a_follow_up(bot, standin, client, max_tokens):
+    interaction = await standin.invoke("ask", [{"name": "question", "type": 3, "value": VERY_LONG}])
+    followups = rf"/webhooks/\d+/{interaction['token']}"
+    await standin.wait_for(lambda: any(call.files for call in standin.calls_to("POST", followups)))
+    await standin.wait_for(lambda: not bot.in_flight.busy)
+
+    beginning, carrier = standin.bot_messages()
+    assert "-# The whole answer is in answer.md." in beginning["content"]
+    [file] = carrier["attachments"]
+    assert file["filename"] == "answer.md" and carrier["webhook_id"]
+    assert standin.attachment_bytes(file) == (await emulator_answer(client, VERY_LONG)).encode()
 
 
 # --- access rules ----------------------------------------------------------------------------------

@@ -137,8 +137,14 @@ def api_calls(emulator) -> list:
 
 
 @pytest.fixture
-async def service(client, ledger):
-    config = ServiceConfig(model=MODEL, vision_model=VISION, max_tokens=2500, allow_loopback_images=True)
+def max_tokens() -> int:
+    """The room for an answer; a test that needs a longer one parametrizes `max_tokens`."""
+    return 2500
+
+
+@pytest.fixture
+async def service(client, ledger, max_tokens):
+    config = ServiceConfig(model=MODEL, vision_model=VISION, max_tokens=max_tokens, allow_loopback_images=True)
     async with httpx.AsyncClient() as public:
         yield Service(client, ledger, load_quota_table(), config, public, store=MemoryStore())
 
@@ -680,6 +686,63 @@ async def test_a_thread_over_a_thousand_messages_sends_its_first_and_newest_in_f
     assert "This thread is long: its first message and the newest" in shown(answer)
 
 
+# --- answers as files ------------------------------------------------------------------------------
+
+VERY_LONG = "emulate:long=20000 tell me everything"  # over six messages of 3,000 characters
+
+
+async def emulator_answer(client, question: str) -> str:
+    """The emulator's answer to `question`, asked directly (its long answers are the same every time)."""
+    return (await client.chat(MODEL, [{"role": "user", "content": question}], max_tokens=6000)).content
+
+
+@pytest.mark.parametrize("max_tokens", [6000])
+async def test_a_very_long_answer_is_its_beginning_in_the_thread_and_all_of_it_as_a_file(bot, slack, client, max_tokens):
+    event = bot.message(VERY_LONG)
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("files.completeUploadExternal") and not bot.adapter.in_flight.busy)
+
+    beginning, carrier = slack.bot_replies(CHANNEL, event["ts"])
+    assert beginning["text"].startswith("This paragraph comes from the IO Intelligence emulator")
+    assert "The whole answer is in answer.md." in shown(beginning) and has_footer(beginning)
+    [file] = carrier["files"]
+    assert file["name"] == "answer.md" and carrier["thread_ts"] == event["ts"]
+    assert slack.file_body(file) == (await emulator_answer(client, VERY_LONG)).encode()
+
+    [announced] = slack.calls_to("files.getUploadURLExternal")
+    assert announced.args["filename"] == "answer.md" and int(announced.args["length"]) == file["size"]
+    [upload] = slack.calls_to("upload")
+    assert upload.token is None, "the bytes go to the upload URL without the bot token"
+    [complete] = slack.calls_to("files.completeUploadExternal")
+    assert (complete.args["channel_id"], complete.args["thread_ts"]) == (CHANNEL, event["ts"])
+
+
+@pytest.mark.parametrize("max_tokens", [6000])
+async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages(bot, slack, client, max_tokens, caplog):
+    slack.fail("upload", "html_502")
+    event = bot.message(VERY_LONG)
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("upload") and not bot.adapter.in_flight.busy)
+    replies = slack.bot_replies(CHANNEL, event["ts"])
+
+    assert len(replies) > 6 and [has_footer(reply) for reply in replies] == [False] * (len(replies) - 1) + [True]
+    assert all("answer.md" not in shown(reply) for reply in replies)
+    whole = "\n".join(reply["text"] for reply in replies)
+    assert all(f"    total += {n}\n" in whole for n in range(1, 27)), "every part, in order"
+    assert slack.calls_to("files.completeUploadExternal") == []
+    assert "could not upload an answer in C0GENERAL as a file (the file upload was refused)" in caplog.text
+
+
+@pytest.mark.parametrize("max_tokens", [6000])
+async def test_a_very_long_answer_to_the_slash_command_is_cut_not_uploaded(bot, slack, max_tokens):
+    response, key = await bot.command(VERY_LONG)
+    assert response.status_code == 200
+    answers = await bot.responses(key)
+    assert len(answers) == 5
+    assert "was too long for one reply and was cut" in shown(answers[-1])
+    assert slack.calls_to("files.getUploadURLExternal") == []
+
+
 # --- Socket Mode ---------------------------------------------------------------------------------
 
 
@@ -742,6 +805,7 @@ def test_the_manifest_asks_for_what_the_adapter_uses():
         "channels:history",
         "groups:history",
         "files:read",
+        "files:write",
     }
     assert scopes | {"app_mention", "message.im", "message.channels"} <= listed
     assert "- command: /io" in manifest

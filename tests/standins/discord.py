@@ -3,7 +3,9 @@
 Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
 answer them. The world is one server with two text channels (one with a thread), a DM channel, two
 people, another bot and the bot. Every REST call is recorded in `calls`; every message (posted by a
-test or by the bot) is kept in `messages` with its current content. Like Discord, it sends the bot's
+test or by the bot) is kept in `messages` with its current content. A message the bot sends with
+files comes as discord.py sends it (multipart/form-data: `payload_json`, then `files[0]`, ...); its
+files go on the stand-in CDN, listed in the message's `attachments` as Discord lists them. Like Discord, it sends the bot's
 own messages and edits back over the gateway, and keeps events for a disconnected bot until it resumes.
 """
 
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import mimetypes
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 API_PREFIX = "/api/v10"
 TOKEN = "stand-in-bot-token"
@@ -33,6 +36,9 @@ EPHEMERAL = 64
 TIMESTAMP = "2025-01-01T00:00:00.000000+00:00"
 
 NAMES = {BOT_ID: "iobot", ALICE: "alice", BOB: "bob", OTHER_BOT: "otherbot"}
+# A REST request's JSON payload and files, read once as it is recorded and kept on it for its handler.
+BODY: web.RequestKey[Any] = web.RequestKey("body", object)
+FILES: web.RequestKey[list[tuple[str, bytes]]] = web.RequestKey("files", list)
 T = TypeVar("T")
 
 
@@ -43,7 +49,8 @@ class Call:
     method: str
     path: str
     query: dict[str, str]
-    body: Any
+    body: Any  # the JSON payload (of a multipart request too), else the raw bytes
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes) of a multipart request
 
 
 def user(user_id: int) -> dict[str, Any]:
@@ -282,6 +289,10 @@ class DiscordStandIn:
         """The bot's messages in a channel (follow-ups included), oldest first, as they are now."""
         return [m for m in self.messages.values() if m["author"]["id"] == str(BOT_ID) and m["channel_id"] == str(channel)]
 
+    def attachment_bytes(self, attachment: dict[str, Any]) -> bytes:
+        """The bytes of a file a message carries, as the CDN serves them."""
+        return self._files[f"{attachment['id']}/{attachment['filename']}"][0]
+
     def replies_to(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if (m.get("message_reference") or {}).get("message_id") == message["id"]]
 
@@ -290,9 +301,14 @@ class DiscordStandIn:
     @web.middleware
     async def _record(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         if request.path.startswith(API_PREFIX):
-            raw = await request.read()
-            body = json.loads(raw) if raw and request.content_type == "application/json" else raw or None
-            self.calls.append(Call(request.method, request.path.removeprefix(API_PREFIX), dict(request.query), body))
+            files: list[tuple[str, bytes]] = []
+            if request.content_type == "multipart/form-data":
+                body, files = await _read_multipart(request)
+            else:
+                raw = await request.read()
+                body = json.loads(raw) if raw and request.content_type == "application/json" else raw or None
+            request[BODY], request[FILES] = body, files
+            self.calls.append(Call(request.method, request.path.removeprefix(API_PREFIX), dict(request.query), body, files))
             needs_token = not request.path.startswith((API_PREFIX + "/webhooks/", API_PREFIX + "/interactions/"))
             if needs_token and request.headers.get("Authorization") != f"Bot {TOKEN}":
                 return _json({"message": "401: Unauthorized", "code": 0}, status=401)
@@ -340,13 +356,17 @@ class DiscordStandIn:
         return web.Response(status=204)
 
     async def _create_message(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = request[BODY]
         reference = body.get("message_reference") or {}
         reply_to: int | None = int(reference.get("message_id", 0))
         if reply_to not in self.messages:  # deleted meanwhile: with fail_if_not_exists off, a plain message
             reply_to = None
         message = self._new_message(
-            body.get("content", ""), author=BOT_ID, channel=int(request.match_info["channel"]), reply_to=reply_to
+            body.get("content") or "",
+            author=BOT_ID,
+            channel=int(request.match_info["channel"]),
+            reply_to=reply_to,
+            attachments=self._uploaded(request[FILES]),
         )
         await self.dispatch("MESSAGE_CREATE", message)
         return _json(message)
@@ -390,14 +410,21 @@ class DiscordStandIn:
         return _json({"interaction": interaction, "resource": resource})
 
     async def _create_followup(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = request[BODY]
         flags = body.get("flags", 0)
         channel = self._interaction_channels[request.match_info["token"]]
-        message = self._new_message(body.get("content", ""), author=BOT_ID, channel=channel, flags=flags)
+        attachments = self._uploaded(request[FILES])
+        message = self._new_message(
+            body.get("content") or "", author=BOT_ID, channel=channel, flags=flags, attachments=attachments
+        )
         message["webhook_id"] = str(APPLICATION_ID)
         if not flags & EPHEMERAL:
             await self.dispatch("MESSAGE_CREATE", message)
         return _json(message)
+
+    def _uploaded(self, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        """Files sent with a message, put on the CDN; Discord tells their type from the name, as here."""
+        return [self.attachment(name, data, mimetypes.guess_type(name)[0] or "application/octet-stream") for name, data in files]
 
     async def _not_found(self, _request: web.Request) -> web.Response:
         return _json({"message": "404: Not Found", "code": 0}, status=404)
@@ -549,6 +576,20 @@ class DiscordStandIn:
             "guild_scheduled_events": [],
             "soundboard_sounds": [],
         }
+
+
+async def _read_multipart(request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
+    """A request with files, as discord.py sends one: the JSON in `payload_json`, the files in `files[n]`."""
+    payload: Any = None
+    files: list[tuple[str, bytes]] = []
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader), "discord.py sends no nested multipart"
+        if part.name == "payload_json":
+            payload = json.loads(await part.text())
+        elif (part.name or "").startswith("files["):
+            files.append((part.filename or "", bytes(await part.read())))
+    return payload, files
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

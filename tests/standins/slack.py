@@ -2,14 +2,16 @@
 
 It records every call (`calls`), keeps the messages the bot posts so that `conversations.replies`
 returns them, and serves files the way Slack does: with the bot token in `Authorization` the file,
-without it a sign-in page (HTML, status 200). Requests to the app under test are signed here with
-slack_sdk's own `SignatureVerifier`, as Slack signs them.
+without it a sign-in page (HTML, status 200). A file the bot uploads takes Slack's three steps:
+`files.getUploadURLExternal`, a POST of the bytes to the upload URL it gives (served here too), and
+`files.completeUploadExternal`, which shares it as a message carrying the file. Requests to the app
+under test are signed here with slack_sdk's own `SignatureVerifier`, as Slack signs them.
 
 slack_sdk sends some methods as JSON, others as form data or query parameters: all are accepted.
 
-`fail(method, kind)` makes a Web API method, the file host ("download") or `response_url`
-("response") misbehave as Slack and the proxies in front of it do: a JSON error, a plain-text or
-HTML error page, no answer in time, or a dropped connection.
+`fail(method, kind)` makes a Web API method, the file host ("download"), the upload URL ("upload")
+or `response_url` ("response") misbehave as Slack and the proxies in front of it do: a JSON error,
+a plain-text or HTML error page, no answer in time, or a dropped connection.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import mimetypes
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +41,7 @@ FAULT_DELAY = 5.0  # seconds a "timeout" fault holds the request: past the clien
 
 @dataclass
 class Call:
-    """One request the stand-in received: a Web API method, "download", "response" or "socket_ack"."""
+    """One request the stand-in received: a Web API method, "download", "upload", "response" or "socket_ack"."""
 
     method: str
     args: dict[str, Any]
@@ -53,6 +56,16 @@ class StoredFile:
     mimetype: str
     html: bool = False  # always answer with the sign-in page, as Slack does without files:read
     redirect_to: str | None = None
+
+
+@dataclass
+class Upload:
+    """A file the bot is uploading: announced by `files.getUploadURLExternal`, its bytes once posted."""
+
+    id: str
+    name: str
+    length: int
+    body: bytes | None = None
 
 
 @dataclass
@@ -72,6 +85,7 @@ class SlackStandIn:
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel -> messages
     files: dict[str, StoredFile] = field(default_factory=dict)
+    uploads: dict[str, Upload] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     base_url: str = ""  # http://127.0.0.1:PORT, set by start()
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
@@ -85,6 +99,7 @@ class SlackStandIn:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/files/{id}/{name}", self._download)
         app.router.add_post("/response/{key}", self._response)
+        app.router.add_post("/upload/{id}", self._upload)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -170,6 +185,10 @@ class SlackStandIn:
 
     def bot_replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
         return [m for m in self.thread(channel, thread_ts) if m.get("bot_id") == BOT_ID]
+
+    def file_body(self, file: dict[str, Any]) -> bytes:
+        """The bytes of a file a message carries."""
+        return self.files[file["id"]].body
 
     async def wait_for(self, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll until `condition()` is truthy; returns its value, or fails the test after `timeout`."""
@@ -343,6 +362,54 @@ class SlackStandIn:
             }
         }
 
+    def _files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        length = str(args.get("length", ""))
+        if not args.get("filename") or not length.isdigit():
+            return {"error": "invalid_arguments"}
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        self.uploads[file_id] = Upload(file_id, args["filename"], int(length))
+        return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Share uploaded files: each becomes a stored file, and one message carries them all."""
+        listed = json.loads(args["files"]) if isinstance(args.get("files"), str) else args.get("files")
+        if not isinstance(listed, list) or not listed:
+            return {"error": "invalid_arguments"}
+        uploads = [self.uploads.get(str(item.get("id"))) for item in listed]
+        if not all(upload is not None and upload.body is not None for upload in uploads):
+            return {"error": "file_not_found"}  # announced but never sent, or never announced
+        shared = []
+        for item, upload in zip(listed, uploads, strict=True):
+            assert upload is not None and upload.body is not None
+            mimetype = mimetypes.guess_type(upload.name)[0] or "application/octet-stream"
+            self.files[upload.id] = StoredFile(upload.id, upload.name, upload.body, mimetype)
+            link = f"{self.base_url}/files/{upload.id}/{upload.name}"
+            title = item.get("title") or upload.name
+            shared.append(
+                {
+                    "id": upload.id,
+                    "name": upload.name,
+                    "title": title,
+                    "mimetype": mimetype,
+                    "size": len(upload.body),
+                    "url_private": link,
+                }
+            )
+        if args.get("channel_id"):
+            message = {
+                "type": "message",
+                "user": BOT_USER_ID,
+                "bot_id": BOT_ID,
+                "text": args.get("initial_comment") or "",
+                "files": shared,
+                "upload": True,
+                "ts": self.next_ts(),
+            }
+            if args.get("thread_ts"):
+                message["thread_ts"] = args["thread_ts"]
+            self.messages.setdefault(args["channel_id"], []).append(message)
+        return {"files": [{"id": file["id"], "title": file["title"]} for file in shared]}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": self.base_url.replace("http://", "ws://") + "/socket"}
 
@@ -364,6 +431,24 @@ class SlackStandIn:
         if stored.html or scheme != "Bearer" or token != self.bot_token:
             return web.Response(text=SIGN_IN_PAGE, content_type="text/html")
         return web.Response(body=stored.body, content_type=stored.mimetype)
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        """The upload URL: the bytes as the body, or as a multipart form's file, as Slack takes either."""
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            file = next((value for value in form.values() if isinstance(value, web.FileField)), None)
+            body = file.file.read() if file is not None else b""
+        else:
+            body = await request.read()
+        file_id = request.match_info["id"]
+        self.calls.append(Call("upload", {"file_id": file_id, "size": len(body)}, request.headers.get("Authorization")))
+        if fault := self._fault("upload"):
+            return await self._serve_fault(request, fault, error_status=500)
+        upload = self.uploads.get(file_id)
+        if upload is None:
+            return web.Response(status=404, text="Not Found", content_type="text/plain")
+        upload.body = body
+        return web.Response(text=f"OK - {len(body)}", content_type="text/plain")
 
     async def _response(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
