@@ -471,15 +471,7 @@ class _Messages:
         return message_pieces(text)
 
     def noted(self, piece: str, note: str) -> str:
-        """The piece with the note as a last line of subtext; the text above its subtext is cut (code
-        blocks closed) if all of it would pass the limit."""
-        lines = piece.split("\n")
-        kept = len(lines)
-        while kept and lines[kept - 1].startswith("-# "):
-            kept -= 1
-        footer = "".join(f"\n{line}" for line in [*lines[kept:], f"-# {note[:NOTE_CHARS]}"])
-        room = max(MESSAGE_LIMIT - len(footer), MIN_PIECE)
-        return (split_message("\n".join(lines[:kept]), room) or [""])[0] + footer
+        return with_subtext(piece, note)
 
     async def post(self, piece: str, after: discord.Message | None) -> discord.Message:
         with _delivering():
@@ -528,6 +520,18 @@ def message_pieces(text: str) -> list[str]:
         revealed = reveal_links(piece)
         pieces += [revealed] if len(revealed) <= MESSAGE_LIMIT else message_pieces(revealed)
     return pieces
+
+
+def with_subtext(piece: str, note: str) -> str:
+    """A message with `note` as its last line of subtext, within the limit: the text above its
+    subtext lines is cut (code blocks closed) when all of it would not fit."""
+    lines = piece.split("\n")
+    kept = len(lines)
+    while kept and lines[kept - 1].startswith("-# "):
+        kept -= 1
+    footer = "".join(f"\n{line}" for line in [*lines[kept:], f"-# {note[:NOTE_CHARS]}"])
+    room = max(MESSAGE_LIMIT - len(footer), MIN_PIECE)
+    return (split_message("\n".join(lines[:kept]), room) or [""])[0] + footer
 
 
 def _followups(interaction: discord.Interaction, *, ephemeral: bool) -> Answer[str, discord.Message]:

@@ -5,13 +5,15 @@ throttled edits, split into as many messages as the platform's limit needs, and 
 in a last edit that always lands. Platforms fail the same ways too: an edit that fails is replaced
 by a new message, a message that cannot be posted ends the answer with a line saying the rest is
 missing, and an answer the API computed but the platform would not take stays charged, which is
-logged here, once, with its tokens. An answer too long to read comfortably as messages is shown as
-its first message and posted whole as a file, `answer.md`.
+logged here, once, with its tokens.
 
 An adapter supplies a `Port`: how to post, edit and delete one message on its platform and how to
-render text as its messages (Slack: Block Kit dicts, Discord: strings), and how to upload a file
-in the answer's place. This module also holds what
+render text as its messages (Slack: Block Kit dicts, Discord: strings). This module also holds what
 adapters otherwise each keep: the one turn merge, the duplicate check, and the answers in flight.
+
+Files go out through the port too, each uploaded in the answer's place after its messages: a
+reply's attachments, and the whole of an answer too long to read comfortably as messages (more than
+`MAX_ANSWER_MESSAGES`), which is shown as its first message with all of it in `answer.md`.
 """
 
 from __future__ import annotations
@@ -169,11 +171,11 @@ class Answer(Generic[Piece, Handle]):
             raise
 
     async def finish(self, reply: Reply) -> Delivery:
-        """Show the finished reply, then upload its attachments; a duplicate (answered by its first
-        delivery) takes back what is shown.
+        """Show the finished reply; a duplicate (answered by its first delivery) takes back what is shown.
 
-        An answer that needs more than `MAX_ANSWER_MESSAGES` messages is shown as its first message and
-        uploaded whole as `ANSWER_FILE`, or posted as all its messages if the upload fails.
+        The reply's attachments are uploaded after its messages. An answer that needs more than
+        `MAX_ANSWER_MESSAGES` messages is shown as its first message and uploaded whole as
+        `ANSWER_FILE`, or posted as all its messages if the upload fails.
         When the platform takes only the first messages, the last of them gets a line saying the
         rest is missing, and what the reply cost is logged as charged but not delivered.
         """
@@ -182,8 +184,8 @@ class Answer(Generic[Piece, Handle]):
             return Delivery(Delivered.NONE, "a repeated delivery")
         pieces = self.port.render(reply)
         try:
-            long = reply.outcome == Outcome.OK and len(pieces) > MAX_ANSWER_MESSAGES  # not a refusal or an error
-            if not (long and await self._show_as_file(reply, pieces[0])):
+            too_long = reply.outcome == Outcome.OK and len(pieces) > MAX_ANSWER_MESSAGES  # not a refusal or an error
+            if not (too_long and await self._show_as_file(reply, pieces[0])):
                 await self.show(pieces)
             await self._upload(reply.attachments)
             return Delivery(Delivered.ALL)

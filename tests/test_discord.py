@@ -11,7 +11,15 @@ import discord
 import httpx
 import pytest
 
-from adapters.discord import COMMANDS_HASH_FILE, DiscordAccess, DiscordAdapter, DiscordSettings, use_discord_at
+from adapters.discord import (
+    COMMANDS_HASH_FILE,
+    MESSAGE_LIMIT,
+    DiscordAccess,
+    DiscordAdapter,
+    DiscordSettings,
+    use_discord_at,
+    with_subtext,
+)
 from core.adapter import AdapterError
 from core.chunks import FENCE
 from core.commands import COMMANDS
@@ -413,6 +421,16 @@ async def test_a_very_long_answer_to_a_slash_command_comes_with_its_file_as_a_fo
     [file] = carrier["attachments"]
     assert file["filename"] == "answer.md" and carrier["webhook_id"]
     assert standin.attachment_bytes(file) == (await emulator_answer(client, VERY_LONG)).encode()
+
+
+def test_notes_under_a_full_message_keep_it_within_the_limit_with_its_code_closed():
+    full = "Here is the code:\n```python\n" + "x = 1\n" * 320 + "y = 2\n```"
+    assert len(full) <= MESSAGE_LIMIT
+    noted = with_subtext(with_subtext(full, "The whole answer is in answer.md."), "Llama-3.3-70B-Instruct · 812 tokens")
+    assert len(noted) <= MESSAGE_LIMIT and noted.count("```") == 2, "cut, and its code block closed"
+    assert noted.endswith("```\n-# The whole answer is in answer.md.\n-# Llama-3.3-70B-Instruct · 812 tokens")
+    assert noted.startswith("Here is the code:\n```python\nx = 1\n")
+    assert with_subtext("short", "a note") == "short\n-# a note", "a message with room is left whole"
 
 
 # --- access rules ----------------------------------------------------------------------------------
