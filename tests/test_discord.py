@@ -65,13 +65,9 @@ async def http():
 
 
 @pytest.fixture
-def max_tokens() -> int:
-    """The room for an answer; a test that needs a longer one parametrizes `max_tokens`."""
-    return 2048
-
-
-@pytest.fixture
-def service(client, ledger, http, max_tokens):
+def service(client, ledger, http, request):
+    """The service behind the bot; a test that needs room for a longer answer passes its `max_tokens` (indirect)."""
+    max_tokens = getattr(request, "param", 2048)
     config = ServiceConfig(model=MODEL, vision_model=VISION_MODEL, max_tokens=max_tokens, allow_loopback_images=True)
     return Service(client, ledger, load_quota_table(), config, http, store=MemoryStore())
 
@@ -392,8 +388,8 @@ async def emulator_answer(client, question: str) -> str:
     return (await client.chat(MODEL, [{"role": "user", "content": question}], max_tokens=4000)).content
 
 
-@pytest.mark.parametrize("max_tokens", [4000])
-async def test_a_very_long_answer_is_its_beginning_and_a_file_of_all_of_it_in_the_reply_chain(bot, standin, client, max_tokens):
+@pytest.mark.parametrize("service", [4000], indirect=True)  # max_tokens: room for the answer
+async def test_a_very_long_answer_is_its_beginning_and_a_file_of_all_of_it_in_the_reply_chain(bot, standin, client):
     question = await standin.post(f"{MENTION} {VERY_LONG}", mention_bot=True)
     await standin.wait_for(lambda: any(call.files for call in message_calls(standin)))
     await standin.wait_for(lambda: not bot.in_flight.busy)
@@ -409,8 +405,8 @@ async def test_a_very_long_answer_is_its_beginning_and_a_file_of_all_of_it_in_th
     assert sent.files == [("answer.md", standin.attachment_bytes(file))] and pings_nobody(sent.body)
 
 
-@pytest.mark.parametrize("max_tokens", [4000])
-async def test_a_very_long_answer_to_a_slash_command_comes_with_its_file_as_a_follow_up(bot, standin, client, max_tokens):
+@pytest.mark.parametrize("service", [4000], indirect=True)  # max_tokens: room for the answer
+async def test_a_very_long_answer_to_a_slash_command_comes_with_its_file_as_a_follow_up(bot, standin, client):
     interaction = await standin.invoke("ask", [{"name": "question", "type": 3, "value": VERY_LONG}])
     followups = rf"/webhooks/\d+/{interaction['token']}"
     await standin.wait_for(lambda: any(call.files for call in standin.calls_to("POST", followups)))

@@ -137,13 +137,9 @@ def api_calls(emulator) -> list:
 
 
 @pytest.fixture
-def max_tokens() -> int:
-    """The room for an answer; a test that needs a longer one parametrizes `max_tokens`."""
-    return 2500
-
-
-@pytest.fixture
-async def service(client, ledger, max_tokens):
+async def service(client, ledger, request):
+    """The service behind the bot; a test that needs room for a longer answer passes its `max_tokens` (indirect)."""
+    max_tokens = getattr(request, "param", 2500)
     config = ServiceConfig(model=MODEL, vision_model=VISION, max_tokens=max_tokens, allow_loopback_images=True)
     async with httpx.AsyncClient() as public:
         yield Service(client, ledger, load_quota_table(), config, public, store=MemoryStore())
@@ -696,8 +692,8 @@ async def emulator_answer(client, question: str) -> str:
     return (await client.chat(MODEL, [{"role": "user", "content": question}], max_tokens=6000)).content
 
 
-@pytest.mark.parametrize("max_tokens", [6000])
-async def test_a_very_long_answer_is_its_beginning_in_the_thread_and_all_of_it_as_a_file(bot, slack, client, max_tokens):
+@pytest.mark.parametrize("service", [6000], indirect=True)  # max_tokens: room for the answer
+async def test_a_very_long_answer_is_its_beginning_in_the_thread_and_all_of_it_as_a_file(bot, slack, client):
     event = bot.message(VERY_LONG)
     await bot.deliver(event)
     await slack.wait_for(lambda: slack.calls_to("files.completeUploadExternal") and not bot.adapter.in_flight.busy)
@@ -717,8 +713,8 @@ async def test_a_very_long_answer_is_its_beginning_in_the_thread_and_all_of_it_a
     assert (complete.args["channel_id"], complete.args["thread_ts"]) == (CHANNEL, event["ts"])
 
 
-@pytest.mark.parametrize("max_tokens", [6000])
-async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages(bot, slack, client, max_tokens, caplog):
+@pytest.mark.parametrize("service", [6000], indirect=True)  # max_tokens: room for the answer
+async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages(bot, slack, client, caplog):
     slack.fail("upload", "html_502")
     event = bot.message(VERY_LONG)
     await bot.deliver(event)
@@ -733,8 +729,8 @@ async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages
     assert "could not upload an answer in C0GENERAL as a file (the file upload was refused)" in caplog.text
 
 
-@pytest.mark.parametrize("max_tokens", [6000])
-async def test_a_very_long_answer_to_the_slash_command_is_cut_not_uploaded(bot, slack, max_tokens):
+@pytest.mark.parametrize("service", [6000], indirect=True)  # max_tokens: room for the answer
+async def test_a_very_long_answer_to_the_slash_command_is_cut_not_uploaded(bot, slack):
     response, key = await bot.command(VERY_LONG)
     assert response.status_code == 200
     answers = await bot.responses(key)
