@@ -3,10 +3,12 @@
 Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
 answer them. The world is one server with two text channels (one with a thread), a DM channel, two
 people, another bot and the bot. Every REST call is recorded in `calls`; every message (posted by a
-test or by the bot) is kept in `messages` with its current content. A message the bot sends with
-files comes as discord.py sends it (multipart/form-data: `payload_json`, then `files[0]`, ...); its
-files go on the stand-in CDN, listed in the message's `attachments` as Discord lists them. Like Discord, it sends the bot's
+test or by the bot) is kept in `messages` with its current content. Like Discord, it sends the bot's
 own messages and edits back over the gateway, and keeps events for a disconnected bot until it resumes.
+
+A message the bot sends with files comes as discord.py sends it, as multipart/form-data (the JSON in
+`payload_json`, the files in `files[0]`, ...); the files go on the stand-in CDN, listed in the
+message's `attachments` as Discord lists them.
 """
 
 from __future__ import annotations

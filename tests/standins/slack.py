@@ -441,7 +441,8 @@ class SlackStandIn:
         else:
             body = await request.read()
         file_id = request.match_info["id"]
-        self.calls.append(Call("upload", {"file_id": file_id, "size": len(body)}, request.headers.get("Authorization")))
+        _, _, token = request.headers.get("Authorization", "").partition(" ")
+        self.calls.append(Call("upload", {"file_id": file_id, "size": len(body)}, token or None))
         if fault := self._fault("upload"):
             return await self._serve_fault(request, fault, error_status=500)
         upload = self.uploads.get(file_id)
