@@ -713,20 +713,28 @@ async def test_a_very_long_answer_is_its_beginning_in_the_thread_and_all_of_it_a
     assert (complete.args["channel_id"], complete.args["thread_ts"]) == (CHANNEL, event["ts"])
 
 
+REFUSED_UPLOADS = [  # each of the three steps failing, and what the log says
+    ("files.getUploadURLExternal", "json_error", "fatal_error"),
+    ("upload", "html_502", "the file upload was refused"),
+    ("files.completeUploadExternal", "drop", "the connection failed"),
+]
+
+
 @pytest.mark.parametrize("service", [6000], indirect=True)  # max_tokens: room for the answer
-async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages(bot, slack, client, caplog):
-    slack.fail("upload", "html_502")
+@pytest.mark.parametrize(("step", "fault", "said"), REFUSED_UPLOADS)
+async def test_a_very_long_answer_whose_file_slack_refuses_is_posted_as_messages(bot, slack, caplog, step, fault, said):
+    slack.fail(step, fault)
     event = bot.message(VERY_LONG)
     await bot.deliver(event)
-    await slack.wait_for(lambda: slack.calls_to("upload") and not bot.adapter.in_flight.busy)
+    await slack.wait_for(lambda: slack.calls_to(step) and not bot.adapter.in_flight.busy)
     replies = slack.bot_replies(CHANNEL, event["ts"])
 
     assert len(replies) > 6 and [has_footer(reply) for reply in replies] == [False] * (len(replies) - 1) + [True]
     assert all("answer.md" not in shown(reply) for reply in replies)
     whole = "\n".join(reply["text"] for reply in replies)
     assert all(f"    total += {n}\n" in whole for n in range(1, 27)), "every part, in order"
-    assert slack.calls_to("files.completeUploadExternal") == []
-    assert "could not upload an answer in C0GENERAL as a file (the file upload was refused)" in caplog.text
+    assert not any(reply.get("files") for reply in replies)
+    assert f"could not upload an answer in C0GENERAL as a file ({said})" in caplog.text
 
 
 @pytest.mark.parametrize("service", [6000], indirect=True)  # max_tokens: room for the answer
