@@ -15,7 +15,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -331,9 +331,10 @@ class DiscordAdapter:
             return await message.channel.send(piece, reference=reference, allowed_mentions=NO_PINGS)
 
         async with self.in_flight.track():
-            answer = Answer(_Messages(send), f"in channel {message.channel.id}", interval=EDIT_INTERVAL)
-            async with message.channel.typing():
-                reply = await answer.reply(lambda progress: self._ask(message, parent, progress))
+            answer = Answer(
+                _Messages(send, typing_in=message.channel), f"in channel {message.channel.id}", interval=EDIT_INTERVAL
+            )
+            reply = await answer.reply(lambda progress: self._ask(message, parent, progress))
             await answer.finish(reply)
 
     async def _ask(self, message: discord.Message, parent: discord.Message | None, progress: Progress) -> Reply:
@@ -433,12 +434,22 @@ class DiscordAdapter:
 
 
 class _Messages:
-    """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any."""
+    """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any.
+
+    `typing_in` is the channel that shows the typing indicator while the answer is worked out; None
+    for an interaction, whose deferred reply shows Discord's own "thinking".
+    """
 
     name = "Discord"
 
-    def __init__(self, send: Callable[[str, discord.Message | None], Awaitable[discord.Message]]) -> None:
+    def __init__(
+        self,
+        send: Callable[[str, discord.Message | None], Awaitable[discord.Message]],
+        *,
+        typing_in: discord.abc.Messageable | None = None,
+    ) -> None:
         self._send = send
+        self._typing_in = typing_in
 
     def render(self, reply: Reply) -> list[str]:
         return message_pieces(render(reply))
@@ -460,6 +471,14 @@ class _Messages:
     async def delete(self, handle: discord.Message) -> None:
         with _delivering():
             await handle.delete()
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        if self._typing_in is None:
+            yield
+            return
+        async with self._typing_in.typing():  # discord.py renews it every few seconds until the block ends
+            yield
 
 
 @contextlib.contextmanager

@@ -446,6 +446,9 @@ class _Thread:
         with _delivering():
             await self.client.chat_delete(channel=self.channel, ts=handle)
 
+    def working(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # the placeholder message says it
+
 
 class _ResponseURL:
     """A slash command's response_url: the `Port` that posts, but cannot edit or delete what it posted."""
@@ -478,6 +481,9 @@ class _ResponseURL:
 
     async def delete(self, handle: None) -> None:
         raise DeliveryFailed("a response_url post cannot be deleted")
+
+    def working(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # the acknowledgement said it
 
 
 @contextlib.contextmanager
