@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.client import Usage
+from core.client import Message, Usage
 from core.delivery import (
     INTERRUPTED,
     Answer,
@@ -270,7 +270,7 @@ async def test_each_event_is_taken_once_by_any_of_its_keys():
 
 
 def test_turns_of_one_side_in_a_row_are_one_turn_and_empty_ones_are_left_out():
-    turns = [
+    turns: list[Message] = [
         {"role": "user", "content": "The deploy failed."},
         {"role": "user", "content": ""},
         {"role": "user", "content": "It was the migration."},
