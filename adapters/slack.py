@@ -591,15 +591,13 @@ def _shorten(text: str, limit: int) -> str:
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None if it is over `limit` bytes: refused by its Content-Length unread,
-    or, sent in chunks without one, as soon as it passes the limit."""
+    or, sent in chunks without one, as soon as it passes the limit (aiohttp's `client_max_size`)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+    try:
+        return await request.clone(client_max_size=limit).read()
+    except web.HTTPRequestEntityTooLarge:
+        return None
 
 
 def _signed_text(raw: bytes, headers: Mapping[str, str], signing_secret: str) -> str | None:
