@@ -46,6 +46,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from core.adapter import AdapterError
 from core.attachments import Attachment, Vetted, refused, vet_attachments
+from core.chunks import shorten
 from core.client import Message
 from core.commands import is_informational
 from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
@@ -266,7 +267,7 @@ class SlackAdapter:
         async with self.in_flight.track():
             await self._after_acknowledgements()
             user = command["user_id"]
-            asked = f"<@{user}> asked: {plain(_shorten(text, ASKED_CHARS))}"
+            asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
             port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
             answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
             request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
@@ -474,7 +475,7 @@ class _ResponseURL:
         with _delivering():
             response = await self.webhook.send_dict(piece)
         if response.status_code != 200:
-            raise DeliveryFailed(f"HTTP {response.status_code}: {_shorten(str(response.body), 200)}")
+            raise DeliveryFailed(f"HTTP {response.status_code}: {shorten(str(response.body), 200)}")
 
     async def edit(self, handle: None, piece: SlackMessage) -> None:
         raise DeliveryFailed("a response_url post cannot be edited")
@@ -583,10 +584,6 @@ def _written(event: Payload) -> bool:
 def _person(context: AsyncBoltContext, user_id: str) -> str:
     """`slack:<team>:<user>`; an org-wide install on Enterprise Grid may send no team, only the org."""
     return f"slack:{context.team_id or context.enterprise_id}:{user_id}"
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
