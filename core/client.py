@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Required, TypedDict
 
 import httpx
 from pydantic import SecretStr
@@ -36,7 +36,26 @@ from .workflows import WorkflowResult, normalise_result, workflow_body
 
 log = logging.getLogger("iobot.client")
 
-Message = dict[str, Any]
+
+class ImageURL(TypedDict):
+    url: str
+
+
+class ContentPart(TypedDict, total=False):
+    """One part of a message with images: `{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": ...}`."""
+
+    type: Required[Literal["text", "image_url"]]
+    text: str
+    image_url: ImageURL
+
+
+class Message(TypedDict):
+    """One turn of a conversation as the chat API takes it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
 ERROR_DETAIL_LIMIT = 300
 
 
@@ -76,7 +95,7 @@ def data_url(data: bytes, mime: str) -> str:
 
 def vision_message(question: str, image_urls: Sequence[str]) -> Message:
     """A user message with the question and images as OpenAI `image_url` parts."""
-    parts: list[dict[str, Any]] = [{"type": "text", "text": question}]
+    parts: list[ContentPart] = [{"type": "text", "text": question}]
     parts += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
     return {"role": "user", "content": parts}
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from core.client import IOClient, data_url, parse_models, vision_message
+from core.client import IOClient, Message, data_url, parse_models, vision_message
 from core.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -33,7 +33,7 @@ from .conftest import API_KEY
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
-USER = [{"role": "user", "content": "What is the capital of France?"}]
+USER: list[Message] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def png(width: int = 64, height: int = 48) -> bytes:

@@ -842,14 +842,22 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
 
 
 async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_size() -> None:
-    file = {"id": "F1", "name": "cat.png", "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png", "size": 12_345}
+    file = {
+        "id": "F1",
+        "name": "cat.png",
+        "mimetype": "image/png",
+        "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png",
+        "size": 12_345,
+    }
     async with slack_adapter() as adapter:
-        source = adapter._image_source("cat.png", file)
+        [source], notes, refusals = await adapter._attachments(adapter.bolt.client, [file])
+        assert notes == refusals == []
         assert (source.url, source.size) == (file["url_private"], 12_345)
         assert source.headers == {"Authorization": "Bearer xoxb-test"}
         assert source.html_refusal is not None and "files:read" in source.html_refusal
-        with pytest.raises(ImageError, match=r"^cat\.png is over the 20 MB limit for images\.$"):
-            adapter._image_source("cat.png", {**file, "size": 30 * MB})  # refused unread, never queued
+        # Refused unread, never queued.
+        huge = await adapter._attachments(adapter.bolt.client, [{**file, "size": 30 * MB}])
+        assert huge == ([], [], ["cat.png is over the 20 MB limit for images."])
 
 
 # --- One memory budget for every image in flight ----------------------------------------------------
