@@ -5,7 +5,9 @@ the emulator's work is not on the loop being measured. The service path is the w
 command grammar, the rate limit, a real SQLite ledger in a temporary directory (reserve, settle),
 the IO client and the reply. The bare path posts the same `/chat/completions` body with aiohttp and
 reads the answer's text. The two alternate in rounds so that drift on a noisy machine hits both;
-the figures are the medians of the rounds. Prints one JSON line.
+the figures are the medians of the rounds. The CPU time per answered request (this process, its
+threads included: the ledger's SQLite work counts) is less noisy than the rates on a shared
+machine. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,8 +64,13 @@ def generous_quotas() -> QuotaTable:
     return QuotaTable([row.model_copy(update={"api_daily_tokens": 10**12}) for row in load_quota_table()])
 
 
-async def run_load(call: Call, count: int) -> tuple[float, int]:
-    """`count` calls, `CONCURRENCY` at a time, stopped at `TIME_CAP`: (answered per second, answered)."""
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_load(call: Call, count: int) -> tuple[float, float, int]:
+    """`count` calls, `CONCURRENCY` at a time, stopped at `TIME_CAP`: (answered/s, CPU us per answer, answered)."""
     numbers = iter(range(count))
     answered = 0
     deadline = time.perf_counter() + TIME_CAP
@@ -75,9 +83,10 @@ async def run_load(call: Call, count: int) -> tuple[float, int]:
             ok = await call(number)  # awaited first: `answered += await ...` would lose concurrent counts
             answered += ok
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return answered / (time.perf_counter() - started), answered
+    cpu_us = (cpu_seconds() - cpu_started) * 1e6 / max(answered, 1)
+    return answered / (time.perf_counter() - started), cpu_us, answered
 
 
 async def measure(base_url: str, workdir: Path) -> dict:
@@ -104,6 +113,7 @@ async def measure(base_url: str, workdir: Path) -> dict:
             return response.status == 200 and bool(data["choices"][0]["message"]["content"])
 
     rates: dict[str, list[float]] = {"service": [], "aiohttp": []}
+    cpu: dict[str, list[float]] = {"service": [], "aiohttp": []}
     answered = {"service": 0, "aiohttp": 0}
     try:
         for warm in (via_service, via_aiohttp):
@@ -111,8 +121,9 @@ async def measure(base_url: str, workdir: Path) -> dict:
         for round_number in range(ROUNDS):
             paths = [("service", via_service), ("aiohttp", via_aiohttp)]
             for name, call in paths if round_number % 2 == 0 else reversed(paths):
-                rate, done = await run_load(call, REQUESTS // ROUNDS)
+                rate, cpu_us, done = await run_load(call, REQUESTS // ROUNDS)
                 rates[name].append(rate)
+                cpu[name].append(cpu_us)
                 answered[name] += done
     finally:
         await bare.close()
@@ -133,6 +144,8 @@ async def measure(base_url: str, workdir: Path) -> dict:
         "service_rounds_per_s": [round(rate, 1) for rate in rates["service"]],
         "aiohttp_rounds_per_s": [round(rate, 1) for rate in rates["aiohttp"]],
         "ratio": round(ratio, 3),
+        "service_cpu_us_per_request": round(statistics.median(cpu["service"])),
+        "aiohttp_cpu_us_per_request": round(statistics.median(cpu["aiohttp"])),
         "target_ratio": TARGET_RATIO,
         "target_met": ratio >= TARGET_RATIO,
     }
