@@ -18,6 +18,7 @@ import logging
 import random
 import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,6 +95,17 @@ class _AiohttpTransport(AiohttpTransport):
     connection would read "timed out", a stream the server hung up on would look stalled, and
     callers catching `httpx.HTTPError` would miss a server speaking no valid HTTP.
     """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        """The session, honouring a proxy set in the environment (HTTPS_PROXY, NO_PROXY, ...) as httpx does.
+
+        aiohttp looks the proxy up again on every request when it trusts the environment, so it is
+        asked to only when a proxy is set.
+        """
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0, keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=bool(urllib.request.getproxies()))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from aiohttp import web
 from PIL import Image
 from prometheus_client import REGISTRY
 
@@ -367,6 +368,32 @@ async def test_a_stream_the_server_hangs_up_on_is_interrupted_not_stalled():
                 async for piece in stream:
                     received.append(piece)
     assert received == ["Hel"]
+
+
+async def test_a_proxy_set_in_the_environment_carries_the_calls(monkeypatch):
+    """Operators behind a proxy set HTTPS_PROXY / HTTP_PROXY, as for any httpx client."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.host}{request.path}")
+        return web.json_response({"choices": [{"message": {"content": "via the proxy"}, "finish_reason": "stop"}]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    try:
+        async with IOClient("http://api.invalid/api/v1", API_KEY, max_retries=0) as client:
+            assert (await client.chat(MODEL, USER)).content == "via the proxy"
+    finally:
+        await runner.cleanup()
+    assert seen == ["POST api.invalid/api/v1/chat/completions"]
 
 
 async def test_faults_on_one_path_leave_others_alone(client, emulator):
