@@ -17,7 +17,7 @@ from adapters.console import ConsoleAdapter
 from adapters.discord import DiscordSettings
 from adapters.slack import SlackSettings
 from core.adapter import Adapter
-from core.client import IOClient
+from core.client import IOClient, aiohttp_transport
 from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
@@ -122,7 +122,9 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         ledger = await open_ledger(settings, stack, owner=True)
         client = await open_client(settings, quotas, stack, emulator=emulator)
         # Downloads of images and files: no credential by default, no redirects followed.
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout, transport=aiohttp_transport())
+        )
         service = make_service(settings, client, ledger, quotas, http, store=ledger.store)
         health = HealthState(ledger, client, quotas)
         adapters = build_adapters(settings, service)

@@ -27,7 +27,7 @@ from PIL import ExifTags, Image, ImageStat
 
 from adapters.slack import SlackAdapter
 from core import images
-from core.client import IOClient
+from core.client import IOClient, aiohttp_transport
 from core.images import (
     ImageBudget,
     ImageError,
@@ -558,9 +558,11 @@ async def server() -> AsyncIterator[Server]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+@pytest.fixture(params=["aiohttp", "httpcore"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The process's downloads client (httpx on aiohttp's pool) and httpx's own transport: the limits hold on both."""
+    transport = aiohttp_transport() if request.param == "aiohttp" else None
+    async with httpx.AsyncClient(transport=transport) as client:
         yield client
 
 
@@ -663,7 +665,7 @@ async def watched_http() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Re
     async def record(request: httpx.Request) -> None:
         attempted.append(request)
 
-    async with httpx.AsyncClient(event_hooks={"request": [record]}, timeout=1.0) as client:
+    async with httpx.AsyncClient(event_hooks={"request": [record]}, timeout=1.0, transport=aiohttp_transport()) as client:
         yield client, attempted
 
 
