@@ -7,6 +7,9 @@ Run from the project root: `python benchmarks/images.py`. Prints one JSON line:
 - bare_pillow_per_s, ratio_to_bare_pillow: bare Pillow doing the same work in the same run, taking
   turns with the pipeline round by round (open, reduced-size JPEG decoding, the same resize, JPEG
   at the same quality), and the pipeline's rate against it;
+- the same three at_2000: with the long side bounded to 2000 px instead of 2048, libjpeg can decode
+  the 4000-px photo at half size (at 2048 it cannot: half would be under the bound), so these show
+  that the pipeline gets that speed-up as bare Pillow does;
 - peak_rss_mb_1_request, peak_rss_mb_6_requests: peak resident memory (VmHWM) of a fresh
   process in which 1, then 6 people at once each send ten 20 MB PNGs through the service's whole
   vision path: the images downloaded from a local server, checked against the vision model,
@@ -98,27 +101,27 @@ def fit(size: tuple[int, int], bound: int) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def normalised_per_s() -> dict[str, float]:
+def normalised_per_s(limits: ImageLimits) -> dict[str, float]:
     """Normalisations per second (one at a time; ten through prepare_images), bare Pillow's beside them.
 
     The pipeline and bare Pillow take turns round by round, so that a busy machine slows both alike;
     each figure is the median over ROUNDS rounds.
     """
     jpeg = encode(photo_like(4000, 3000, 24), "JPEG", quality=90)
-    prepare_image(jpeg, "warm-up.jpg", LIMITS)
-    bare_pillow(jpeg, LIMITS.target_side)
+    prepare_image(jpeg, "warm-up.jpg", limits)
+    bare_pillow(jpeg, limits.target_side)
     pipeline_rates, bare_rates = [], []
     for _ in range(ROUNDS):
         started = time.perf_counter()
         for _ in range(IMAGES_PER_ROUND):
-            prepare_image(jpeg, "photo.jpg", LIMITS)
+            prepare_image(jpeg, "photo.jpg", limits)
         pipeline_rates.append(IMAGES_PER_ROUND / (time.perf_counter() - started))
         started = time.perf_counter()
         for _ in range(IMAGES_PER_ROUND):
-            bare_pillow(jpeg, LIMITS.target_side)
+            bare_pillow(jpeg, limits.target_side)
         bare_rates.append(IMAGES_PER_ROUND / (time.perf_counter() - started))
     started = time.perf_counter()
-    prepared, _ = asyncio.run(prepare_images([(f"{i}.jpg", jpeg) for i in range(10)], LIMITS))
+    prepared, _ = asyncio.run(prepare_images([(f"{i}.jpg", jpeg) for i in range(10)], limits))
     batch = len(prepared) / (time.perf_counter() - started)
     pipeline, bare = statistics.median(pipeline_rates), statistics.median(bare_rates)
     return {"pipeline": pipeline, "bare": bare, "ratio": pipeline / bare, "batch": batch, "jpeg_bytes": len(jpeg)}
@@ -224,7 +227,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.join()
-    speed = normalised_per_s()
+    speed = normalised_per_s(LIMITS)
+    speed_at_2000 = normalised_per_s(ImageLimits(target_side=2000))
     print(
         json.dumps(
             {
@@ -232,6 +236,9 @@ def main() -> None:
                 "bare_pillow_per_s": round(speed["bare"], 2),
                 "ratio_to_bare_pillow": round(speed["ratio"], 2),
                 "normalised_per_s_prepare_images": round(speed["batch"], 2),
+                "normalised_per_s_at_2000": round(speed_at_2000["pipeline"], 2),
+                "bare_pillow_per_s_at_2000": round(speed_at_2000["bare"], 2),
+                "ratio_to_bare_pillow_at_2000": round(speed_at_2000["ratio"], 2),
                 "photo_megapixels": 12,
                 "photo_mb": round(speed["jpeg_bytes"] / MB, 2),
                 "images_per_request": IMAGES_PER_REQUEST,
@@ -248,7 +255,7 @@ def main() -> None:
                 "target_ratio_to_bare_pillow": TARGET_RATIO,
                 "target_met": one["peak"] < TARGET_PEAK_RSS_MB_1
                 and many["peak"] < TARGET_PEAK_RSS_MB_6
-                and speed["ratio"] >= TARGET_RATIO,
+                and min(speed["ratio"], speed_at_2000["ratio"]) >= TARGET_RATIO,
             }
         )
     )
