@@ -2,11 +2,11 @@
 
 Run from the project root: `python benchmarks/images.py`. Prints one JSON line:
 - normalised_per_s: `prepare_image` on a generated 12-megapixel photo-like JPEG (4000x3000, about
-  6 MB), one at a time, median of ROUNDS rounds; normalised_per_s_prepare_images: ten copies
+  6 MB), one at a time, from the median of TURNS timings; normalised_per_s_prepare_images: ten copies
   through `prepare_images` at once, as a request with ten images is served;
 - bare_pillow_per_s, ratio_to_bare_pillow: bare Pillow doing the same work in the same run, taking
-  turns with the pipeline round by round (open, reduced-size JPEG decoding, the same resize, JPEG
-  at the same quality), and the pipeline's rate against it;
+  turns with the pipeline image by image (open, reduced-size JPEG decoding, the same resize, JPEG
+  at the same quality), and the median over the turns of the pipeline's speed against it;
 - the same three at_2000: with the long side bounded to 2000 px instead of 2048, libjpeg can decode
   the 4000-px photo at half size (at 2048 it cannot: half would be under the bound), so these show
   that the pipeline gets that speed-up as bare Pillow does;
@@ -50,8 +50,7 @@ from PIL import Image, ImageChops
 
 from core.images import ImageLimits, ImageSource, prepare_image, prepare_images
 
-ROUNDS = 5
-IMAGES_PER_ROUND = 4
+TURNS = 20
 IMAGES_PER_REQUEST = 10
 PEOPLE = 6
 TARGET_PEAK_RSS_MB_1 = 250
@@ -104,27 +103,40 @@ def fit(size: tuple[int, int], bound: int) -> tuple[int, int]:
 def normalised_per_s(limits: ImageLimits) -> dict[str, float]:
     """Normalisations per second (one at a time; ten through prepare_images), bare Pillow's beside them.
 
-    The pipeline and bare Pillow take turns round by round, so that a busy machine slows both alike;
-    each figure is the median over ROUNDS rounds.
+    The pipeline and bare Pillow take turns image by image, which goes first alternating, so that a
+    busy machine slows both alike; the ratio is the median of the turns' ratios, robust to a burst
+    of load that a ratio of two medians is not.
     """
     jpeg = encode(photo_like(4000, 3000, 24), "JPEG", quality=90)
-    prepare_image(jpeg, "warm-up.jpg", limits)
-    bare_pillow(jpeg, limits.target_side)
-    pipeline_rates, bare_rates = [], []
-    for _ in range(ROUNDS):
+
+    def pipeline() -> float:
         started = time.perf_counter()
-        for _ in range(IMAGES_PER_ROUND):
-            prepare_image(jpeg, "photo.jpg", limits)
-        pipeline_rates.append(IMAGES_PER_ROUND / (time.perf_counter() - started))
+        prepare_image(jpeg, "photo.jpg", limits)
+        return time.perf_counter() - started
+
+    def bare() -> float:
         started = time.perf_counter()
-        for _ in range(IMAGES_PER_ROUND):
-            bare_pillow(jpeg, limits.target_side)
-        bare_rates.append(IMAGES_PER_ROUND / (time.perf_counter() - started))
+        bare_pillow(jpeg, limits.target_side)
+        return time.perf_counter() - started
+
+    pipeline(), bare()  # warm up
+    turns = []
+    for turn in range(TURNS):
+        if turn % 2:
+            bare_s, pipeline_s = bare(), pipeline()
+        else:
+            pipeline_s, bare_s = pipeline(), bare()
+        turns.append((pipeline_s, bare_s))
     started = time.perf_counter()
     prepared, _ = asyncio.run(prepare_images([(f"{i}.jpg", jpeg) for i in range(10)], limits))
     batch = len(prepared) / (time.perf_counter() - started)
-    pipeline, bare = statistics.median(pipeline_rates), statistics.median(bare_rates)
-    return {"pipeline": pipeline, "bare": bare, "ratio": pipeline / bare, "batch": batch, "jpeg_bytes": len(jpeg)}
+    return {
+        "pipeline": 1 / statistics.median(pipeline_s for pipeline_s, _ in turns),
+        "bare": 1 / statistics.median(bare_s for _, bare_s in turns),
+        "ratio": statistics.median(bare_s / pipeline_s for pipeline_s, bare_s in turns),
+        "batch": batch,
+        "jpeg_bytes": len(jpeg),
+    }
 
 
 # --- Memory --------------------------------------------------------------------------------------
