@@ -1,4 +1,8 @@
-"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents."""
+"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents.
+
+The emulator is imported by the one command that serves it alone, and `bots.app` loads the heavy parts
+(aiohttp, the chat platforms' libraries) only when they are built, so `iobot usage` answers quickly.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from core.ledger import LedgerError
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, text_table, to_plain
 from core.settings import Settings, SettingsError, load_settings, mask_passwords
-from emulator import Emulator
 
 from . import app
 from .logs import configure_logging
@@ -82,6 +85,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
+    from emulator import Emulator
+
     emulator = Emulator(load_quota_table(settings.quota_file), answer_delay=args.delay)
     await emulator.start(args.host, args.port)
     print(f"IO Intelligence emulator at {emulator.base_url} (Ctrl-C stops it)", flush=True)
