@@ -18,6 +18,7 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, SQLiteLedger
@@ -199,16 +200,16 @@ async def test_killed_at_random_points_the_account_is_charged_for_every_call_and
 async def test_a_failed_write_refuses_the_call_and_leaves_the_totals_as_they_were(open_ledger, monkeypatch):
     ledger = await open_ledger(user_daily_tokens=1_000)
 
-    async def disk_full(*args):
+    def disk_full(*args):
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ledger._db, "executemany", disk_full)
+        patch.setattr(ledger, "_commit", disk_full)
         with pytest.raises(LedgerError, match="disk is full"):
             await ledger.reserve(user=ANN, model=LLAMA, tokens=1_000, model_limit=None, idempotency_key="Ev05")
     reservation = await ledger.reserve(user=ANN, model=LLAMA, tokens=1_000, model_limit=None, idempotency_key="Ev05")
     with monkeypatch.context() as patch:
-        patch.setattr(ledger._db, "executemany", disk_full)
+        patch.setattr(ledger, "_commit", disk_full)
         with pytest.raises(LedgerError):
             await ledger.settle(reservation, prompt_tokens=10, completion_tokens=10, estimated=False)
     assert await ledger.used_today(user=ANN) == 1_000  # still reserved, in the file as in memory
@@ -248,14 +249,14 @@ def add_keys(path: Path, count: int, created_at: float, prefix: str) -> None:
 def statements(monkeypatch) -> list[str]:
     """Every SQL statement the ledgers opened from now on run, in order."""
     seen: list[str] = []
-    connect = ledger_module.aiosqlite.connect
+    connect = ledger_module._connect
 
-    async def traced(*args, **kwargs):
-        db = await connect(*args, **kwargs)
-        await db.set_trace_callback(seen.append)
-        return db
+    async def traced(path: str) -> tuple[aiosqlite.Connection, sqlite3.Connection]:
+        db, connection = await connect(path)
+        connection.set_trace_callback(seen.append)
+        return db, connection
 
-    monkeypatch.setattr(ledger_module.aiosqlite, "connect", traced)
+    monkeypatch.setattr(ledger_module, "_connect", traced)
     return seen
 
 
