@@ -180,8 +180,10 @@ USER_LIMITS = "SELECT user, tokens FROM user_limits"
 
 
 class _Batch:
-    """Writes committed together in one transaction; `done` resolves when it is committed.
+    """Writes committed together in one transaction; each caller waits on a future of its own (`waiter`).
 
+    A future per caller, not one shared: a caller that is cancelled cancels only its own wait, never
+    the batch, and a committed batch wakes its callers directly.
     `keys` are the idempotency keys its reservations spend; those an earlier process already spent are
     found in the transaction, their reservations left out, and listed in `duplicates`.
     """
@@ -190,7 +192,22 @@ class _Batch:
         self.rows: dict[str, list[tuple]] = {sql: [] for sql in WRITE_ORDER}
         self.keys: list[str] = []
         self.duplicates: set[str] = set()
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future that resolves when the batch is committed, or fails with the reason it was not."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def committed(self, error: Exception | None) -> None:
+        for waiter in self._waiters:
+            if waiter.done():  # its caller was cancelled
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
 
 class SQLiteLedger:
@@ -368,7 +385,7 @@ class SQLiteLedger:
             batch.keys.append(idempotency_key)
             self._queue(REMEMBER_KEY, (idempotency_key, created_at))
         try:
-            await asyncio.shield(batch.done)
+            await batch.waiter()
         except asyncio.CancelledError:
             raise  # the write goes on; the reservation expires after the TTL
         except Exception as exc:
@@ -399,7 +416,7 @@ class SQLiteLedger:
         if opened:
             self._queue(DELETE_RESERVATION, (reservation.id,))
         try:
-            await asyncio.shield(batch.done)
+            await batch.waiter()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -415,7 +432,7 @@ class SQLiteLedger:
             return
         self._charge(reservation, -reservation.tokens)
         try:
-            await asyncio.shield(self._queue(DELETE_RESERVATION, (reservation.id,)).done)
+            await self._queue(DELETE_RESERVATION, (reservation.id,)).waiter()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -432,7 +449,7 @@ class SQLiteLedger:
         expired = self._expire(self._now().timestamp())
         if expired and self._pending is not None:
             try:
-                await asyncio.shield(self._pending.done)
+                await self._pending.waiter()
             except Exception as exc:  # freed in memory all the same; the next owner clears the rows at open
                 raise LedgerError(f"could not delete expired reservations: {exc}") from exc
         return expired
@@ -476,7 +493,7 @@ class SQLiteLedger:
         self._model_used[by_model] = self._model_used.get(by_model, 0) + tokens
 
     def _queue(self, sql: str, params: tuple) -> _Batch:
-        """Add a write to the next transaction, whose `done` resolves when it is committed."""
+        """Add a write to the next transaction; wait on its `waiter()` for the commit."""
         if self._pending is None:
             self._pending = _Batch()
         self._pending.rows[sql].append(params)
@@ -495,9 +512,9 @@ class SQLiteLedger:
                     await loop.run_in_executor(self._writer, self._commit, batch, key_cutoff)
             except Exception as exc:
                 log.error("ledger write failed: %s", exc)
-                batch.done.set_exception(exc)
+                batch.committed(exc)
             else:
-                batch.done.set_result(None)
+                batch.committed(None)
 
     def _commit(self, batch: _Batch, key_cutoff: float) -> None:
         """One transaction with the whole batch, run on the writer thread: a single hop from the event loop."""
