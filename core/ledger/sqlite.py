@@ -161,12 +161,29 @@ FORGET_KEYS = (
 )
 
 # The reads, named so that a test can check with EXPLAIN QUERY PLAN that they use the indexes.
-USAGE_COLUMNS = (
-    "SELECT day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens,"
-    " interrupted_tokens, interrupted_requests FROM usage"
+USAGE_KEYS = (  # UsageRow's fields, in order
+    "day",
+    "user",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "requests",
+    "estimated_tokens",
+    "interrupted_tokens",
+    "interrupted_requests",
 )
-USAGE_ROWS = USAGE_COLUMNS + " WHERE day = ? ORDER BY user, model"
-USAGE_ROWS_OF_USER = USAGE_COLUMNS + " WHERE day = ? AND user = ? ORDER BY model"
+OF_DAY = " WHERE day = ? ORDER BY user, model"
+OF_DAY_AND_USER = " WHERE day = ? AND user = ? ORDER BY model"
+USAGE_COLUMNS = f"SELECT {', '.join(USAGE_KEYS)} FROM usage"
+USAGE_ROWS = USAGE_COLUMNS + OF_DAY
+USAGE_ROWS_OF_USER = USAGE_COLUMNS + OF_DAY_AND_USER
+# `iobot usage` at any size: each row joined with the person's daily budget (an override, else the
+# default, the first parameter), in one query; for --json, each row written as its JSON object by SQLite.
+WITH_BUDGET = "COALESCE(user_limits.tokens, ?)"
+USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage LEFT JOIN user_limits USING (user)"
+JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
+USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
 # A model's (the account's) spend includes interrupted calls; a person's does not.
 SPENT_BY_MODEL = "SELECT model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day = ? GROUP BY model"
 SPENT_BY_MODEL_SINCE = "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
@@ -583,12 +600,29 @@ class SQLiteLedger:
         return spent + reserved
 
     async def usage(self, *, day: date | None = None, user: str | None = None) -> list[UsageRow]:
+        day = day or self._now().date()
+        if user is None:
+            rows = await self._read(USAGE_ROWS, (day.isoformat(),))
+        else:
+            rows = await self._read(USAGE_ROWS_OF_USER, (day.isoformat(), user))
+        return [UsageRow(day, *row[1:]) for row in rows]  # every row is of `day`
+
+    async def usage_with_budgets(self, *, day: date | None = None, user: str | None = None) -> list[tuple[Any, ...]]:
+        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget.
+
+        One query and no objects per row, so that `iobot usage` answers at once over a day of 200,000 rows.
+        """
+        return await self._read_usage(USAGE_WITH_BUDGETS, day, user)
+
+    async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
+        """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by SQLite."""
+        return [row for (row,) in await self._read_usage(USAGE_JSON, day, user)]
+
+    async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
         day_text = (day or self._now().date()).isoformat()
         if user is None:
-            rows = await self._read(USAGE_ROWS, (day_text,))
-        else:
-            rows = await self._read(USAGE_ROWS_OF_USER, (day_text, user))
-        return [UsageRow(date.fromisoformat(row[0]), *row[1:]) for row in rows]
+            return await self._read(select + OF_DAY, (self._default_budget, day_text))
+        return await self._read(select + OF_DAY_AND_USER, (self._default_budget, day_text, user))
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
         day_text = (day or self._now().date()).isoformat()
