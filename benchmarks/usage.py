@@ -1,16 +1,21 @@
 """`iobot usage` on a big day: 200,000 usage rows (50,000 people, 4 models), timed as an operator runs it.
 
 Run from the project root: `python benchmarks/usage.py`. Prints one JSON line, each figure the median of
-RUNS runs of the command as a subprocess on a temporary ledger:
+RUNS runs of the command as a subprocess on a temporary ledger (the commands take turns, so that a
+change in the machine's load reaches them all alike):
 - usage_s, usage_json_s: `iobot usage` and `iobot usage --json` over the ROWS rows of today;
 - limits_s, models_s: `iobot limits` (OVERRIDES budgets) and `iobot models` on the same ledger;
 - startup_s: the baseline, the same interpreter importing the CLI and exiting, which every command pays;
+- answer_s, answer_json_s: the same two commands run once in this process, the CLI already imported:
+  what the rows cost (the ledger's query and the rendering), without the interpreter's start;
 - rows_printed: the rows each usage command printed (both must print all ROWS).
 Targets: usage and usage --json under TARGET_USAGE_S; limits and models under TARGET_OTHER_S.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sqlite3
@@ -25,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bots import cli
 from core.ledger.sqlite import MIGRATIONS, PRAGMAS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +71,29 @@ def seed(path: Path) -> None:
         db.execute("COMMIT")
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Median seconds of RUNS runs, and the output of the last one (which must succeed)."""
-    seconds = []
+def timed(commands: dict[str, list[str]], env: dict[str, str]) -> dict[str, tuple[float, str]]:
+    """Each command's median seconds over RUNS turns, and the output of its last run (every run must succeed)."""
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    outputs: dict[str, str] = {}
     for _ in range(RUNS):
+        for name, command in commands.items():
+            started = time.perf_counter()
+            result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT, env=env, check=True)
+            seconds[name].append(time.perf_counter() - started)
+            outputs[name] = result.stdout
+    return {name: (statistics.median(seconds[name]), outputs[name]) for name in commands}
+
+
+def answer_seconds(env: dict[str, str], *args: str) -> float:
+    """`iobot usage <args>` run in this process, the CLI already imported: the part that grows with the rows."""
+    os.environ.update(env)
+    with contextlib.redirect_stdout(io.StringIO()) as output:
         started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT, env=env, check=True)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), result.stdout
+        code = cli.main(["usage", *args])
+        seconds = time.perf_counter() - started
+    lines = output.getvalue().splitlines()
+    assert code == 0 and len(lines) == (ROWS if "--json" in args else ROWS + 1)  # the table has a header
+    return seconds
 
 
 def main() -> None:
@@ -81,11 +102,19 @@ def main() -> None:
         seed(path)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("IOBOT_", "IOINTELLIGENCE_"))}
         env["IOBOT_DATABASE_URL"] = f"sqlite:///{path}"
-        startup_s, _ = timed(STARTUP, env)
-        usage_s, table = timed([*IOBOT, "usage"], env)
-        usage_json_s, rows = timed([*IOBOT, "usage", "--json"], env)
-        limits_s, _ = timed([*IOBOT, "limits"], env)
-        models_s, _ = timed([*IOBOT, "models"], env)
+        runs = timed(
+            {
+                "startup": STARTUP,
+                "usage": [*IOBOT, "usage"],
+                "usage --json": [*IOBOT, "usage", "--json"],
+                "limits": [*IOBOT, "limits"],
+                "models": [*IOBOT, "models"],
+            },
+            env,
+        )
+        answer_s, answer_json_s = answer_seconds(env), answer_seconds(env, "--json")
+    startup_s, usage_s, usage_json_s, limits_s, models_s = (seconds for seconds, _ in runs.values())
+    table, rows = runs["usage"][1], runs["usage --json"][1]
     printed = {"table": table.count("\n") - 1, "json": len(json.loads(rows))}  # the table's header line
     print(
         json.dumps(
@@ -96,7 +125,8 @@ def main() -> None:
                 "limits_s": round(limits_s, 3),
                 "models_s": round(models_s, 3),
                 "startup_s": round(startup_s, 3),
-                "usage_over_startup": round(usage_s / startup_s, 2),
+                "answer_s": round(answer_s, 3),
+                "answer_json_s": round(answer_json_s, 3),
                 "rows_printed": printed,
                 "target_usage_s": TARGET_USAGE_S,
                 "target_other_s": TARGET_OTHER_S,

@@ -8,6 +8,7 @@ import logging
 import sys
 from contextlib import AsyncExitStack
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 from core.adapter import AdapterError
@@ -134,7 +135,8 @@ def _usage_table(rows: list[tuple[Any, ...]]) -> str:
     """
     widths = []
     for header, index, numeric in USAGE_TABLE:
-        longest = len(f"{max(row[index] for row in rows):,}") if numeric else max(len(row[index]) for row in rows)
+        column = map(itemgetter(index), rows)
+        longest = len(f"{max(column):,}") if numeric else max(map(len, column))
         widths.append(max(len(header), longest))
     line = "  ".join(
         f"{{{index}:>{width},}}" if numeric else f"{{{index}:<{width}}}"
