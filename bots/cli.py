@@ -152,8 +152,8 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
         if args.user is None:
             overrides = await ledger.user_limits()
             print(f"Default daily budget: {settings.user_daily_tokens:,} tokens (IOBOT_USER_DAILY_TOKENS).")
-            for user, tokens in overrides.items():
-                print(f"{user}: {tokens:,}")
+            if overrides:  # one write for them all: there may be thousands
+                print("\n".join(f"{user}: {tokens:,}" for user, tokens in overrides.items()))
             return 0
         if args.clear and args.tokens is not None:
             print("iobot: give either a number of tokens or --clear, not both", file=sys.stderr)
