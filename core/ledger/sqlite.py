@@ -523,8 +523,8 @@ class SQLiteLedger:
         loop = asyncio.get_running_loop()
         while self._pending is not None:
             batch, self._pending = self._pending, None
-            key_cutoff = (self._now() - KEY_RETENTION).timestamp()
             try:
+                key_cutoff = (self._now() - KEY_RETENTION).timestamp()
                 async with self._db_lock:
                     await loop.run_in_executor(self._writer, self._commit, batch, key_cutoff)
             except Exception as exc:
