@@ -74,7 +74,7 @@ class ConsoleAdapter:
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))
             if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
-                turns = [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
+                turns: list[Message] = [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
                 self.history = merge_turns([*self.history, *turns])[-HISTORY_MESSAGES:]
             self._write(self.render(reply) + "\n")
 

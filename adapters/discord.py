@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,12 +32,13 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from core.adapter import AdapterError
+from core.attachments import AttachedFile, Vetted, refused, vet_attachments
 from core.chunks import FENCE, split_message
 from core.client import Message
 from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
 from core.delivery import Answer, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
-from core.images import ImageLimits, ImageSource
+from core.images import ImageLimits
 from core.ledger.store import Store
 from core.render import model_line, reveal_links
 from core.service import INFORMATIONAL, Attachment, Progress, Reply, Request, Service
@@ -51,7 +52,6 @@ NOTE_CHARS = 500  # of a note added under a message, so that most of the message
 MIN_PIECE = 160  # characters of a message's text kept whatever notes are added under it
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate-limits edits per channel
 HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
 # What the bot needs in a channel: see it, read the reply chain, answer (in threads too, a long answer as a file).
 PERMISSIONS = discord.Permissions(
@@ -336,24 +336,25 @@ class DiscordAdapter:
             return await message.channel.send(**_carrying(piece), reference=reference, allowed_mentions=NO_PINGS)
 
         async with self.in_flight.track():
-            answer = Answer(_Messages(send), f"in channel {message.channel.id}", interval=EDIT_INTERVAL)
-            async with message.channel.typing():
-                reply = await answer.reply(lambda progress: self._ask(message, parent, progress))
+            answer = Answer(
+                _Messages(send, typing_in=message.channel), f"in channel {message.channel.id}", interval=EDIT_INTERVAL
+            )
+            reply = await answer.reply(lambda progress: self._ask(message, parent, progress))
             await answer.finish(reply)
 
     async def _ask(self, message: discord.Message, parent: discord.Message | None, progress: Progress) -> Reply:
         """The reply to a message: its text without the mention, its images and the reply chain above it."""
-        images, notes = self._images(message.attachments)
-        if not images and any(_content_type(a) in IMAGE_TYPES for a in message.attachments):
-            return Reply("\n".join(notes), outcome=Outcome.REFUSED)  # without its images the question is moot
+        vetted = self._attachments(message.attachments)
+        if (refusal := refused(vetted)) is not None:  # without its images the question is moot
+            return refusal
         request = Request(
             user=f"discord:{message.author.id}",
             text=self._without_mention(message.content),
             history=await self._history(parent),
             request_id=f"discord:{message.id}",
-            images=images,
+            images=vetted.images,
         )
-        return with_notes(await self.service.handle(request, progress), notes)
+        return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
     async def _parent(self, message: discord.Message) -> discord.Message | None:
         """The message this one replies to: from the event or the client's cache, fetched only when neither has it."""
@@ -403,18 +404,19 @@ class DiscordAdapter:
             private = command.name in INFORMATIONAL
             await interaction.response.defer(thinking=True, ephemeral=private)
             answer = _followups(interaction, ephemeral=private)
-            images, notes = self._images(attachments)
-            if attachments and not images:
-                reply = Reply("\n".join(notes), outcome=Outcome.REFUSED)
+            vetted = self._attachments(attachments)
+            if attachments and not vetted.images:  # an image was the point of the command
+                reply = Reply("\n".join([*vetted.refusals, *vetted.notes]), outcome=Outcome.REFUSED)
             else:
                 request = Request(
                     user=f"discord:{interaction.user.id}",
                     text=command.text,
                     command=command,
                     request_id=f"discord:{interaction.id}",
-                    images=images,
+                    images=vetted.images,
                 )
-                reply = with_notes(await answer.reply(lambda progress: self.service.handle(request, progress)), notes)
+                reply = await answer.reply(lambda progress: self.service.handle(request, progress))
+                reply = with_notes(reply, [*vetted.notes, *vetted.refusals])
             if reply.private and not private and not answer.posted and reply.outcome != "duplicate":
                 # The "thinking" message is public and cannot turn ephemeral: replace it.
                 await interaction.delete_original_response()
@@ -429,40 +431,33 @@ class DiscordAdapter:
         channels = {id_ for id_ in (channel_id, parent_id) if id_ is not None}
         return self.access.permits(user=user.id, roles=roles, guild=guild, channels=channels)
 
-    def _images(self, attachments: Sequence[discord.Attachment]) -> tuple[list[ImageSource], list[str]]:
-        """The image attachments to download, and notes on what was left out.
-
-        Type, count and size are checked from what Discord says about each file, so nothing
-        refused is downloaded; the service then downloads the rest (Discord's CDN links need no
-        credential) and checks the bytes themselves.
-        """
-        notes = []
-        others = [a.filename for a in attachments if _content_type(a) not in IMAGE_TYPES]
-        if others:
-            notes.append(f"Only images are read, so these were not: {', '.join(others)}.")
-        wanted = [a for a in attachments if _content_type(a) in IMAGE_TYPES]
-        limit = self.image_limits.max_images
-        if len(wanted) > limit:
-            names = ", ".join(a.filename for a in wanted[limit:])
-            notes.append(f"At most {limit} images are taken per request, so these were skipped: {names}.")
-            wanted = wanted[:limit]
-        megabytes = self.image_limits.max_bytes / (1024 * 1024)
-        for attachment in [a for a in wanted if a.size > self.image_limits.max_bytes]:
-            notes.append(f"{attachment.filename} is over the {megabytes:g} MB limit for images.")
-        wanted = [a for a in wanted if a.size <= self.image_limits.max_bytes]
-        return [ImageSource(a.filename, a.url, size=a.size or None) for a in wanted], notes
+    def _attachments(self, attachments: Sequence[discord.Attachment]) -> Vetted:
+        """A message's files sorted from what Discord says of each (see core/attachments.py); its CDN
+        links need no credential."""
+        described = [AttachedFile(a.filename, a.content_type or "", a.size, a.url) for a in attachments]
+        return vet_attachments(described, self.image_limits, platform="Discord")
 
 
 Sendable = str | discord.File  # what one message of an answer carries: text, or a file
 
 
 class _Messages:
-    """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any."""
+    """An answer as Discord messages (the `Port`): posted by `send`, given the previous piece's message if any.
+
+    `typing_in` is the channel that shows the typing indicator while the answer is worked out; None
+    for an interaction, whose deferred reply shows Discord's own "thinking".
+    """
 
     name = "Discord"
 
-    def __init__(self, send: Callable[[Sendable, discord.Message | None], Awaitable[discord.Message]]) -> None:
+    def __init__(
+        self,
+        send: Callable[[Sendable, discord.Message | None], Awaitable[discord.Message]],
+        *,
+        typing_in: discord.abc.Messageable | None = None,
+    ) -> None:
         self._send = send
+        self._typing_in = typing_in
 
     def render(self, reply: Reply) -> list[str]:
         return message_pieces(render(reply))
@@ -484,6 +479,14 @@ class _Messages:
     async def delete(self, handle: discord.Message) -> None:
         with _delivering():
             await handle.delete()
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        if self._typing_in is None:
+            yield
+            return
+        async with self._typing_in.typing():  # discord.py renews it every few seconds until the block ends
+            yield
 
     async def upload(self, attachment: Attachment, after: discord.Message | None) -> discord.Message:
         with _delivering():
@@ -557,10 +560,6 @@ def _without_footer(text: str) -> str:
     while lines and lines[-1].startswith("-# "):
         lines.pop()
     return "\n".join(lines).strip()
-
-
-def _content_type(attachment: discord.Attachment) -> str:
-    return (attachment.content_type or "").split(";")[0].strip().lower()
 
 
 # --- the grammar as slash commands -------------------------------------------------------------

@@ -45,11 +45,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from core.adapter import AdapterError
+from core.attachments import AttachedFile, Vetted, refused, vet_attachments
+from core.chunks import shorten
 from core.client import Message
 from core.commands import is_informational
 from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
-from core.images import ImageError, ImageLimits, ImageSource
+from core.images import ImageLimits
 from core.ledger.store import Store
 from core.service import Attachment, Progress, Reply, Request, Service
 from core.settings import CommaList, PlatformSettings, env, http_url, split_commas
@@ -266,7 +268,7 @@ class SlackAdapter:
         async with self.in_flight.track():
             await self._after_acknowledgements()
             user = command["user_id"]
-            asked = f"<@{user}> asked: {plain(_shorten(text, ASKED_CHARS))}"
+            asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
             port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
             answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
             request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
@@ -331,21 +333,21 @@ class SlackAdapter:
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
     ) -> Reply:
         """The reply to a message (its images and thread included), with notes for its footer."""
-        images, notes, unreadable = await self._attachments(client, event.get("files", ()))
-        if unreadable and not images:  # the person asked about images, none of which could be read
-            return with_notes(Reply("\n".join(unreadable), outcome=Outcome.REFUSED), notes)
+        vetted = await self._attachments(client, event.get("files", ()))
+        if (refusal := refused(vetted)) is not None:  # the person asked about images, none of which could be read
+            return refusal
         history: list[Message] = []
+        history_notes: list[str] = []
         if "thread_ts" in event:
             history, history_notes = await self._history(client, event, context)
-            notes += history_notes
         request = Request(
             user=_person(context, event["user"]),
             text=from_slack(event.get("text", ""), context.bot_user_id),
             history=history,
             request_id=body.get("event_id"),
-            images=images,
+            images=vetted.images,
         )
-        return with_notes(await self.service.handle(request, progress), notes + unreadable)
+        return with_notes(await self.service.handle(request, progress), [*vetted.notes, *history_notes, *vetted.refusals])
 
     async def _history(
         self, client: AsyncWebClient, event: Payload, context: AsyncBoltContext
@@ -363,16 +365,13 @@ class SlackAdapter:
 
     # --- files ---------------------------------------------------------------------------------------
 
-    async def _attachments(
-        self, client: AsyncWebClient, files: Sequence[Payload]
-    ) -> tuple[list[ImageSource], list[str], list[str]]:
-        """The images among a message's files, to download: (images, notes on other files, images refused).
+    async def _attachments(self, client: AsyncWebClient, files: Sequence[Payload]) -> Vetted:
+        """A message's files sorted into images to download, notes and refusals (see core/attachments.py).
 
         Nothing is downloaded here: the service checks the count against the vision model first,
         then downloads each within the process's image budget.
         """
-        images: list[ImageSource] = []
-        notes: list[str] = []
+        described: list[AttachedFile] = []
         unreadable: list[str] = []
         for file in files:
             if file.get("file_access") == "check_file_info":  # the event carries only the id
@@ -381,34 +380,19 @@ class SlackAdapter:
                 except WEB_API_FAILURES as error:
                     unreadable.append(f"Could not read file {file['id']} (Slack: {_said(error)}).")
                     continue
-            name = file.get("name") or file["id"]
-            if not file.get("mimetype", "").startswith("image/"):
-                notes.append(f"{name} is not an image, so it was not read.")
-                continue
-            try:
-                images.append(self._image_source(name, file))
-            except ImageError as error:
-                unreadable.append(str(error))
-        return images, notes, unreadable
+            described.append(self._attachment(file))
+        vetted = vet_attachments(described, self._image_limits, platform="Slack", may_download=self._is_file_host)
+        return vetted._replace(refusals=[*unreadable, *vetted.refusals])
 
-    def _image_source(self, name: str, file: Payload) -> ImageSource:
-        """Where to download a file: with the bot token, from Slack's own file hosts and nowhere else."""
-        url = file.get("url_private_download") or file.get("url_private")
-        if not url:
-            raise ImageError(f"Could not download {name}: Slack gave no link to it.", "address")
-        if not self._is_file_host(url):
-            raise ImageError(
-                f"Could not download {name}: its link is not on Slack's file hosts, so it was not followed.", "address"
-            )
-        size = file.get("size") if isinstance(file.get("size"), int) else None
-        if size is not None and size > self._image_limits.max_bytes:  # refused unread, as it would be anyway
-            megabytes = self._image_limits.max_bytes / (1024 * 1024)
-            raise ImageError(f"{name} is over the {megabytes:g} MB limit for images.", "too_large")
-        return ImageSource(
+    def _attachment(self, file: Payload) -> AttachedFile:
+        """A Slack file as core describes it: downloaded with the bot token (only from Slack's file hosts)."""
+        name = file.get("name") or file["id"]
+        return AttachedFile(
             name,
-            url,
+            file.get("mimetype", ""),
+            size=file.get("size") if isinstance(file.get("size"), int) else None,
+            url=file.get("url_private_download") or file.get("url_private"),
             headers={"Authorization": f"Bearer {self._bot_token}"},
-            size=size or None,
             # Slack's sign-in page: its answer when the token may not read files.
             html_refusal=(
                 f"Could not download {name}: Slack sent a web page instead of the file. The app probably lacks "
@@ -477,6 +461,9 @@ class _Thread:
                 raise DeliveryFailed("the file upload was refused") from error
         return str(response["file"]["id"])
 
+    def working(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # the placeholder message says it
+
 
 class _ResponseURL:
     """A slash command's response_url: the `Port` that posts, but cannot edit or delete what it posted."""
@@ -502,7 +489,7 @@ class _ResponseURL:
         with _delivering():
             response = await self.webhook.send_dict(piece)
         if response.status_code != 200:
-            raise DeliveryFailed(f"HTTP {response.status_code}: {_shorten(str(response.body), 200)}")
+            raise DeliveryFailed(f"HTTP {response.status_code}: {shorten(str(response.body), 200)}")
 
     async def edit(self, handle: None, piece: SlackMessage) -> None:
         raise DeliveryFailed("a response_url post cannot be edited")
@@ -512,6 +499,9 @@ class _ResponseURL:
 
     async def upload(self, attachment: Attachment, after: None) -> None:
         raise DeliveryFailed("a response_url post cannot carry a file")
+
+    def working(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # the acknowledgement said it
 
 
 @contextlib.contextmanager
@@ -613,21 +603,15 @@ def _person(context: AsyncBoltContext, user_id: str) -> str:
     return f"slack:{context.team_id or context.enterprise_id}:{user_id}"
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None if it is over `limit` bytes: refused by its Content-Length unread,
-    or, sent in chunks without one, as soon as it passes the limit."""
+    or, sent in chunks without one, as soon as it passes the limit (aiohttp's `client_max_size`)."""
     if request.content_length is not None and request.content_length > limit:
         return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+    try:
+        return await request.clone(client_max_size=limit).read()
+    except web.HTTPRequestEntityTooLarge:
+        return None
 
 
 def _signed_text(raw: bytes, headers: Mapping[str, str], signing_secret: str) -> str | None:

@@ -16,12 +16,12 @@ import time
 
 import httpx
 
-from core.client import IOClient
+from core.client import IOClient, Message
 
 CALLS = 2000
 WARMUP = 200
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+MESSAGES: list[Message] = [{"role": "user", "content": "What is the capital of France?"}]
 KEY = "benchmark-key"
 TARGET_ADDED_MEDIAN_MS = 1.5
 

@@ -1,4 +1,10 @@
-"""The composition root: settings in, a running iobot out. The only place that wires parts together."""
+"""The composition root: settings in, a running iobot out. The only place that wires parts together.
+
+The parts that take long to load (the chat platforms' libraries, aiohttp, Pillow, the API client, the
+emulator) are imported inside the functions that build them, not with this module: the admin commands
+(`iobot usage`, `limits`, `models`) use this module only to open the ledger, and start in a fraction of
+the time.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,18 @@ import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
-
-from adapters import discord, slack
-from adapters.console import ConsoleAdapter
-from adapters.discord import DiscordSettings
-from adapters.slack import SlackSettings
 from core.adapter import Adapter
-from core.client import IOClient
-from core.images import ImageLimits
 from core.ledger import Ledger, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
-from core.service import Service, ServiceConfig
 from core.settings import PlatformSettings, Settings, SettingsError, load_settings
-from emulator import Emulator
 
-from .http import HealthState, make_http_app, start_http_server
+if TYPE_CHECKING:
+    import httpx
+
+    from core.client import IOClient
+    from core.service import Service
 
 log = logging.getLogger("iobot")
 
@@ -34,7 +35,11 @@ EMULATOR_KEY = "emulator-key"
 
 async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitStack, *, emulator: bool) -> IOClient:
     """The API client, pointed at io.net or at an in-process emulator."""
+    from core.client import IOClient
+
     if emulator:
+        from emulator import Emulator
+
         emu = Emulator(quotas, api_key=EMULATOR_KEY)
         await emu.start("127.0.0.1", 0)
         stack.push_async_callback(emu.stop)
@@ -59,6 +64,9 @@ async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool)
 def make_service(
     settings: Settings, client: IOClient, ledger: Ledger, quotas: QuotaTable, http: httpx.AsyncClient, *, store: Store
 ) -> Service:
+    from core.images import ImageLimits
+    from core.service import Service, ServiceConfig
+
     for name in (settings.model, settings.vision_model, *settings.fallback_models):
         if name not in quotas:
             log.warning("model %s is not in the quota table: its daily quota is not enforced", name)
@@ -76,18 +84,23 @@ def make_service(
     return Service(client, ledger, quotas, config, http, store=store)
 
 
-PLATFORMS: tuple[tuple[type[PlatformSettings], Callable[..., Adapter]], ...] = (
-    (SlackSettings, slack.build),
-    (DiscordSettings, discord.build),
-)
-"""Every chat platform: its settings class and the function that builds its adapter from them."""
+def platforms() -> tuple[tuple[type[PlatformSettings], Callable[..., Adapter]], ...]:
+    """Every chat platform: its settings class and the function that builds its adapter from them."""
+    from adapters import discord, slack
+
+    return (
+        (slack.SlackSettings, slack.build),
+        (discord.DiscordSettings, discord.build),
+    )
 
 
 def build_adapters(settings: Settings, service: Service) -> list[Adapter]:
     """The adapters of the platforms whose credentials are set; the console when there is none."""
+    from adapters.console import ConsoleAdapter
+
     state_dir = Path(settings.database_path).resolve().parent  # small files an adapter keeps between runs
     adapters: list[Adapter] = []
-    for settings_class, build in PLATFORMS:
+    for settings_class, build in platforms():
         platform_settings = load_settings(settings_class)
         if platform_settings.enabled:
             adapters.append(build(platform_settings, service, state_dir=state_dir))
@@ -117,12 +130,21 @@ async def run(settings: Settings, *, emulator: bool) -> int:
     disconnects, and the ledger is closed cleanly. Raises `AdapterError` when a platform refuses its
     credentials at start; returns the exit code: 1 if an adapter stopped with an error later.
     """
+    import httpx
+
+    from core.client import aiohttp_transport
+    from core.images import ImageLimits
+
+    from .http import HealthState, make_http_app, start_http_server
+
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
         ledger = await open_ledger(settings, stack, owner=True)
         client = await open_client(settings, quotas, stack, emulator=emulator)
         # Downloads of images and files: no credential by default, no redirects followed.
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout))
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout, transport=aiohttp_transport())
+        )
         service = make_service(settings, client, ledger, quotas, http, store=ledger.store)
         health = HealthState(ledger, client, quotas)
         adapters = build_adapters(settings, service)

@@ -1,22 +1,26 @@
-"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents."""
+"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents.
+
+The emulator is imported by the one command that serves it alone, and `bots.app` loads the heavy parts
+(aiohttp, the chat platforms' libraries) only when they are built, so `iobot usage` answers quickly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from contextlib import AsyncExitStack
 from datetime import date
+from operator import itemgetter
+from typing import Any
 
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError
 from core.quotas import QuotaFileError, load_quota_table
-from core.render import render_agents, render_models, text_table, to_plain
+from core.render import render_agents, render_models, to_plain
 from core.settings import Settings, SettingsError, load_settings, mask_passwords
-from emulator import Emulator
 
 from . import app
 from .logs import configure_logging
@@ -82,6 +86,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
+    from emulator import Emulator
+
     emulator = Emulator(load_quota_table(settings.quota_file), answer_delay=args.delay)
     await emulator.start(args.host, args.port)
     print(f"IO Intelligence emulator at {emulator.base_url} (Ctrl-C stops it)", flush=True)
@@ -94,35 +100,55 @@ async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
 async def _usage(args: argparse.Namespace, settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         ledger = await app.open_ledger(settings, stack, owner=False)
-        rows = await ledger.usage(day=args.day, user=args.user)
-        limits = {row.user: await ledger.user_limit(row.user) for row in rows}
+        if args.json:
+            objects = await ledger.usage_json(day=args.day, user=args.user)
+        else:
+            rows = await ledger.usage_with_budgets(day=args.day, user=args.user)
     if args.json:
-        print(json.dumps([{**row.as_json(), "user_limit": limits[row.user]} for row in rows]))
+        print("[" + ",\n".join(objects) + "]")
         return
     if not rows:
         print(f"No usage recorded on {(args.day or date.today()).isoformat()}.")
         return
-    table = [
-        (
-            row.day.isoformat(),
-            row.user,
-            row.model,
-            f"{row.requests:,}",
-            f"{row.total_tokens:,}",
-            f"{row.estimated_tokens:,}",
-            f"{row.interrupted_tokens:,}",
-            f"{limits[row.user]:,}",
-        )
-        for row in rows
-    ]
-    header = ("day", "user", "model", "requests", "tokens", "estimated", "interrupted", "user limit/day")
-    print(text_table(header, table))
-    interrupted = sum(row.interrupted_requests for row in rows)
+    print(_usage_table(rows))
+    interrupted = sum(row[9] for row in rows)
     if interrupted:
         print(
             f"interrupted: {interrupted:,} call(s) cut off when iobot stopped without finishing them; their estimate "
             "counts against the model's daily quota, not the person's budget."
         )
+
+
+# `iobot usage`'s columns: header, index in a `usage_with_budgets` row, and whether it is a number.
+USAGE_TABLE = (
+    ("day", 0, False),
+    ("user", 1, False),
+    ("model", 2, False),
+    ("requests", 6, True),
+    ("tokens", 5, True),
+    ("estimated", 7, True),
+    ("interrupted", 8, True),
+    ("user limit/day", 10, True),
+)
+
+
+def _usage_table(rows: list[tuple[Any, ...]]) -> str:
+    """`text_table`'s layout (numbers right-aligned with thousands separators) in one format per row.
+
+    A day can hold hundreds of thousands of rows: the widths come from each column's longest text or
+    largest number (the counts are never negative), and every row is one `str.format`.
+    """
+    widths = []
+    for header, index, numeric in USAGE_TABLE:
+        column = map(itemgetter(index), rows)
+        longest = len(f"{max(column):,}") if numeric else max(map(len, column))
+        widths.append(max(len(header), longest))
+    line = "  ".join(
+        f"{{{index}:>{width},}}" if numeric else f"{{{index}:<{width}}}"
+        for (_, index, numeric), width in zip(USAGE_TABLE, widths)
+    )
+    header = "  ".join(header.ljust(width) for (header, _, _), width in zip(USAGE_TABLE, widths)).rstrip()
+    return "\n".join([header, *(line.format(*row) for row in rows)])
 
 
 async def _limits(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,8 +157,8 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
         if args.user is None:
             overrides = await ledger.user_limits()
             print(f"Default daily budget: {settings.user_daily_tokens:,} tokens (IOBOT_USER_DAILY_TOKENS).")
-            for user, tokens in overrides.items():
-                print(f"{user}: {tokens:,}")
+            if overrides:  # one write for them all: there may be thousands
+                print("\n".join(f"{user}: {tokens:,}" for user, tokens in overrides.items()))
             return 0
         if args.clear and args.tokens is not None:
             print("iobot: give either a number of tokens or --clear, not both", file=sys.stderr)

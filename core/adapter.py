@@ -9,9 +9,10 @@ module plus its settings.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
+if TYPE_CHECKING:  # for annotations only: the admin commands import this module and need no HTTP server
+    from aiohttp import web
 
 
 class AdapterError(Exception):

@@ -1,4 +1,4 @@
-"""Long answers as several chat messages.
+"""Long answers as several chat messages, and long text cut short.
 
 Both chat platforms cap a message's length; this is the platform-free half of dealing with that.
 Adapters pass their own limits (core/delivery.py shows the pieces and streams them by throttled edits).
@@ -39,6 +39,11 @@ def split_message(text: str, limit: int) -> list[str]:
             fence = None if fence else line.strip()
     pieces.append("\n".join(current))
     return [piece for piece in pieces if piece.strip()]
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, an ellipsis showing where (a question quoted, a link named)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _lines_within(text: str, width: int) -> list[str]:

@@ -2,6 +2,10 @@
 
 Retries only what can succeed on a second try (429, 5xx, connection failures), with exponential
 backoff and jitter, honouring `Retry-After`. Everything else becomes a named error from `errors`.
+
+Requests go out through aiohttp's connection pool under httpx's interface (`aiohttp_transport`):
+httpx's own pool (httpcore) scans every connection for each request and costs several times the
+CPU per call, which capped how many requests one process could answer.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import logging
 import random
 import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Required, TypedDict
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from . import metrics
@@ -36,7 +43,26 @@ from .workflows import WorkflowResult, normalise_result, workflow_body
 
 log = logging.getLogger("iobot.client")
 
-Message = dict[str, Any]
+
+class ImageURL(TypedDict):
+    url: str
+
+
+class ContentPart(TypedDict, total=False):
+    """One part of a message with images: `{"type": "text", "text": ...}` or `{"type": "image_url", "image_url": ...}`."""
+
+    type: Required[Literal["text", "image_url"]]
+    text: str
+    image_url: ImageURL
+
+
+class Message(TypedDict):
+    """One turn of a conversation as the chat API takes it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
 ERROR_DETAIL_LIMIT = 300
 
 
@@ -70,13 +96,89 @@ class AgentInfo:
     tags: tuple[str, ...]
 
 
+def aiohttp_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:
+    """An httpx transport on aiohttp's connection pool, for every `httpx.AsyncClient` of the process.
+
+    Its aiohttp session is made on first use, inside the running event loop; closing the httpx
+    client closes it. Redirects are never followed by the transport (httpx decides).
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return _AiohttpTransport(limits=limits)
+
+
+class _AiohttpTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, its failures named as httpx's own transport names them.
+
+    httpx-aiohttp 0.2 reports every aiohttp connection failure (refused, reset, hung up) as
+    `httpx.ConnectTimeout` and lets an invalid HTTP answer through as aiohttp's own error: a refused
+    connection would read "timed out", a stream the server hung up on would look stalled, and
+    callers catching `httpx.HTTPError` would miss a server speaking no valid HTTP.
+    """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        """The session, honouring a proxy set in the environment (HTTPS_PROXY, NO_PROXY, ...) as httpx does.
+
+        aiohttp looks the proxy up again on every request when it trusts the environment, so it is
+        asked to only when a proxy is set.
+        """
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0, keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=bool(urllib.request.getproxies()))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except (httpx.ConnectTimeout, aiohttp.ClientError) as exc:
+            renamed = _renamed(exc, request)
+            if renamed is exc:
+                raise
+            raise renamed from exc
+        assert isinstance(response.stream, httpx.AsyncByteStream)  # the transport streams aiohttp's body
+        response.stream = _RenamedStream(response.stream, request)
+        return response
+
+
+class _RenamedStream(httpx.AsyncByteStream):
+    """A response body whose failures are renamed as the transport's are."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except (httpx.ConnectTimeout, aiohttp.ClientError) as exc:
+            renamed = _renamed(exc, self._request)
+            if renamed is exc:
+                raise
+            raise renamed from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _renamed(exc: Exception, request: httpx.Request) -> Exception:
+    """The error httpx's own transport raises for the aiohttp failure behind `exc`, or `exc` when it is right."""
+    cause = exc.__cause__ if isinstance(exc, httpx.ConnectTimeout) else exc
+    if isinstance(cause, aiohttp.ServerTimeoutError) or not isinstance(cause, aiohttp.ClientError):
+        return exc
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(cause), request=request)
+    if isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
+        return httpx.RemoteProtocolError(str(cause), request=request)
+    return httpx.ReadError(str(cause), request=request)
+
+
 def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def vision_message(question: str, image_urls: Sequence[str]) -> Message:
     """A user message with the question and images as OpenAI `image_url` parts."""
-    parts: list[dict[str, Any]] = [{"type": "text", "text": question}]
+    parts: list[ContentPart] = [{"type": "text", "text": question}]
     parts += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
     return {"role": "user", "content": parts}
 
@@ -101,12 +203,15 @@ class IOClient:
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._secret = key
+        self._base_url = base_url.rstrip("/") + "/"
+        self._urls: dict[str, httpx.URL] = {}
+        self._transport = transport or aiohttp_transport(max_connections)
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
+            base_url=self._base_url,
             headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+            transport=self._transport,
         )
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -199,12 +304,21 @@ class IOClient:
             raise UnexpectedResponseError(f"{method} /{path}: answer is not JSON") from None
 
     async def _send(self, method: str, path: str, body: Any = None, *, stream: bool = False) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise the named error."""
-        request = self._http.build_request(method, path, json=body)
+        """Send with retries; return a 2xx response or raise the named error.
+
+        The request goes straight to the transport: the client's own send adds cookies, auth and
+        redirect handling, which iobot does not use and which cost a fair share of each call's CPU.
+        """
+        request = self._http.build_request(method, self._url(path), json=body)
         for attempt in range(self.max_retries + 1):
             started = time.perf_counter()
             try:
-                response = await self._http.send(request, stream=stream)
+                response = await self._transport.handle_async_request(request)
+                if not stream:
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
             except httpx.ConnectTimeout:
                 error: IOIntelligenceError = APIConnectionError(f"{method} /{path}: connect timed out")
             except httpx.TimeoutException as exc:
@@ -229,6 +343,13 @@ class IOClient:
             log.warning("retrying %s /%s in %.2f s after: %s", method, path, delay, error)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt raises")
+
+    def _url(self, path: str) -> httpx.URL:
+        """The endpoint's absolute URL, parsed once: httpx would parse it against the base on every request."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        return url
 
     def _retry_delay(self, error: IOIntelligenceError, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""

@@ -7,8 +7,9 @@ by a new message, a message that cannot be posted ends the answer with a line sa
 missing, and an answer the API computed but the platform would not take stays charged, which is
 logged here, once, with its tokens.
 
-An adapter supplies a `Port`: how to post, edit and delete one message on its platform and how to
-render text as its messages (Slack: Block Kit dicts, Discord: strings). This module also holds what
+An adapter supplies a `Port`: how to post, edit and delete one message on its platform, how to
+render text as its messages (Slack: Block Kit dicts, Discord: strings) and how to show that the bot
+is at work. This module also holds what
 adapters otherwise each keep: the one turn merge, the duplicate check, and the answers in flight.
 
 Files go out through the port too, each uploaded in the answer's place after its messages: a
@@ -88,6 +89,11 @@ class Port(Protocol[Piece, Handle]):
         """Post a message carrying the file after the answer's last one (`after`, None for the first)."""
         ...
 
+    def working(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """The platform's sign that the bot is at work (Discord's typing indicator), shown for as
+        long as the block runs; `contextlib.nullcontext()` where the platform has none."""
+        ...
+
 
 class Delivered(StrEnum):
     ALL = "delivered"
@@ -163,9 +169,11 @@ class Answer(Generic[Piece, Handle]):
             log.warning("could not update an answer %s as it streamed (%s)", self.where, error.reason)
 
     async def reply(self, ask: Callable[[Progress], Awaitable[Reply]]) -> Reply:
-        """`ask(progress)` with this answer's `stream` as progress; stopped by a shutdown, the answer says so."""
+        """`ask(progress)` with this answer's `stream` as progress, the platform showing the bot at work
+        meanwhile; stopped by a shutdown, the answer says so."""
         try:
-            return await ask(self.stream)
+            async with self.port.working():
+                return await ask(self.stream)
         except asyncio.CancelledError:
             await self.finish(Reply(INTERRUPTED, outcome=Outcome.ERROR, private=True))  # private where that is an option
             raise

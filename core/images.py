@@ -39,6 +39,7 @@ from typing import IO, NamedTuple
 import httpx
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .chunks import shorten
 from .errors import UserError
 
 __all__ = [
@@ -146,6 +147,7 @@ _BYTES_PER_PIXEL = 4
 # malloc arena, which keeps what Pillow freed. Measured with ten 20 MB downloads at once
 # (benchmarks/images.py), asyncio.to_thread's pool cost 80 to 230 MB more at peak, and a second
 # thread here 10 to 60 MB more, for about a third more images per second on two cores.
+_LINK_CHARS = 100  # of a link named in a refusal
 _DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iobot-images")
 
 
@@ -507,9 +509,9 @@ def _parse_link(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as error:
-        raise ImageError(f"{_shorten(url)} is not a valid link.", "address") from error
+        raise ImageError(f"{shorten(url, _LINK_CHARS)} is not a valid link.", "address") from error
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise ImageError(f"{_shorten(url)} is not an http or https link.", "address")
+        raise ImageError(f"{shorten(url, _LINK_CHARS)} is not an http or https link.", "address")
     return parsed
 
 
@@ -574,7 +576,7 @@ async def _read_body(response: httpx.Response, name: str, limits: ImageLimits, i
     failed = f"Could not download {name}"
     if response.is_redirect or 300 <= response.status_code < 400:
         target = response.url.join(response.headers.get("location", "")).copy_with(query=None, fragment=None)
-        raise ImageError(f"{failed}: the link redirects to {_shorten(str(target))}.", "download")
+        raise ImageError(f"{failed}: the link redirects to {shorten(str(target), _LINK_CHARS)}.", "download")
     if not response.is_success:
         raise ImageError(f"{failed}: the server answered HTTP {response.status_code}.", "download")
     if response.headers.get("content-type", "").lower().startswith("text/html"):
@@ -693,7 +695,3 @@ def _describe_bytes(count: int) -> str:
     if count >= 1024 * 1024:
         return f"{round(count / (1024 * 1024), 1):g} MB"
     return f"{round(count / 1024, 1):g} KB"
-
-
-def _shorten(text: str, limit: int = 100) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from .client import AgentInfo, Usage
 from .quotas import QuotaTable
 from .workflows import (
     Classification,
@@ -22,6 +22,9 @@ from .workflows import (
     Translation,
     WorkflowResult,
 )
+
+if TYPE_CHECKING:  # for annotations only: the admin commands render without loading the HTTP client
+    from .client import AgentInfo, Usage
 
 ENTITY_TITLES = {
     "persons": "People",

@@ -274,7 +274,7 @@ class Service:
             case AgentTask():
                 return await self._workflow(request, command, spec.call)
             case Call.CHAT:
-                message = {"role": "user", "content": command.text}
+                message: Message = {"role": "user", "content": command.text}
                 return await self._chat(request, message, images=False, progress=progress)
             case Call.AGENTS:
                 return Reply(render_agents(await self.client.agents()), private=True)
@@ -376,7 +376,7 @@ class Service:
 
     async def _chat(self, request: Request, message: Message, *, images: bool, progress: Progress | None) -> Reply:
         """Answer with the first model that has quota, moving on when one is spent or rate limited."""
-        messages = [{"role": "system", "content": self.config.system_prompt}, *request.history, message]
+        messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}, *request.history, message]
         key = request.request_id
         passed_over: list[str] = []
         failures: list[Exception] = []

@@ -6,8 +6,10 @@ Cloudflare HTML pages, slow answers, cut streams, dropped connections) are queue
 over HTTP at `/_emulator/faults`, so a test can also drive an emulator running in another process.
 
 A request under /api/v1 goes: record it, take a pending fault, route, check the key, validate the
-body, wait `answer_delay` (chat and workflows only), answer. This module is the server; the answers
-are made up in `emulator.chat` and `emulator.workflows`, the error bodies in `emulator.errors`.
+body, wait `answer_delay` (chat and workflows only), answer. Only recent requests stay recorded (see
+`Emulator`), so an emulator serving for days stays the size it started at. This module is the
+server; the answers are made up in `emulator.chat` and `emulator.workflows`, the error bodies in
+`emulator.errors`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -32,6 +35,9 @@ API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 2 * MAX_IMAGES * MAX_IMAGE_BYTES
 # A fixed `created` keeps the OpenAI-shaped model list identical from run to run.
 MODELS_CREATED = 1_735_689_600
+# How much of the request record is kept: far more than a test reads, far less than days of serving.
+KEEP_REQUESTS = 1000
+KEEP_BODY_BYTES = 64 * 1024 * 1024
 
 FaultKind = Literal["status", "html", "slow", "cut_stream", "context_length", "drop"]
 Reply = dict[str, Any] | list[dict[str, Any]]  # a JSON body, or the chunks of an SSE stream
@@ -74,7 +80,11 @@ class RecordedRequest:
 
 
 class Emulator:
-    """The IO Intelligence API on 127.0.0.1, with faults on demand and a record of every request.
+    """The IO Intelligence API on 127.0.0.1, with faults on demand and a record of recent requests.
+
+    `requests` lists the most recent requests, oldest first: the last `keep_requests` of them, fewer
+    when their bodies add up to more than `keep_body_bytes` (the latest is always kept), so that
+    memory stays flat however long the emulator serves.
 
     `models_shape="openai"` lists models in OpenAI's shape alone, as some deployments do; by default
     each entry carries both shapes, so that every client finds what it reads.
@@ -87,12 +97,18 @@ class Emulator:
         api_key: str | None = None,
         answer_delay: float = 0.0,
         models_shape: Literal["both", "openai"] = "both",
+        keep_requests: int = KEEP_REQUESTS,
+        keep_body_bytes: int = KEEP_BODY_BYTES,
     ) -> None:
+        if keep_requests < 1 or keep_body_bytes < 0:
+            raise ValueError("the emulator keeps at least the latest request")
         self.quotas = quotas if quotas is not None else load_quota_table()
         self._api_key = api_key
         self.answer_delay = answer_delay
         self.models_shape = models_shape
-        self.requests: list[RecordedRequest] = []
+        self._recent: deque[tuple[RecordedRequest, int]] = deque(maxlen=keep_requests)  # with its body's size
+        self._recent_body_bytes = 0
+        self._keep_body_bytes = keep_body_bytes
         self.base_url = ""  # set by start()
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
@@ -110,6 +126,23 @@ class Emulator:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """The recent requests, oldest first (a copy: later requests do not change it)."""
+        return [recorded for recorded, _ in self._recent]
+
+    def clear_requests(self) -> None:
+        self._recent.clear()
+        self._recent_body_bytes = 0
+
+    def _record(self, recorded: RecordedRequest, body_bytes: int) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_body_bytes -= self._recent[0][1]  # the deque drops the oldest on append
+        self._recent.append((recorded, body_bytes))
+        self._recent_body_bytes += body_bytes
+        while self._recent_body_bytes > self._keep_body_bytes and len(self._recent) > 1:
+            self._recent_body_bytes -= self._recent.popleft()[1]
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -148,7 +181,8 @@ class Emulator:
         body, body_error = _parse_json(raw)
         auth_problem = self._auth_problem(request)
         fault = self._take_fault(path, body)
-        self.requests.append(RecordedRequest(request.method, path, body, auth_problem is None, fault.kind if fault else None))
+        recorded = RecordedRequest(request.method, path, body, auth_problem is None, fault.kind if fault else None)
+        self._record(recorded, len(raw))
         if fault is not None and fault.kind not in ("slow", "cut_stream"):
             return self._serve_fault(request, fault, body)
         if fault is not None and fault.kind == "slow":
@@ -251,7 +285,7 @@ class Emulator:
         return web.json_response([dataclasses.asdict(recorded) for recorded in self.requests])
 
     async def _delete_requests(self, _request: web.Request) -> web.Response:
-        self.requests.clear()
+        self.clear_requests()
         return web.Response(status=204)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.chunks import split_message
+from core.chunks import shorten, split_message
 
 CODE = "```python\n" + "\n".join(f"print('line {i}')  # a comment to make it longer" for i in range(60)) + "\n```"
 ANSWER = "Intro paragraph. " * 40 + "\n\n" + CODE + "\n\n" + "Closing words. " * 80
@@ -39,3 +39,9 @@ def test_short_text_is_one_piece_and_a_long_line_is_cut_at_spaces():
     assert all(len(piece) <= 2000 for piece in pieces) and all(not piece.startswith(" ") for piece in pieces)
     assert sum(piece.count("word") for piece in pieces) == 1000
     assert all(len(piece) <= 300 for piece in split_message("x" * 1000, 300)), "a line without spaces is cut hard"
+
+
+def test_long_text_is_cut_with_an_ellipsis_within_the_limit():
+    assert shorten("short", 10) == "short"
+    assert shorten("exactly10!", 10) == "exactly10!"
+    assert shorten("a bit too long", 10) == "a bit too…" and len(shorten("a bit too long", 10)) == 10

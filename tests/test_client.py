@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
 
 import httpx
 import pytest
+from aiohttp import web
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from core.client import IOClient, data_url, parse_models, vision_message
+from core.client import IOClient, Message, data_url, parse_models, vision_message
 from core.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -33,7 +35,7 @@ from .conftest import API_KEY
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 VISION_MODEL = "meta-llama/Llama-3.2-90B-Vision-Instruct"
-USER = [{"role": "user", "content": "What is the capital of France?"}]
+USER: list[Message] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def png(width: int = 64, height: int = 48) -> bytes:
@@ -321,6 +323,77 @@ async def test_unreachable_api_is_a_connection_error():
         with pytest.raises(APIConnectionError) as caught:
             await client.chat(MODEL, USER)
     assert "reached" in caught.value.user_message
+
+
+async def test_connection_failures_are_named_for_what_happened(client, emulator):
+    """A refused connection or a hang-up is a connection error that says so, never a timeout."""
+    emulator.inject(Fault("drop", times=50))
+    with pytest.raises(APIConnectionError) as dropped:
+        await client.chat(MODEL, USER)
+    assert "RemoteProtocolError" in str(dropped.value) and "timed out" not in str(dropped.value)
+    async with IOClient("http://127.0.0.1:9/api/v1", API_KEY, max_retries=0) as unreachable:
+        with pytest.raises(APIConnectionError) as refused:
+            await unreachable.chat(MODEL, USER)
+    assert "ConnectError" in str(refused.value) and "timed out" not in str(refused.value)
+
+
+async def test_a_server_speaking_no_http_is_a_connection_error():
+    async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"this is not HTTP at all\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(babble, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, IOClient(f"http://127.0.0.1:{port}/api/v1", API_KEY, max_retries=0) as client:
+        with pytest.raises(APIConnectionError):
+            await client.chat(MODEL, USER)
+
+
+async def test_a_stream_the_server_hangs_up_on_is_interrupted_not_stalled():
+    async def hang_up_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        chunk = b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 100000\r\n\r\n" + chunk)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up_midway, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    received = []
+    async with server, IOClient(f"http://127.0.0.1:{port}/api/v1", API_KEY, max_retries=0) as client:
+        with pytest.raises(StreamInterruptedError):
+            async with client.stream_chat(MODEL, USER) as stream:
+                async for piece in stream:
+                    received.append(piece)
+    assert received == ["Hel"]
+
+
+async def test_a_proxy_set_in_the_environment_carries_the_calls(monkeypatch):
+    """Operators behind a proxy set HTTPS_PROXY / HTTP_PROXY, as for any httpx client."""
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.host}{request.path}")
+        return web.json_response({"choices": [{"message": {"content": "via the proxy"}, "finish_reason": "stop"}]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    try:
+        async with IOClient("http://api.invalid/api/v1", API_KEY, max_retries=0) as client:
+            assert (await client.chat(MODEL, USER)).content == "via the proxy"
+    finally:
+        await runner.cleanup()
+    assert seen == ["POST api.invalid/api/v1/chat/completions"]
 
 
 async def test_faults_on_one_path_leave_others_alone(client, emulator):

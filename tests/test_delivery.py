@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
-from core.client import Usage
+from core.client import Message, Usage
 from core.delivery import (
     ANSWER_FILE,
     INTERRUPTED,
@@ -42,6 +44,7 @@ class FakeChat:
         self.failing: set[str] = set()  # operations that fail: "edit", "delete", "upload"
         self.uploads: dict[int, Attachment] = {}  # the files posted, by message id
         self.renderings = 0  # of streamed text: one per update the answer showed
+        self.at_work = False  # whether the platform shows the bot at work (a typing indicator)
         self._next_id = 1
 
     def render(self, reply: Reply) -> list[str]:
@@ -85,6 +88,15 @@ class FakeChat:
         self.uploads[handle] = attachment
         self.calls.append(("upload", handle, attachment.name))
         return handle
+
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        assert not self.at_work, "one sign at a time"
+        self.at_work = True
+        try:
+            yield
+        finally:
+            self.at_work = False
 
     @property
     def shown(self) -> list[str]:
@@ -274,6 +286,20 @@ async def test_reply_streams_progress_into_the_answer(chat, answer):
     assert chat.shown == ["so far"]
 
 
+async def test_the_platform_shows_the_bot_at_work_while_the_answer_is_worked_out(chat, answer):
+    seen = []
+
+    async def ask(progress) -> Reply:
+        seen.append(chat.at_work)
+        await progress("so far")
+        seen.append(chat.at_work)
+        return Reply("done")
+
+    await answer.finish(await answer.reply(ask))
+    assert seen == [True, True]
+    assert not chat.at_work, "the sign ends with the work"
+
+
 async def test_an_answer_in_flight_is_cancelled_after_the_grace_and_tells_the_person(chat, answer):
     in_flight = InFlight(grace=0.1)
     started = asyncio.Event()
@@ -293,6 +319,7 @@ async def test_an_answer_in_flight_is_cancelled_after_the_grace_and_tells_the_pe
     await asyncio.wait_for(in_flight.close(), timeout=5)
     assert task.cancelled() and not in_flight.busy
     assert "".join(chat.shown) == INTERRUPTED
+    assert not chat.at_work
 
 
 async def test_closing_lets_an_answer_that_finishes_within_the_grace_be_posted(chat, answer):
@@ -322,7 +349,7 @@ async def test_each_event_is_taken_once_by_any_of_its_keys():
 
 
 def test_turns_of_one_side_in_a_row_are_one_turn_and_empty_ones_are_left_out():
-    turns = [
+    turns: list[Message] = [
         {"role": "user", "content": "The deploy failed."},
         {"role": "user", "content": ""},
         {"role": "user", "content": "It was the migration."},

@@ -328,6 +328,8 @@ async def test_a_slash_command_is_deferred_then_followed_up(bot, standin):
     [callback] = standin.calls_to("POST", rf"/interactions/{interaction['id']}/{interaction['token']}/callback")
     assert callback.body["type"] == 5 and callback.query == {"with_response": "1"}  # deferred at once
     assert standin.calls.index(callback) < standin.calls.index(call)
+    # The deferred reply shows Discord's own "thinking"; no typing in a channel the bot may not be in.
+    assert not standin.calls_to("POST", r"/channels/\d+/typing")
 
 
 async def test_private_slash_answers_are_ephemeral(bot, standin, ledger):

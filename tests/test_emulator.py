@@ -659,6 +659,38 @@ async def test_requests_are_recorded(emu: Emulator, client: httpx.AsyncClient) -
     assert (second.method, second.path, second.body, second.authorized, second.fault) == ("GET", "/models", None, False, None)
 
 
+async def test_only_the_most_recent_requests_stay_recorded() -> None:
+    async with Emulator(keep_requests=3) as emu, httpx.AsyncClient(base_url=emu.base_url, headers=AUTH) as http:
+        for number in range(5):
+            await http.post("/chat/completions", json=chat_body(f"question {number}"))
+        expected = [chat_body(f"question {number}") for number in (2, 3, 4)]
+        assert [recorded.body for recorded in emu.requests] == expected
+        control = emu.base_url.removesuffix("/api/v1") + "/_emulator"
+        assert [recorded["body"] for recorded in (await http.get(control + "/requests")).json()] == expected
+
+
+async def test_recorded_bodies_are_bounded_in_bytes_but_the_latest_is_kept() -> None:
+    small, large = chat_body("x" * 100), chat_body("y" * 3000)
+    async with Emulator(keep_body_bytes=1000) as emu, httpx.AsyncClient(base_url=emu.base_url, headers=AUTH) as http:
+        for body in (small, small, small):
+            await http.post("/chat/completions", json=body)
+        assert [recorded.body for recorded in emu.requests] == [small, small, small]
+        await http.post("/chat/completions", json=large)
+        assert [recorded.body for recorded in emu.requests] == [large]
+        await http.post("/chat/completions", json=small)
+        assert [recorded.body for recorded in emu.requests] == [small], "the large body no longer fits beside it"
+        await http.post("/chat/completions", json=large)
+        emu.clear_requests()
+        for body in (small, small):
+            await http.post("/chat/completions", json=body)
+        assert [recorded.body for recorded in emu.requests] == [small, small], "clearing forgets the large body's bytes"
+
+
+def test_the_record_keeps_at_least_one_request() -> None:
+    with pytest.raises(ValueError):
+        Emulator(keep_requests=0)
+
+
 async def test_control_endpoints(emu: Emulator, client: httpx.AsyncClient) -> None:
     control = emu.base_url.removesuffix("/api/v1") + "/_emulator"
     async with httpx.AsyncClient() as bare:  # no Authorization header

@@ -27,7 +27,7 @@ from PIL import ExifTags, Image, ImageStat
 
 from adapters.slack import SlackAdapter
 from core import images
-from core.client import IOClient
+from core.client import IOClient, aiohttp_transport
 from core.images import (
     ImageBudget,
     ImageError,
@@ -558,9 +558,11 @@ async def server() -> AsyncIterator[Server]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+@pytest.fixture(params=["aiohttp", "httpcore"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The process's downloads client (httpx on aiohttp's pool) and httpx's own transport: the limits hold on both."""
+    transport = aiohttp_transport() if request.param == "aiohttp" else None
+    async with httpx.AsyncClient(transport=transport) as client:
         yield client
 
 
@@ -663,7 +665,7 @@ async def watched_http() -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Re
     async def record(request: httpx.Request) -> None:
         attempted.append(request)
 
-    async with httpx.AsyncClient(event_hooks={"request": [record]}, timeout=1.0) as client:
+    async with httpx.AsyncClient(event_hooks={"request": [record]}, timeout=1.0, transport=aiohttp_transport()) as client:
         yield client, attempted
 
 
@@ -842,14 +844,22 @@ async def slack_adapter() -> AsyncIterator[SlackAdapter]:
 
 
 async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_size() -> None:
-    file = {"id": "F1", "name": "cat.png", "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png", "size": 12_345}
+    file = {
+        "id": "F1",
+        "name": "cat.png",
+        "mimetype": "image/png",
+        "url_private": "https://files.slack.com/files-pri/T1-F1/cat.png",
+        "size": 12_345,
+    }
     async with slack_adapter() as adapter:
-        source = adapter._image_source("cat.png", file)
+        [source], notes, refusals = await adapter._attachments(adapter.bolt.client, [file])
+        assert notes == refusals == []
         assert (source.url, source.size) == (file["url_private"], 12_345)
         assert source.headers == {"Authorization": "Bearer xoxb-test"}
         assert source.html_refusal is not None and "files:read" in source.html_refusal
-        with pytest.raises(ImageError, match=r"^cat\.png is over the 20 MB limit for images\.$"):
-            adapter._image_source("cat.png", {**file, "size": 30 * MB})  # refused unread, never queued
+        # Refused unread, never queued.
+        huge = await adapter._attachments(adapter.bolt.client, [{**file, "size": 30 * MB}])
+        assert huge == ([], [], ["cat.png is over the 20 MB limit for images."])
 
 
 # --- One memory budget for every image in flight ----------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import random
 import signal
@@ -15,9 +16,10 @@ import subprocess
 import sys
 import time
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, SQLiteLedger
@@ -199,16 +201,16 @@ async def test_killed_at_random_points_the_account_is_charged_for_every_call_and
 async def test_a_failed_write_refuses_the_call_and_leaves_the_totals_as_they_were(open_ledger, monkeypatch):
     ledger = await open_ledger(user_daily_tokens=1_000)
 
-    async def disk_full(*args):
+    def disk_full(*args):
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ledger._db, "executemany", disk_full)
+        patch.setattr(ledger, "_commit", disk_full)
         with pytest.raises(LedgerError, match="disk is full"):
             await ledger.reserve(user=ANN, model=LLAMA, tokens=1_000, model_limit=None, idempotency_key="Ev05")
     reservation = await ledger.reserve(user=ANN, model=LLAMA, tokens=1_000, model_limit=None, idempotency_key="Ev05")
     with monkeypatch.context() as patch:
-        patch.setattr(ledger._db, "executemany", disk_full)
+        patch.setattr(ledger, "_commit", disk_full)
         with pytest.raises(LedgerError):
             await ledger.settle(reservation, prompt_tokens=10, completion_tokens=10, estimated=False)
     assert await ledger.used_today(user=ANN) == 1_000  # still reserved, in the file as in memory
@@ -217,6 +219,37 @@ async def test_a_failed_write_refuses_the_call_and_leaves_the_totals_as_they_wer
 
 
 # --- idempotency keys in the file ---
+
+
+async def test_a_cancelled_caller_leaves_the_others_in_its_batch_and_its_own_write_goes_on(open_ledger, tmp_path):
+    ledger = await open_ledger()
+    calls = [asyncio.create_task(spend(ledger, user, LLAMA, 100)) for user in (ANN, BOB, ANN)]
+    await asyncio.sleep(0)  # all three reserved and wait on one batch
+    calls[1].cancel()
+    await asyncio.gather(calls[0], calls[2])
+    assert calls[1].cancelled() and await ledger.used_today(user=ANN) == 200
+    assert query(tmp_path / "ledger.sqlite3", "SELECT COUNT(*) FROM reservations") == [(1,)]  # BOB's, until it expires
+
+
+async def test_the_usage_views_for_the_cli_agree_with_usage_and_user_limit(open_ledger, clock):
+    owner = await open_ledger(user_daily_tokens=50_000)
+    ada = 'slack:T1:UÅda "quoted"'
+    await owner.set_user_limit(BOB, 900)
+    for user, model, tokens in ((ANN, LLAMA, 10), (BOB, LLAMA, 20), (BOB, QWQ, 30), (ada, QWQ, 40)):
+        await spend(owner, user, model, tokens)
+    clock.advance(days=1)
+    await spend(owner, ANN, QWQ, 50)
+    cli = await open_ledger(owner=False, user_daily_tokens=70_000)  # the CLI's default budget is its own
+    for day in (clock.now.date() - timedelta(days=1), None, date(2000, 1, 1)):
+        for person in (None, BOB, ada, "console:nobody"):
+            rows = await cli.usage(day=day, user=person)
+            expected = [{**row.as_json(), "user_limit": await cli.user_limit(row.user)} for row in rows]
+            assert [json.loads(row) for row in await cli.usage_json(day=day, user=person)] == expected
+            tuples = await cli.usage_with_budgets(day=day, user=person)
+            assert [tuple(row.values()) for row in expected] == [tuple(row) for row in tuples]
+    bob = await cli.usage_with_budgets(day=clock.now.date() - timedelta(days=1), user=BOB)
+    ann = await cli.usage_with_budgets(user=ANN)
+    assert [(row[2], row[-1]) for row in bob + ann] == [(QWQ, 900), (LLAMA, 900), (QWQ, 70_000)]
 
 
 async def test_keys_survive_a_restart_and_are_forgotten_after_two_days(open_ledger, clock):
@@ -248,14 +281,14 @@ def add_keys(path: Path, count: int, created_at: float, prefix: str) -> None:
 def statements(monkeypatch) -> list[str]:
     """Every SQL statement the ledgers opened from now on run, in order."""
     seen: list[str] = []
-    connect = ledger_module.aiosqlite.connect
+    connect = ledger_module._connect
 
-    async def traced(*args, **kwargs):
-        db = await connect(*args, **kwargs)
-        await db.set_trace_callback(seen.append)
-        return db
+    async def traced(path: str) -> tuple[aiosqlite.Connection, sqlite3.Connection]:
+        db, connection = await connect(path)
+        connection.set_trace_callback(seen.append)
+        return db, connection
 
-    monkeypatch.setattr(ledger_module.aiosqlite, "connect", traced)
+    monkeypatch.setattr(ledger_module, "_connect", traced)
     return seen
 
 
@@ -442,6 +475,10 @@ async def test_the_queries_use_indexes(ledger, tmp_path):
     queries = [
         ledger_module.USAGE_ROWS,
         ledger_module.USAGE_ROWS_OF_USER,
+        ledger_module.USAGE_WITH_BUDGETS + ledger_module.OF_DAY,
+        ledger_module.USAGE_WITH_BUDGETS + ledger_module.OF_DAY_AND_USER,
+        ledger_module.USAGE_JSON + ledger_module.OF_DAY,
+        ledger_module.USAGE_JSON + ledger_module.OF_DAY_AND_USER,
         ledger_module.SPENT_BY_MODEL,
         ledger_module.SPENT_BY_MODEL_SINCE,
         ledger_module.SETTLED_BY_USER_SINCE,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import pytest
 
+from core.client import Message
 from core.tokens import InputTooLong, NoRoom, estimate_message_tokens, estimate_text_tokens, fit
 
 
@@ -21,12 +23,13 @@ def test_estimates_are_at_least_a_realistic_count():
     assert estimate_message_tokens([image_message]) > 1000
 
 
-def turn(role: str, words: int) -> dict:
+def turn(role: Literal["user", "assistant"], words: int) -> Message:
     return {"role": role, "content": "word " * words}
 
 
 def test_history_is_trimmed_oldest_first():
-    system, newest = {"role": "system", "content": "be brief"}, turn("user", 10)
+    system: Message = {"role": "system", "content": "be brief"}
+    newest = turn("user", 10)
     history = [turn("user", 300), turn("assistant", 300), turn("user", 300), turn("assistant", 300)]
     messages = [system, *history, newest]
     cost_of_two = estimate_message_tokens(history[2:])
@@ -38,13 +41,14 @@ def test_history_is_trimmed_oldest_first():
 
 
 def test_nothing_is_dropped_when_it_fits():
-    messages = [{"role": "system", "content": "s"}, turn("user", 5), turn("assistant", 5), turn("user", 5)]
+    messages: list[Message] = [{"role": "system", "content": "s"}, turn("user", 5), turn("assistant", 5), turn("user", 5)]
     fitted = fit(messages, 100_000, 1000, 256)
     assert (fitted.messages, fitted.max_tokens, fitted.dropped) == (messages, 1000, 0)
 
 
 def test_no_orphaned_assistant_turn_at_the_start():
-    system, newest = {"role": "system", "content": "s"}, turn("user", 5)
+    system: Message = {"role": "system", "content": "s"}
+    newest = turn("user", 5)
     history = [turn("user", 500), turn("assistant", 10)]
     room = estimate_message_tokens([system, newest, history[1]]) + 10
     fitted = fit([system, *history, newest], room, 10, 10)
@@ -52,7 +56,8 @@ def test_no_orphaned_assistant_turn_at_the_start():
 
 
 def test_a_small_room_shrinks_the_answer_before_refusing():
-    system, newest = {"role": "system", "content": "s"}, turn("user", 20)
+    system: Message = {"role": "system", "content": "s"}
+    newest = turn("user", 20)
     fixed = estimate_message_tokens([system, newest])
     history = [turn("user", 50), turn("assistant", 50)]
     fitted = fit([system, *history, newest], fixed + 300, 1024, 256)
