@@ -1,7 +1,8 @@
 """The `Store` in memory: one process's state, gone when it stops.
 
-For a process with nothing to share and nothing worth keeping, and for tests of the code that
-uses a store; the persistent stores pass the same contract suite.
+The reference implementation of the protocol, small enough to read at a glance, and the store that
+tests of the adapters and the service use; `iobot run` uses the ledger's persistent store. It passes
+the same contract suite (tests/test_store_contract.py).
 """
 
 from __future__ import annotations
