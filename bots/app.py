@@ -121,6 +121,12 @@ async def start_adapters(adapters: Sequence[Adapter], stop: asyncio.Event) -> No
         starting.result()  # a refused credential: AdapterError
 
 
+def http_host(settings: Settings, adapters: Sequence[Adapter]) -> str:
+    """IOBOT_HOST when it is set, or when a chat platform needs reaching; else, for the terminal chat, loopback only."""
+    terminal_only = all(adapter.name == "console" for adapter in adapters)
+    return "127.0.0.1" if terminal_only and "host" not in settings.model_fields_set else settings.host
+
+
 async def run(settings: Settings, *, emulator: bool) -> int:
     """`iobot run`: every configured adapter plus the HTTP server; the console when no platform is set.
 
@@ -151,9 +157,10 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         for adapter in adapters:
             stack.push_async_callback(adapter.stop)  # once the HTTP server has stopped (a stack unwinds last first)
         web_app = make_http_app(health, [route for adapter in adapters for route in adapter.routes()])
-        runner, port = await start_http_server(web_app, settings.host, settings.port)
+        host = http_host(settings, adapters)
+        runner, port = await start_http_server(web_app, host, settings.port)
         stack.push_async_callback(runner.cleanup)
-        log.info("HTTP server on %s:%d", settings.host, port)
+        log.info("HTTP server on %s:%d", host, port)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -76,7 +76,8 @@ class Emulator:
 class Bot:
     """`iobot run` on the console, its stdin and stdout piped."""
 
-    def __init__(self, workdir: Path, emulator: Emulator, **env: str) -> None:
+    def __init__(self, workdir: Path, emulator: Emulator, **env: str | None) -> None:
+        """`env` adds to the clean environment; a variable given as None is left out of it."""
         environment = clean_environment(
             workdir,
             IOINTELLIGENCE_API_KEY="io-v2-process-test-key",
@@ -87,7 +88,9 @@ class Bot:
             USER="tester",
             LOGNAME="tester",
         )
-        environment.update(env)
+        environment.update({name: value for name, value in env.items() if value is not None})
+        for name in [name for name, value in env.items() if value is None]:
+            environment.pop(name, None)
         self.stderr_path = workdir / "stderr.log"
         self.process = subprocess.Popen(
             [*IOBOT, "run"],
@@ -201,6 +204,17 @@ def test_healthz_and_metrics(bot, emulator):
     remaining = re.search(r'iobot_quota_remaining_tokens\{model="meta-llama/Llama-3.3-70B-Instruct"\} ([\d.e+]+)', text)
     assert used and remaining and float(remaining.group(1)) < 500_000
     assert bot.finish() == 0
+
+
+def test_the_terminal_chat_serves_http_on_loopback_unless_iobot_host_is_set(tmp_path, emulator):
+    bot = Bot(tmp_path, emulator, IOBOT_HOST=None)
+    try:
+        port = bot.port()  # the log must say 127.0.0.1: nothing on the terminal is for other machines
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert bot.finish() == 0
+    finally:
+        if bot.process.poll() is None:
+            bot.process.kill()
 
 
 def test_sigterm_lets_the_answer_in_flight_finish_and_exits_0(tmp_path):
