@@ -71,6 +71,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated: bool = False  # counted by iobot, not reported by the API (agents never report usage)
 
 
 @dataclass(frozen=True)

@@ -181,5 +181,12 @@ def short_model_name(model: str) -> str:
 
 
 def model_line(model: str, usage: Usage | None) -> str:
-    """Which model answered and what it cost, for a reply's footer: `Llama-3.3-70B-Instruct · 812 tokens`."""
-    return short_model_name(model) + (f" · {usage.total_tokens:,} tokens" if usage else "")
+    """Which model answered and what it cost, for a reply's footer: `Llama-3.3-70B-Instruct · 812 tokens`.
+
+    A cost iobot estimated (the API reported none) says so: `Llama-3.3-70B-Instruct · ~640 tokens (estimated)`.
+    """
+    if usage is None:
+        return short_model_name(model)
+    if usage.estimated:
+        return f"{short_model_name(model)} · ~{usage.total_tokens:,} tokens (estimated)"
+    return f"{short_model_name(model)} · {usage.total_tokens:,} tokens"

@@ -479,7 +479,7 @@ class Service:
             return usage
         prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
         await self._charge(reservation, prompt, completion, estimated=True)
-        return Usage(prompt, completion, prompt + completion)
+        return Usage(prompt, completion, prompt + completion, estimated=True)
 
     async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool) -> None:
         await self.ledger.settle(reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
@@ -489,7 +489,10 @@ class Service:
     # --- agents ----------------------------------------------------------------------------
 
     async def _workflow(self, request: Request, command: Command, task: AgentTask) -> Reply:
-        """Run an agent task, charged to the chat model at an estimate (workflow answers carry no usage)."""
+        """Run an agent task, charged to the chat model at an estimate (workflow answers carry no usage).
+
+        The reply names that model and that estimate, so its footer and log line show what the ledger charged.
+        """
         model = self.config.model
         row = self.quotas.get(model)
         prompt = estimate_text_tokens(command.text) + WORKFLOW_PROMPT_OVERHEAD
@@ -511,8 +514,9 @@ class Service:
             await self.ledger.release(reservation)
             raise
         text = task.render(result)
-        await self._charge(reservation, prompt, estimate_text_tokens(text), estimated=True)
-        return Reply(text)
+        completion = estimate_text_tokens(text)
+        await self._charge(reservation, prompt, completion, estimated=True)
+        return Reply(text, model=model, usage=Usage(prompt, completion, prompt + completion, estimated=True))
 
     # --- accounting views ------------------------------------------------------------------
 

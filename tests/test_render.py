@@ -9,7 +9,8 @@ import pytest
 
 from adapters.discord import MESSAGE_LIMIT, message_pieces
 from adapters.slack_render import to_mrkdwn
-from core.render import reveal_links
+from core.client import Usage
+from core.render import model_line, reveal_links
 
 from .standins.discord import BOT_ID, DM_CHANNEL
 from .test_discord import bot as discord_bot  # noqa: F401  (the Discord tests' fixtures)
@@ -109,3 +110,10 @@ async def test_a_phishing_link_in_a_discord_answer_shows_where_it_goes(discord_b
     assert "https://good.example (<https://evil.example/login>)" in answer["content"]
     assert "```\n[kept](https://code.example)\n```" in answer["content"], "code is left as it is"
     assert masked_links(answer["content"]) == []
+
+
+def test_the_footer_says_when_a_cost_is_an_estimate():
+    model = "meta-llama/Llama-3.3-70B-Instruct"
+    assert model_line(model, None) == "Llama-3.3-70B-Instruct"
+    assert model_line(model, Usage(10, 1224, 1234)) == "Llama-3.3-70B-Instruct · 1,234 tokens"
+    assert model_line(model, Usage(600, 40, 640, estimated=True)) == "Llama-3.3-70B-Instruct · ~640 tokens (estimated)"

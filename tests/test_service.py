@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
+from core.render import model_line
 from core.service import Request, Service, ServiceConfig
 from emulator import Fault
 
@@ -77,6 +80,20 @@ async def test_summarize_passes_max_words(service, emulator):
     await service.handle(ask("summarize 20 Some long text."))
     body = emulator.requests[-1].body
     assert body["args"] == {"type": "summarize_text", "max_words": 20} and body["agent_names"] == ["summary_agent"]
+
+
+async def test_an_agent_reply_names_the_model_and_the_tokens_it_was_charged(service, ledger, caplog):
+    caplog.set_level(logging.INFO, logger="iobot.service")
+    reply = await service.handle(ask("summarize 12 Ada Lovelace wrote the first program. She worked with Babbage."))
+    assert reply.outcome == "ok" and reply.model == MODEL and reply.usage is not None
+    [row] = await ledger.usage(user="console:tester")
+    assert row.model == MODEL and row.estimated_tokens == row.total_tokens
+    charged = (row.prompt_tokens, row.completion_tokens, row.total_tokens)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == charged
+    assert reply.usage.estimated
+    assert model_line(reply.model, reply.usage) == f"Llama-3.3-70B-Instruct · ~{row.total_tokens:,} tokens (estimated)"
+    [line] = [record.getMessage() for record in caplog.records if "command=summarize" in record.getMessage()]
+    assert f"model={MODEL} tokens={row.total_tokens} " in line
 
 
 async def test_vision_url_is_fetched_normalised_and_sent_as_a_data_url(service, emulator, image_server):

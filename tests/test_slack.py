@@ -207,7 +207,12 @@ COMMANDS = [
     (
         f"summarize 12 {SUMMARY_TEXT}",
         "in_channel",
-        ["*Summary*\nAda Lovelace", "*Key points*\n• Ada Lovelace wrote the first program.\n• She worked"],
+        [
+            "*Summary*\nAda Lovelace",
+            "*Key points*\n• Ada Lovelace wrote the first program.\n• She worked",
+            "_Llama-3.3-70B-Instruct · ~",  # an agent's cost is iobot's estimate, and says so
+            " tokens (estimated)_",
+        ],
     ),
     ("translate french Good morning", "in_channel", ["*French:* [french] Good morning"]),
     ("sentiment I love this great tool", "in_channel", ["*Sentiment:* positive (score 0.83)"]),
