@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import httpx
 
+from core.client import Usage
 from core.ledger import MemoryStore
 from core.quotas import parse_quota_table
 from core.service import Request, Service, ServiceConfig
@@ -95,6 +97,19 @@ async def test_a_streamed_call_is_settled_from_the_final_usage_chunk(client, led
     reply = await make_service(client, ledger).handle(ask("Stream this"), progress)
     [row] = await ledger.usage(user=USER)
     assert reply.usage is not None and row.total_tokens == reply.usage.total_tokens and row.estimated_tokens == 0
+
+
+async def test_an_answer_the_api_reported_no_usage_for_is_charged_and_shown_as_an_estimate(client, ledger, monkeypatch):
+    answer = client.chat
+
+    async def answer_without_usage(*args, **kwargs):
+        return replace(await answer(*args, **kwargs), usage=None)
+
+    monkeypatch.setattr(client, "chat", answer_without_usage)
+    reply = await make_service(client, ledger).handle(ask("What is io.net?"))
+    [row] = await ledger.usage(user=USER)
+    assert row.total_tokens > 0 and row.estimated_tokens == row.total_tokens
+    assert reply.usage == Usage(row.prompt_tokens, row.completion_tokens, row.total_tokens, estimated=True)
 
 
 async def test_workflow_calls_are_charged_at_an_estimate_flagged_as_such(client, ledger):
