@@ -151,6 +151,7 @@ async def test_a_dm_is_answered_without_a_mention(bot, standin):
     question = await standin.post("translate french Good morning", channel=DM_CHANNEL)
     [answer] = await answer_to(standin, question, done="**French:**")
     assert answer["channel_id"] == str(DM_CHANNEL)
+    assert re.search(r"\n-# Llama-3\.3-70B-Instruct · ~[\d,]+ tokens \(estimated\)$", answer["content"])
 
 
 async def test_a_reply_chain_of_three_turns_is_the_history(bot, standin, emulator):
