@@ -29,9 +29,9 @@ from .logs import configure_logging
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit code. Errors are printed (with any URL's password masked), not raised."""
     args = _parser().parse_args(argv)
-    if args.handler is _check:  # before the settings load: invalid settings are among its findings
-        return _check(args)
     try:
+        if args.handler is _check:  # before the settings load: invalid settings are among its findings
+            return _check(args)
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(args.handler(args, settings)) or 0
