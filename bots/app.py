@@ -67,9 +67,6 @@ def make_service(
     from core.images import ImageLimits
     from core.service import Service, ServiceConfig
 
-    for name in (settings.model, settings.vision_model, *settings.fallback_models):
-        if name not in quotas:
-            log.warning("model %s is not in the quota table: its daily quota is not enforced", name)
     config = ServiceConfig(
         model=settings.model,
         vision_model=settings.vision_model,
@@ -141,12 +138,21 @@ async def run(settings: Settings, *, emulator: bool) -> int:
     from core.client import aiohttp_transport
     from core.images import ImageLimits
 
+    from . import checks
     from .http import HealthState, make_http_app, start_http_server
 
+    log.info(checks.env_file_note())
+    for finding in checks.variable_findings():
+        log.warning("%s", finding.message)
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
         ledger = await open_ledger(settings, stack, owner=True)
         client = await open_client(settings, quotas, stack, emulator=emulator)
+        findings = await checks.run_findings(settings, quotas, client)
+        for finding in findings:
+            log.log(logging.ERROR if finding.level == "error" else logging.WARNING, "%s", finding.message)
+        if any(finding.level == "error" for finding in findings):
+            raise SettingsError("the start-up checks found errors (iobot check lists them)")
         # Downloads of images and files: no credential by default, no redirects followed.
         http = await stack.enter_async_context(
             httpx.AsyncClient(follow_redirects=False, timeout=ImageLimits.timeout, transport=aiohttp_transport())

@@ -1,4 +1,4 @@
-"""`iobot`: the command line. Subcommands: run, emulator, usage, limits, models, agents.
+"""`iobot`: the command line. Subcommands: run, check, emulator, usage, limits, models, agents.
 
 The emulator is imported by the one command that serves it alone, and `bots.app` loads the heavy parts
 (aiohttp, the chat platforms' libraries) only when they are built, so `iobot usage` answers quickly.
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit code. Errors are printed (with any URL's password masked), not raised."""
     args = _parser().parse_args(argv)
     try:
+        if args.handler is _check:  # before the settings load: invalid settings are among its findings
+            return _check(args)
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(args.handler(args, settings)) or 0
@@ -53,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the bots (the terminal chat when no platform is configured)")
     run.add_argument("--emulator", action="store_true", help="serve the API from the built-in emulator")
     run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check", help="the start-up checks alone: settings, models, ledger (exit 1 on an error)")
+    check.add_argument("--emulator", action="store_true", help="ask the built-in emulator for its models")
+    check.set_defaults(handler=_check)
 
     emulator = commands.add_parser("emulator", help="serve the built-in API emulator")
     emulator.add_argument("--host", default="127.0.0.1")
@@ -83,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     return await app.run(settings, emulator=args.emulator)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .checks import check
+
+    findings = asyncio.run(check(emulator=args.emulator))
+    for finding in findings:
+        print(finding)
+    errors = sum(finding.level == "error" for finding in findings)
+    print(f"{errors} error(s), {len(findings) - errors} warning(s)")
+    return 1 if errors else 0
 
 
 async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
