@@ -54,9 +54,12 @@ async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitSt
     return client
 
 
-async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool) -> SQLiteLedger:
-    """The ledger file; `owner=False` for commands that run beside the service (reads and budgets only)."""
-    ledger = await SQLiteLedger.open(settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner)
+async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool, create: bool = True) -> SQLiteLedger:
+    """The ledger file; `owner=False` for commands that run beside the service (reads and budgets only),
+    `create=False` for those that must not leave a new file behind (`FileNotFoundError` when there is none)."""
+    ledger = await SQLiteLedger.open(
+        settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner, create=create
+    )
     stack.push_async_callback(ledger.close)
     return ledger
 

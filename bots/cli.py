@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import sys
 from contextlib import AsyncExitStack
-from datetime import date
+from datetime import UTC, date, datetime
 from operator import itemgetter
 from typing import Any
 
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
-from core.ledger import LedgerError
+from core.ledger import LedgerError, SQLiteLedger
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, to_plain
 from core.settings import Settings, SettingsError, load_settings, mask_passwords
@@ -67,13 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     emulator.set_defaults(handler=_emulator)
 
     usage = commands.add_parser("usage", help="who used what, against which limit")
-    usage.add_argument("--day", type=date.fromisoformat, help="a UTC day, YYYY-MM-DD (default: today)")
-    usage.add_argument("--user", help="one person, e.g. slack:T123:U456, discord:123, console:ana")
+    usage.add_argument("--day", type=date.fromisoformat, help="a UTC day, YYYY-MM-DD (default: today in UTC)")
+    usage.add_argument("--user", type=_person, help="one person, e.g. slack:T123:U456, discord:123, console:ana")
     usage.add_argument("--json", action="store_true", help="one JSON array of rows, for scripts")
     usage.set_defaults(handler=_usage)
 
     limits = commands.add_parser("limits", help="set, clear or list per-person daily budgets")
-    limits.add_argument("user", nargs="?", help="the person (without it: list every override; alone: show theirs)")
+    limits.add_argument("user", nargs="?", type=_person, help="the person (without it: list every override; alone: show theirs)")
     limits.add_argument("tokens", nargs="?", type=int, help="their daily budget in tokens")
     limits.add_argument("--clear", action="store_true", help="go back to IOBOT_USER_DAILY_TOKENS")
     limits.set_defaults(handler=_limits)
@@ -85,6 +87,39 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--emulator", action="store_true", help="ask the built-in emulator")
     agents.set_defaults(handler=_agents)
     return parser
+
+
+# A person as the adapters write them: Slack's team and user ids, Discord's numeric user id, a login name.
+PERSON_ID = re.compile(r"slack:[A-Z0-9]+:[A-Z0-9]+|discord:[0-9]+|console:\S+")
+
+
+def _person(text: str) -> str:
+    """An argparse type: a mistyped person would silently match no row, or get a budget no one uses."""
+    if not PERSON_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a person id: use slack:<team>:<user> (slack:T123:U456), discord:<user id> "
+            "(discord:123456789) or console:<login> (console:ana)"
+        )
+    return text
+
+
+async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> SQLiteLedger | None:
+    """The service's ledger, opened beside it to read and set budgets; None when there is no file.
+
+    Never created here: an empty ledger at a mistyped path would show no use and keep budgets the
+    service never reads.
+    """
+    try:
+        return await app.open_ledger(settings, stack, owner=False, create=False)
+    except FileNotFoundError:
+        return None
+
+
+def _no_ledger(settings: Settings) -> LedgerError:
+    return LedgerError(
+        f"there is no ledger at {os.path.abspath(settings.database_path)}: set IOBOT_DATABASE_URL to the "
+        "sqlite:///path of the file `iobot run` keeps (nothing was created)"
+    )
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,17 +150,20 @@ async def _emulator(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _usage(args: argparse.Namespace, settings: Settings) -> None:
+    day = args.day or datetime.now(UTC).date()  # the ledger counts UTC days
     async with AsyncExitStack() as stack:
-        ledger = await app.open_ledger(settings, stack, owner=False)
+        ledger = await _open_ledger(settings, stack)
+        if ledger is None:
+            raise _no_ledger(settings)
         if args.json:
-            objects = await ledger.usage_json(day=args.day, user=args.user)
+            objects = await ledger.usage_json(day=day, user=args.user)
         else:
-            rows = await ledger.usage_with_budgets(day=args.day, user=args.user)
+            rows = await ledger.usage_with_budgets(day=day, user=args.user)
     if args.json:
         print("[" + ",\n".join(objects) + "]")
         return
     if not rows:
-        print(f"No usage recorded on {(args.day or date.today()).isoformat()}.")
+        print(f"No usage recorded on {day.isoformat()} (UTC).")
         return
     print(_usage_table(rows))
     interrupted = sum(row[9] for row in rows)
@@ -138,7 +176,7 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
 
 # `iobot usage`'s columns: header, index in a `usage_with_budgets` row, and whether it is a number.
 USAGE_TABLE = (
-    ("day", 0, False),
+    ("day (UTC)", 0, False),
     ("user", 1, False),
     ("model", 2, False),
     ("requests", 6, True),
@@ -170,7 +208,9 @@ def _usage_table(rows: list[tuple[Any, ...]]) -> str:
 
 async def _limits(args: argparse.Namespace, settings: Settings) -> int:
     async with AsyncExitStack() as stack:
-        ledger = await app.open_ledger(settings, stack, owner=False)
+        ledger = await _open_ledger(settings, stack)
+        if ledger is None:
+            raise _no_ledger(settings)
         if args.user is None:
             overrides = await ledger.user_limits()
             print(f"Default daily budget: {settings.user_daily_tokens:,} tokens (IOBOT_USER_DAILY_TOKENS).")
@@ -194,8 +234,8 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
 async def _models(args: argparse.Namespace, settings: Settings) -> None:
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
-        ledger = await app.open_ledger(settings, stack, owner=False)
-        used = await ledger.model_totals()
+        ledger = await _open_ledger(settings, stack)
+        used = {} if ledger is None else await ledger.model_totals()  # no ledger yet: nothing used
     print(to_plain(render_models(quotas, used)))
 
 

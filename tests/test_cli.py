@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,69 @@ def test_an_operator_quota_file_replaces_the_table(tmp_path):
     quota_file.write_text('[[model]]\nname = "acme/model-x"\napi_daily_tokens = "lots"\n')
     result = iobot(tmp_path, "models", IOBOT_QUOTA_FILE=str(quota_file))
     assert result.returncode == 2 and "api_daily_tokens" in result.stderr and str(quota_file) in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["usage"], ["usage", "--json"], ["limits"], ["limits", "console:ana"], ["limits", "console:ana", "5"]]
+)
+def test_admin_commands_without_a_ledger_name_its_path_and_create_none(tmp_path, args):
+    result = iobot(tmp_path, *args)
+    assert result.returncode == 2
+    assert f"there is no ledger at {tmp_path / 'ledger.sqlite3'}" in result.stderr and "IOBOT_DATABASE_URL" in result.stderr
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_models_without_a_ledger_shows_the_quota_table_with_no_use_and_creates_none(tmp_path):
+    result = iobot(tmp_path, "models")
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Llama-3.3-70B-Instruct"))
+    assert line.split()[1:4] == ["500,000", "0", "500,000"]  # quota, used today, left
+    assert list(tmp_path.iterdir()) == []
+
+
+MALFORMED_PERSON_IDS = [
+    ["limits", "set", "bob", "5"],
+    ["limits", "bob", "5"],
+    ["limits", "bob", "--clear"],
+    ["limits", "slack:U456"],
+    ["usage", "--user", "bob"],
+    ["usage", "--json", "--user", "discord:ana"],
+    ["usage", "--user", "console:"],
+]
+
+
+def test_person_ids_are_validated_a_malformed_one_explained_with_exit_2(tmp_path):
+    asyncio.run(make_ledger(tmp_path))
+    for args in MALFORMED_PERSON_IDS:
+        result = iobot(tmp_path, *args)
+        assert result.returncode == 2, args
+        assert "is not a person id" in result.stderr and "slack:<team>:<user>" in result.stderr, args
+        assert "discord:<user id>" in result.stderr and "console:<login>" in result.stderr, args
+    assert iobot(tmp_path, "limits").stdout.splitlines()[1:] == []  # no budget was set
+    for person in ("slack:T123:U456", "discord:123456789", "console:ana.b"):
+        result = iobot(tmp_path, "limits", person, "700")
+        assert (result.returncode, result.stdout.strip()) == (0, f"{person}: 700 tokens a day"), result.stderr
+        assert iobot(tmp_path, "usage", "--json", "--user", person).stdout.strip() == "[]"
+
+
+def test_usage_counts_utc_days_and_says_so_whatever_the_local_time_zone(tmp_path):
+    asyncio.run(make_ledger(tmp_path))
+    # A zone whose date differs from UTC's now (POSIX signs are inverted: WEST+12 is 12 hours behind UTC).
+    zone = "WEST+12" if datetime.now(UTC).hour < 12 else "EAST-14"
+    before = datetime.now(UTC).date()
+    empty = iobot(tmp_path, "usage", TZ=zone)
+    after = datetime.now(UTC).date()
+    assert empty.stdout.strip() in {f"No usage recorded on {day.isoformat()} (UTC)." for day in (before, after)}
+
+    asyncio.run(make_ledger(tmp_path, spend_as="console:cy"))
+    table = iobot(tmp_path, "usage", TZ=zone).stdout.splitlines()
+    assert table[0].startswith("day (UTC)") and table[1].startswith((before.isoformat(), after.isoformat()))
+
+
+async def make_ledger(workdir: Path, spend_as: str | None = None) -> None:
+    """The ledger `iobot run` would leave in `workdir`; with one settled call today (UTC) by `spend_as`."""
+    ledger = await SQLiteLedger.open(str(workdir / "ledger.sqlite3"), user_daily_tokens=50_000)
+    if spend_as is not None:
+        reservation = await ledger.reserve(user=spend_as, model="Qwen/QwQ-32B", tokens=300, model_limit=None)
+        await ledger.settle(reservation, prompt_tokens=120, completion_tokens=80, estimated=False)
+    await ledger.close()

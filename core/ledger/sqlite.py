@@ -43,6 +43,7 @@ How `SQLiteLedger` stays exact and fast:
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -280,18 +281,21 @@ class SQLiteLedger:
         reservation_ttl: float = 900.0,
         clock: Callable[[], datetime] = _utc_now,
         owner: bool = True,
+        create: bool = True,
     ) -> SQLiteLedger:
         """Open (creating or migrating) the ledger at `path`.
 
         `owner=True` is for the one process that reserves (the service): it locks the file, or raises
         `LedgerError` naming the live process that has it, and settles what a dead owner left open.
         `owner=False` is for commands run beside it: reads and limit overrides only.
+        `create=False` raises `FileNotFoundError` when there is no file at `path`, so that a mistyped
+        path in an operator's command is reported instead of leaving an empty ledger behind.
         """
         if user_daily_tokens < 0 or reservation_ttl < 0:
             raise ValueError("user_daily_tokens and reservation_ttl must not be negative")
         owner_lock = None
         if path != ":memory:":
-            path = _one_name(path)
+            path = _one_name(path, must_exist=not create)
             owner_lock = _OwnerLock.take(path) if owner else None
         db: aiosqlite.Connection | None = None
         try:
@@ -760,10 +764,14 @@ def _in_use_message(path: str) -> str:
     )
 
 
-def _one_name(path: str) -> str:
-    """The file's real path (links followed, as SQLite does for its log), refusing a file with hard links."""
+def _one_name(path: str, *, must_exist: bool) -> str:
+    """The file's real path (links followed, as SQLite does for its log), refusing a file with hard links
+    and, if `must_exist`, a missing one (`FileNotFoundError`)."""
     path = os.path.realpath(path)
-    _refuse_hard_links(path, os.stat(path).st_nlink if os.path.exists(path) else 1)
+    if os.path.exists(path):
+        _refuse_hard_links(path, os.stat(path).st_nlink)
+    elif must_exist:
+        raise FileNotFoundError(errno.ENOENT, "there is no ledger", path)
     return path
 
 
