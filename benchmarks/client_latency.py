@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import time
 
 import httpx
 
 from core.client import IOClient, Message
+from emulator.process import start_emulator_process
 
 CALLS = 2000
 WARMUP = 200
@@ -24,18 +23,6 @@ MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 MESSAGES: list[Message] = [{"role": "user", "content": "What is the capital of France?"}]
 KEY = "benchmark-key"
 TARGET_ADDED_MEDIAN_MS = 1.5
-
-
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from bots.cli import main; main()", "emulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # "IO Intelligence emulator at http://127.0.0.1:PORT/api/v1 ..."
-    base_url = next(word for word in line.split() if word.startswith("http://"))
-    return process, base_url
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -89,7 +76,7 @@ async def measure(base_url: str) -> dict:
 
 
 def main() -> None:
-    process, base_url = start_emulator()
+    process, base_url = start_emulator_process()
     try:
         print(json.dumps(asyncio.run(measure(base_url))))
     finally:

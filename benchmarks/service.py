@@ -17,8 +17,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +29,7 @@ from core.client import IOClient
 from core.ledger import SQLiteLedger
 from core.quotas import QuotaTable, load_quota_table
 from core.service import SYSTEM_PROMPT, Request, Service, ServiceConfig
+from emulator.process import start_emulator_process
 
 REQUESTS = int(os.environ.get("SERVICE_REQUESTS", 3000))  # per path, over all rounds
 ROUNDS = 3
@@ -45,18 +44,6 @@ KEY = "benchmark-key"
 TARGET_RATIO = 0.5
 
 Call = Callable[[int], Awaitable[bool]]  # request number -> answered?
-
-
-def start_emulator() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from bots.cli import main; main()", "emulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()  # "IO Intelligence emulator at http://127.0.0.1:PORT/api/v1 ..."
-    base_url = next(word for word in line.split() if word.startswith("http://"))
-    return process, base_url
 
 
 def generous_quotas() -> QuotaTable:
@@ -152,7 +139,7 @@ async def measure(base_url: str, workdir: Path) -> dict:
 
 
 def main() -> None:
-    process, base_url = start_emulator()
+    process, base_url = start_emulator_process()
     try:
         with tempfile.TemporaryDirectory(prefix="iobot-service-bench-") as workdir:
             print(json.dumps(asyncio.run(measure(base_url, Path(workdir)))))
