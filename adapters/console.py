@@ -15,6 +15,7 @@ from aiohttp import web
 
 from core.client import Message
 from core.delivery import merge_turns
+from core.errors import Outcome
 from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
@@ -73,7 +74,7 @@ class ConsoleAdapter:
             request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))
-            if reply.outcome == "ok" and reply.model:  # a conversation turn: remember it
+            if reply.outcome == Outcome.OK and reply.model:  # a conversation turn: remember it
                 turns: list[Message] = [{"role": "user", "content": request.text}, {"role": "assistant", "content": reply.text}]
                 self.history = merge_turns([*self.history, *turns])[-HISTORY_MESSAGES:]
             self._write(self.render(reply) + "\n")

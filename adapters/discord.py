@@ -417,7 +417,7 @@ class DiscordAdapter:
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])
-            if reply.private and not private and not answer.posted and reply.outcome != "duplicate":
+            if reply.private and not private and not answer.posted and reply.outcome != Outcome.DUPLICATE:
                 # The "thinking" message is public and cannot turn ephemeral: replace it.
                 await interaction.delete_original_response()
                 answer = _followups(interaction, ephemeral=True)

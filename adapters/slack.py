@@ -310,7 +310,7 @@ class SlackAdapter:
                 log.warning("could not post in %s (%s): the message is left unanswered", channel, error.reason)
                 return
             reply = await answer.reply(lambda progress: self._ask(body, event, client, context, progress))
-            if reply.private and not direct and reply.outcome != "duplicate":
+            if reply.private and not direct and reply.outcome != Outcome.DUPLICATE:
                 await self._tell_privately(thread, event["user"], answer, reply)
                 return
             delivery = await answer.finish(reply)

@@ -187,7 +187,7 @@ class Answer(Generic[Piece, Handle]):
         When the platform takes only the first messages, the last of them gets a line saying the
         rest is missing, and what the reply cost is logged as charged but not delivered.
         """
-        if reply.outcome == "duplicate":
+        if reply.outcome == Outcome.DUPLICATE:
             await self.show([])
             return Delivery(Delivered.NONE, "a repeated delivery")
         pieces = self.port.render(reply)

@@ -124,16 +124,21 @@ def test_models_prints_the_quota_table_with_todays_use(console_run, workdir):
     assert f"{used:,}" in line
 
 
-def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
-    service = subprocess.Popen(
+def console_service(workdir: Path) -> subprocess.Popen[str]:
+    """`iobot run --emulator` chatting on its piped stdin as console:bo, its ledger in `workdir`."""
+    return subprocess.Popen(
         [*IOBOT, "run", "--emulator"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        cwd=tmp_path,
-        env=environment(tmp_path, USER="bo", LOGNAME="bo"),
+        cwd=workdir,
+        env=environment(workdir, USER="bo", LOGNAME="bo"),
     )
+
+
+def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
+    service = console_service(tmp_path)
     stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
         stdin.write("ask first question\n")
@@ -156,15 +161,7 @@ def test_limits_set_by_an_operator_reach_the_running_service(tmp_path):
 
 
 def test_a_second_run_on_the_same_ledger_by_another_name_is_refused_naming_the_first(tmp_path):
-    service = subprocess.Popen(
-        [*IOBOT, "run", "--emulator"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=tmp_path,
-        env=environment(tmp_path, USER="bo", LOGNAME="bo"),
-    )
+    service = console_service(tmp_path)
     stdin, stdout = piped(service.stdin), piped(service.stdout)
     try:
         stdin.write("ask are you there?\n")
