@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -45,9 +46,9 @@ def with_search_path(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A URL of an empty PostgreSQL database of the test's own (a fresh schema), dropped afterwards.
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A URL of an empty PostgreSQL database of its own (a fresh schema), dropped on leaving.
 
     Without IOBOT_TEST_POSTGRES_URL the test is skipped, or fails under CI, where the server must be running.
     """
@@ -66,6 +67,13 @@ async def postgres_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """See `postgres_database`: a clean database for the test."""
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

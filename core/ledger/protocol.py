@@ -4,7 +4,8 @@ The service reserves before every API call (estimated prompt tokens plus `max_to
 it with the tokens the API reports, and releases the reservation when the call fails. A reservation
 is refused when it would pass the account's daily quota for the model (all people together) or the
 person's daily budget. Nothing here assumes a database: `SQLiteLedger` (sqlite.py) is the one every
-deployment of one process uses, and every implementation passes tests/test_ledger_contract.py.
+deployment of one process uses, `PostgresLedger` (postgres.py) the one several replicas share, and
+every implementation passes tests/test_ledger_contract.py.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class UsageRow:
 class Ledger(Protocol):
     """What the service and the CLI need from a ledger; "today" is the current UTC day."""
 
+    kind: str  # the database: "sqlite" or "postgresql" (GET /healthz says which)
+
     async def reserve(
         self, *, user: str, model: str, tokens: int, model_limit: int | None, idempotency_key: str | None = None
     ) -> Reservation:
@@ -175,6 +178,10 @@ class Ledger(Protocol):
 
     async def expire_stale(self) -> int:
         """Free reservations older than the reservation TTL (their caller died or forgot); return how many."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `LedgerError` unless the database answers now: a cheap look for /healthz."""
         ...
 
     async def close(self) -> None: ...
