@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from ..errors import UserError
+from .store import Store
 
 
 class LedgerError(Exception):
@@ -185,6 +186,22 @@ class Ledger(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LedgerWithStore(Ledger, Protocol):
+    """A ledger as iobot opens it (`SQLiteLedger`, `PostgresLedger`): with the rest of the shared state in
+    the same database, and the bulk reads of `iobot usage`."""
+
+    @property
+    def store(self) -> Store: ...
+
+    async def usage_with_budgets(self, *, day: date | None = None, user: str | None = None) -> list[tuple[Any, ...]]:
+        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget."""
+        ...
+
+    async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
+        """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", as JSON text."""
+        ...
 
 
 def next_reset(now: datetime) -> datetime:
