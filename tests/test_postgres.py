@@ -236,7 +236,7 @@ async def healthz(ledger) -> tuple[int, dict]:
 
 async def test_healthz_names_the_database_and_answers_503_when_postgresql_is_unreachable(postgres_url: str) -> None:
     parts = urlsplit(postgres_url)
-    assert parts.hostname is not None and parts.port is not None
+    assert parts.hostname is not None and parts.port is not None and parts.password is not None
     proxy = Proxy(parts.hostname, parts.port)
     port = await proxy.start()
     through_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}"))
