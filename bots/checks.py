@@ -28,8 +28,10 @@ from . import app
 if TYPE_CHECKING:
     from core.client import IOClient, ModelInfo
 
-# The variables of these prefixes belong to iobot: one it does not know is most likely a typo.
+# The variables of these prefixes belong to iobot: one it does not know is most likely a typo. Those of the
+# test suite (IOBOT_TEST_POSTGRES_URL, set by `.ci/postgres start`) are not settings and need no warning.
 OWN_PREFIXES = ("IOBOT_", "SLACK_", "DISCORD_")
+TEST_PREFIX = "IOBOT_TEST_"
 ENV_FILE = Path(".env")  # where `EnvSettings` reads it: the working directory
 
 
@@ -77,7 +79,7 @@ def unknown_variables(names: list[str], known: set[str]) -> list[Finding]:
     """A warning for each of iobot's variables that no setting reads, with the closest known name."""
     findings = []
     for name in sorted({name.upper() for name in names}):
-        if not name.startswith(OWN_PREFIXES) or name in known:
+        if not name.startswith(OWN_PREFIXES) or name.startswith(TEST_PREFIX) or name in known:
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1)
         hint = f": did you mean {close[0]}?" if close else ""
@@ -154,16 +156,20 @@ def missing_ledger(path: Path) -> Finding | None:
 
 
 async def ledger_findings(settings: Settings) -> list[Finding]:
-    """The ledger opens (beside a running service too), or can be created."""
-    path = Path(settings.database_path)
-    missing = missing_ledger(path)
-    if missing is not None:
-        return [missing]
+    """The ledger opens (beside a running service too), or can be created: a SQLite file, or a PostgreSQL
+    database that answers (one with no iobot schema yet is created by `iobot run`, not here)."""
+    postgres = settings.database_url.kind == "postgresql"
+    if not postgres:
+        missing = missing_ledger(Path(settings.database_path))
+        if missing is not None:
+            return [missing]
     try:
         async with AsyncExitStack() as stack:
-            await app.open_ledger(settings, stack, owner=False)
+            await app.open_ledger(settings, stack, owner=False, create=not postgres)
+    except FileNotFoundError:
+        return [warning(f"no iobot ledger in the PostgreSQL database {settings.database_url} yet: iobot run creates it")]
     except (LedgerError, OSError) as exc:
-        return [error(f"IOBOT_DATABASE_URL: {exc}")]
+        return [error(str(exc) if postgres else f"IOBOT_DATABASE_URL: {exc}")]  # PostgreSQL's names the setting already
     return []
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
-from core.ledger import LedgerError, SQLiteLedger
+from core.ledger import LedgerError, LedgerWithStore
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, to_plain
 from core.settings import Settings, SettingsError, load_settings, mask_passwords
@@ -103,8 +103,9 @@ def _person(text: str) -> str:
     return text
 
 
-async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> SQLiteLedger | None:
-    """The service's ledger, opened beside it to read and set budgets; None when there is no file.
+async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> LedgerWithStore | None:
+    """The service's ledger, opened beside it to read and set budgets; None when there is no file (or no
+    iobot schema in the PostgreSQL database).
 
     Never created here: an empty ledger at a mistyped path would show no use and keep budgets the
     service never reads.
@@ -116,6 +117,11 @@ async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> SQLiteLedge
 
 
 def _no_ledger(settings: Settings) -> LedgerError:
+    if settings.database_url.kind == "postgresql":
+        return LedgerError(
+            f"there is no iobot ledger in the PostgreSQL database {settings.database_url}: set IOBOT_DATABASE_URL "
+            "to the database `iobot run` uses (nothing was created)"
+        )
     return LedgerError(
         f"there is no ledger at {os.path.abspath(settings.database_path)}: set IOBOT_DATABASE_URL to the "
         "sqlite:///path of the file `iobot run` keeps (nothing was created)"

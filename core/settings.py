@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -136,11 +137,15 @@ class Settings(EnvSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, value: DatabaseURL) -> DatabaseURL:
+    def _database_url(cls, value: DatabaseURL) -> DatabaseURL:
+        url = value.get_secret_value()
         if value.kind == "postgresql":
-            raise ValueError("PostgreSQL is not supported yet: use a sqlite:///path URL")
-        if not value.get_secret_value().startswith("sqlite:///"):
-            raise ValueError("must be a sqlite:///path URL")
+            parts = urlsplit(url)
+            if not parts.hostname or not parts.path.strip("/"):
+                raise ValueError("a PostgreSQL URL names its host and database: postgresql://user:pass@host:port/db")
+            return value
+        if not url.startswith("sqlite:///"):
+            raise ValueError("must be a sqlite:///path or a postgresql://user:pass@host:port/db URL")
         return value
 
     @field_validator("log_level")
@@ -153,6 +158,9 @@ class Settings(EnvSettings):
 
     @property
     def database_path(self) -> str:
+        """The SQLite ledger's file (a PostgreSQL URL has none: check `database_url.kind` first)."""
+        if self.database_url.kind != "sqlite":
+            raise ValueError("IOBOT_DATABASE_URL is not a SQLite file")
         return self.database_url.get_secret_value().removeprefix("sqlite:///")
 
 

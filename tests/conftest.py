@@ -1,8 +1,14 @@
-"""Shared fixtures: the IO Intelligence emulator on 127.0.0.1 and a client pointed at it."""
+"""Shared fixtures: the IO Intelligence emulator on 127.0.0.1 and a client pointed at it, and a clean
+PostgreSQL database per test on the server that `.ci/postgres start` runs."""
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -28,6 +34,46 @@ async def emulator():
 async def client(emulator):
     async with IOClient(emulator.base_url, API_KEY, timeout=5, backoff_base=0.01, backoff_max=0.05) as io:
         yield io
+
+
+POSTGRES_SKIP_REASON = "set IOBOT_TEST_POSTGRES_URL (.ci/postgres start) to run the PostgreSQL tests"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """`url` with its sessions' tables in `schema`: asyncpg passes a URL's unknown query parameters to the server."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, urlencode({"search_path": schema})]))
+    return urlunsplit(parts._replace(query=query))
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A URL of an empty PostgreSQL database of its own (a fresh schema), dropped on leaving.
+
+    Without IOBOT_TEST_POSTGRES_URL the test is skipped, or fails under CI, where the server must be running.
+    """
+    server = os.environ.get("IOBOT_TEST_POSTGRES_URL")
+    if not server:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but IOBOT_TEST_POSTGRES_URL is not: {POSTGRES_SKIP_REASON}")
+        pytest.skip(POSTGRES_SKIP_REASON)
+    import asyncpg
+
+    schema = f"test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield with_search_path(server, schema)
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """See `postgres_database`: a clean database for the test."""
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -137,7 +137,12 @@ def test_healthz_and_metrics(bot, emulator):
     port = bot.port()
     base = f"http://127.0.0.1:{port}"
     health = httpx.get(f"{base}/healthz", timeout=5)
-    assert health.status_code == 200 and health.json() == {"status": "ok", "ledger": "ok", "last_api_error": None}
+    assert health.status_code == 200 and health.json() == {
+        "status": "ok",
+        "ledger": "ok",
+        "database": {"kind": "sqlite", "ok": True},
+        "last_api_error": None,
+    }
     bot.ask("ask hello")
     emulator.inject(kind="status", status=503, times=5)
     bot.ask("ask fails")

@@ -150,7 +150,9 @@ def test_log_lines_at_every_level_mask_url_passwords(log_format, capsys, restore
 
 
 class FailingLedger:
-    async def used_today(self) -> int:
+    kind = "postgresql"
+
+    async def ping(self) -> None:
         raise ConnectionError(f"could not connect to {DATABASE_URL}")
 
 
@@ -165,4 +167,5 @@ async def test_healthz_shows_no_password_when_the_ledger_and_the_api_fail():
         body = await response.text()
     assert response.status == 503
     assert json.loads(body)["ledger"] == "unreachable: ConnectionError"
+    assert json.loads(body)["database"] == {"kind": "postgresql", "ok": False}
     assert "https://bob:***@proxy.internal" in body and PASSWORD not in body
