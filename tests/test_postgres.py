@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bots.http import HealthState, make_http_app
-from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, QuotaExceeded, Reservation
+from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, QuotaExceeded, Reservation, postgres
 from core.ledger.postgres import MIGRATIONS, PostgresLedger
 from core.quotas import load_quota_table
 
@@ -151,6 +151,51 @@ async def test_calls_cut_off_by_a_dead_replica_are_charged_to_the_model_not_the_
     finally:
         await dead.close()
         await live.close()
+
+
+async def test_a_live_replica_finds_a_dead_ones_calls_at_its_next_reservation(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "RECOVERY_INTERVAL", 0.0)  # look at every reservation, not once a minute
+    dead = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    live = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    try:
+        await dead.reserve(user=ANN, model=LLAMA, tokens=700, model_limit=None)
+        await dead.close()
+        await live.reserve(user=BOB, model=LLAMA, tokens=100, model_limit=None)
+        [row] = await live.usage(user=ANN)
+        assert (row.interrupted_tokens, row.interrupted_requests) == (700, 1)
+        assert await live.used_today(user=ANN) == 0 and await live.used_today(model=LLAMA) == 800
+    finally:
+        await live.close()
+
+
+async def test_a_replica_that_lost_its_liveness_connection_signs_in_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "RECOVERY_INTERVAL", 0.0)
+    replica = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    other = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await replica.reserve(user=ANN, model=LLAMA, tokens=700, model_limit=None)
+        [(lock_holder,)] = await admin.fetch(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = (SELECT MIN(id) FROM instances)",
+            postgres.INSTANCE_LOCKS,
+        )
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", lock_holder)  # as a server restart would
+        await asyncio.sleep(0.1)
+        after = await replica.reserve(user=ANN, model=LLAMA, tokens=100, model_limit=None)
+        [row] = await replica.usage(user=ANN)
+        assert (row.interrupted_tokens, row.interrupted_requests) == (700, 1), "its calls of before look cut off"
+        await other.expire_stale()  # the other replica sees it alive again: its new reservation stays open
+        assert await replica.reservations_in_flight() == 1
+        await replica.settle(after, prompt_tokens=50, completion_tokens=50, estimated=False)
+        assert await replica.used_today(user=ANN) == 100
+    finally:
+        await admin.close()
+        await replica.close()
+        await other.close()
 
 
 # --- opening ---

@@ -20,7 +20,7 @@ memory, here no process owns anything: every check happens in the database, so t
 * A replica that serves requests (`owner=True`) registers in `instances` and holds a session advisory
   lock on its row through a connection of its own for as long as it runs; the database drops the lock
   when the replica dies. Its open reservations are then those of calls cut off by a crash: the next
-  replica to open the ledger, or to expire stale reservations, charges them to their models at their
+  replica to look (at open, and then at a reservation once a minute) charges them to their models at their
   estimate (`interrupted_tokens`), never to the people, and frees their keys so that redelivered events
   are answered. Reservations older than the TTL expire as with SQLite.
 * The schema is created and migrated at open under a transaction-level advisory lock, so replicas that
@@ -33,6 +33,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -51,6 +52,7 @@ MIGRATION_LOCK = 0x10B0_0001  # the pg_advisory_xact_lock key held while migrati
 INSTANCE_LOCKS = 0x10B0  # first half of the (namespace, instance id) advisory lock a live replica holds
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server before giving up
 PING_TIMEOUT = 2.0  # /healthz waits no longer than this for the database
+RECOVERY_INTERVAL = 60.0  # seconds between two looks for replicas that died, made by each serving replica
 
 
 def _utc_now() -> datetime:
@@ -296,13 +298,15 @@ class PostgresLedger:
         owner: bool,
     ) -> None:
         self._pool = pool
-        self._url = mask_passwords(url)  # for messages only
+        self._connect_url = url  # with its password: a lost liveness connection is opened again
+        self._url = mask_passwords(url)  # for messages
         self._default_budget = user_daily_tokens
         self._ttl = reservation_ttl
         self._clock = clock
         self._owner = owner
         self._instance: int | None = None
         self._liveness: asyncpg.Connection | None = None  # holds this replica's advisory lock while it runs
+        self._next_recovery = 0.0  # time.monotonic() of the next look for dead replicas
         self._closed = False
         self.store = PostgresStore(pool, clock=clock, check_open=self._check_open)
 
@@ -339,7 +343,7 @@ class PostgresLedger:
                     raise FileNotFoundError(f"there is no iobot ledger in the PostgreSQL database {ledger._url}")
                 await _migrate(connection, ledger._url)
             if owner:
-                await ledger._register(url)
+                await ledger._register()
                 await ledger._recover_interrupted()
             return ledger
         except BaseException as exc:
@@ -350,9 +354,9 @@ class PostgresLedger:
                 raise LedgerError(f"cannot open the ledger in {ledger._url}: {_describe(exc)}") from None
             raise
 
-    async def _register(self, url: str) -> None:
+    async def _register(self) -> None:
         """Sign in as a live replica: a row in `instances` and its advisory lock, held until close or death."""
-        self._liveness = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+        self._liveness = await asyncpg.connect(self._connect_url, timeout=CONNECT_TIMEOUT)
         self._instance = await self._liveness.fetchval(
             "INSERT INTO instances (pid, host, started_at) VALUES ($1, $2, $3) RETURNING id",
             os.getpid(),
@@ -362,6 +366,22 @@ class PostgresLedger:
         await self._liveness.execute("SELECT pg_advisory_lock($1, $2)", INSTANCE_LOCKS, self._instance)
 
     async def _recover_interrupted(self) -> None:
+        """Charge the open reservations of dead replicas as interrupted calls (a transaction of its own).
+
+        A replica whose liveness connection was lost (the server restarted, the network cut it) looks dead
+        to the others: it signs in again first, and its own reservations of before are charged as interrupted
+        with the rest (a call among them that then settles is charged to its model twice, never to its person).
+        """
+        self._next_recovery = time.monotonic() + RECOVERY_INTERVAL
+        if self._liveness is not None and self._liveness.is_closed():
+            lost = self._instance
+            try:
+                await self._register()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise LedgerError(f"cannot reach the database {self._url}: {_describe(exc)}") from None
+            log.warning(
+                "the connection that marks this replica alive was lost: signed in again (%s, was %s)", self._instance, lost
+            )
         row = await self._fetchrow("SELECT calls, tokens FROM iobot_recover_interrupted($1)", INSTANCE_LOCKS)
         if row["calls"]:
             log.warning(
@@ -379,6 +399,8 @@ class PostgresLedger:
         self._check_owner()
         if tokens < 0:
             raise ValueError("tokens must not be negative")
+        if time.monotonic() >= self._next_recovery:
+            await self._recover_interrupted()
         now = self._now()
         day = now.date()
         moment = now.timestamp()
