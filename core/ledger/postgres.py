@@ -142,22 +142,27 @@ LEDGER_MIGRATION = """
         END IF;
 
         limit_tokens := COALESCE((SELECT tokens FROM user_limits WHERE person = p_person), p_default_budget);
-        INSERT INTO person_day (day, person, used) VALUES (p_day, p_person, 0) ON CONFLICT DO NOTHING;
-        UPDATE person_day SET used = person_day.used + p_tokens
-        WHERE day = p_day AND person = p_person AND person_day.used + p_tokens <= limit_tokens;
-        IF NOT FOUND THEN
+        -- A first row is written only when it fits; an existing one is added to only when the sum fits.
+        IF p_tokens <= limit_tokens THEN
+            INSERT INTO person_day AS counter (day, person, used) VALUES (p_day, p_person, p_tokens)
+            ON CONFLICT (day, person) DO UPDATE SET used = counter.used + excluded.used
+            WHERE counter.used + excluded.used <= limit_tokens;
+        END IF;
+        IF p_tokens > limit_tokens OR NOT FOUND THEN
             outcome := 'budget';
-            used := (SELECT person_day.used FROM person_day WHERE day = p_day AND person = p_person);
+            used := COALESCE((SELECT person_day.used FROM person_day WHERE day = p_day AND person = p_person), 0);
             DELETE FROM idempotency WHERE key = p_key;
             RETURN;
         END IF;
 
-        INSERT INTO model_day (day, model, used) VALUES (p_day, p_model, 0) ON CONFLICT DO NOTHING;
-        UPDATE model_day SET used = model_day.used + p_tokens
-        WHERE day = p_day AND model = p_model AND (p_model_limit IS NULL OR model_day.used + p_tokens <= p_model_limit);
-        IF NOT FOUND THEN
+        IF p_model_limit IS NULL OR p_tokens <= p_model_limit THEN
+            INSERT INTO model_day AS counter (day, model, used) VALUES (p_day, p_model, p_tokens)
+            ON CONFLICT (day, model) DO UPDATE SET used = counter.used + excluded.used
+            WHERE p_model_limit IS NULL OR counter.used + excluded.used <= p_model_limit;
+        END IF;
+        IF p_tokens > p_model_limit OR NOT FOUND THEN
             outcome := 'model';
-            used := (SELECT model_day.used FROM model_day WHERE day = p_day AND model = p_model);
+            used := COALESCE((SELECT model_day.used FROM model_day WHERE day = p_day AND model = p_model), 0);
             limit_tokens := p_model_limit;
             UPDATE person_day SET used = person_day.used - p_tokens WHERE day = p_day AND person = p_person;
             DELETE FROM idempotency WHERE key = p_key;
