@@ -308,10 +308,10 @@ async def test_healthz_names_a_sqlite_ledger(ledger) -> None:
 # --- the admin commands ---
 
 
-async def iobot(postgres_url: str, workdir: Path, *args: str) -> tuple[int, str, str]:
+async def iobot(postgres_url: str, workdir: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     """`iobot <args>` in a process of its own with the ledger at `postgres_url`: exit code, stdout, stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-    env["IOBOT_DATABASE_URL"] = postgres_url
+    env.update(IOBOT_DATABASE_URL=postgres_url, IOBOT_HOST="127.0.0.1", IOBOT_PORT="0", USER="tester", LOGNAME="tester")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -319,10 +319,11 @@ async def iobot(postgres_url: str, workdir: Path, *args: str) -> tuple[int, str,
         *args,
         cwd=workdir,
         env=env,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    stdout, stderr = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
 
@@ -365,3 +366,16 @@ async def test_iobot_check_reports_an_unreachable_database_and_a_missing_ledger(
     code, stdout, _ = await iobot(unreachable, tmp_path, "check", "--emulator")
     assert code == 1 and "error: IOBOT_DATABASE_URL: cannot connect" in stdout and "bob:***@127.0.0.1:9" in stdout
     assert "Pa55word" not in stdout
+
+
+async def test_iobot_run_answers_and_charges_on_postgresql(postgres_url: str, tmp_path) -> None:
+    code, stdout, stderr = await iobot(postgres_url, tmp_path, "run", "--emulator", stdin="ask hello there\nask again\n")
+    assert code == 0, stderr
+    assert stdout.count("you asked") == 2, stdout
+    assert urlsplit(postgres_url).password not in stderr
+    ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000, owner=False, create=False)
+    try:
+        [row] = await ledger.usage(user="console:tester")
+        assert row.requests == 2 and row.total_tokens > 0
+    finally:
+        await ledger.close()
