@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -125,6 +125,26 @@ async def test_request_rates_and_claims_are_counted_over_both_replicas(replicas)
     assert await second.store.take_request(BOB, 4) == 0.0
     claims = await asyncio.gather(*(replicas[n % 2].store.claim("slack:Ev02") for n in range(20)))
     assert claims.count(True) == 1
+
+
+async def test_keys_older_than_the_retention_are_deleted_a_few_per_new_key(postgres_url: str) -> None:
+    clock = Clock()
+    ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=10**9, clock=clock)
+    try:
+        for n in range(10):
+            await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key=f"old-{n}")
+        clock.now += postgres.KEY_RETENTION + timedelta(seconds=1)
+        for n in range(3):
+            await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key=f"new-{n}")
+        await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key="old-9")  # forgotten
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            keys = {row[0] for row in await connection.fetch("SELECT key FROM idempotency")}
+        finally:
+            await connection.close()
+        assert len(keys) == 10 + 3 - 4 * postgres.PRUNE_PER_KEY and {"new-0", "new-1", "new-2", "old-9"} <= keys
+    finally:
+        await ledger.close()
 
 
 # --- a replica that dies ---
@@ -372,7 +392,8 @@ async def test_iobot_run_answers_and_charges_on_postgresql(postgres_url: str, tm
     code, stdout, stderr = await iobot(postgres_url, tmp_path, "run", "--emulator", stdin="ask hello there\nask again\n")
     assert code == 0, stderr
     assert stdout.count("you asked") == 2, stdout
-    assert urlsplit(postgres_url).password not in stderr
+    password = urlsplit(postgres_url).password
+    assert password and password not in stderr
     ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000, owner=False, create=False)
     try:
         [row] = await ledger.usage(user="console:tester")

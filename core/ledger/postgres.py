@@ -48,6 +48,7 @@ from .protocol import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaE
 log = logging.getLogger("iobot.ledger")
 
 KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least this long
+PRUNE_PER_KEY = 2  # expired keys deleted by each reservation with a key: more than it adds, so the table shrinks
 MIGRATION_LOCK = 0x10B0_0001  # the pg_advisory_xact_lock key held while migrating
 INSTANCE_LOCKS = 0x10B0  # first half of the (namespace, instance id) advisory lock a live replica holds
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server before giving up
@@ -124,7 +125,7 @@ LEDGER_MIGRATION = """
     CREATE FUNCTION iobot_reserve(
         p_person text, p_model text, p_day date, p_tokens bigint, p_model_limit bigint, p_key text,
         p_default_budget bigint, p_now double precision, p_stale_before double precision,
-        p_key_cutoff double precision, p_instance integer,
+        p_key_cutoff double precision, p_prune integer, p_instance integer,
         OUT outcome text, OUT reservation_id bigint, OUT used bigint, OUT limit_tokens bigint
     ) LANGUAGE plpgsql AS $$
     BEGIN
@@ -132,7 +133,11 @@ LEDGER_MIGRATION = """
             PERFORM iobot_expire(p_stale_before);
         END IF;
         IF p_key IS NOT NULL THEN
-            -- A key older than the cutoff is forgotten: taken again, as if new.
+            -- Keys older than the cutoff are forgotten: a few deleted by each new one (the table stays about as
+            -- large as the keys of KEY_RETENTION), and one that comes again taken as if new.
+            DELETE FROM idempotency WHERE key IN (
+                SELECT key FROM idempotency WHERE created_at < p_key_cutoff AND key <> p_key
+                ORDER BY created_at LIMIT p_prune FOR UPDATE SKIP LOCKED);
             INSERT INTO idempotency AS spent (key, created_at) VALUES (p_key, p_now)
             ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at WHERE spent.created_at < p_key_cutoff;
             IF NOT FOUND THEN
@@ -257,7 +262,9 @@ MIGRATIONS: tuple[str, ...] = (
 MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS iobot_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
 SCHEMA_EXISTS = "SELECT to_regclass('iobot_migrations') IS NOT NULL"
 
-RESERVE = "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+RESERVE = (
+    "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
 SETTLE = "SELECT iobot_settle($1, $2, $3, $4, $5, $6, $7)"
 RELEASE = "SELECT iobot_release($1)"
 
@@ -421,6 +428,7 @@ class PostgresLedger:
             moment,
             moment - self._ttl,
             (now - KEY_RETENTION).timestamp(),
+            PRUNE_PER_KEY,
             self._instance,
         )
         outcome = row["outcome"]
