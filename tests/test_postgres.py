@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -400,3 +401,34 @@ async def test_iobot_run_answers_and_charges_on_postgresql(postgres_url: str, tm
         assert row.requests == 2 and row.total_tokens > 0
     finally:
         await ledger.close()
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_without_a_server_the_postgresql_tests_are_skipped_except_under_ci(ci: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("IOBOT_TEST_POSTGRES_URL", "CI")}
+    if ci:
+        env["CI"] = "1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-o",
+            "addopts=",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_replicas_starting_together_migrate_once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+        env=env,
+    )
+    if ci:
+        assert result.returncode == 1 and "CI is set but IOBOT_TEST_POSTGRES_URL is not" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout
+        assert "set IOBOT_TEST_POSTGRES_URL (.ci/postgres start) to run the PostgreSQL tests" in result.stdout
