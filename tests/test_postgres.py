@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bots.http import HealthState, make_http_app
-from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, QuotaExceeded, Reservation
+from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, QuotaExceeded, Reservation, postgres
 from core.ledger.postgres import MIGRATIONS, PostgresLedger
 from core.quotas import load_quota_table
 
@@ -127,6 +128,26 @@ async def test_request_rates_and_claims_are_counted_over_both_replicas(replicas)
     assert claims.count(True) == 1
 
 
+async def test_keys_older_than_the_retention_are_deleted_a_few_per_new_key(postgres_url: str) -> None:
+    clock = Clock()
+    ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=10**9, clock=clock)
+    try:
+        for n in range(10):
+            await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key=f"old-{n}")
+        clock.now += postgres.KEY_RETENTION + timedelta(seconds=1)
+        for n in range(3):
+            await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key=f"new-{n}")
+        await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None, idempotency_key="old-9")  # forgotten
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            keys = {row[0] for row in await connection.fetch("SELECT key FROM idempotency")}
+        finally:
+            await connection.close()
+        assert len(keys) == 10 + 3 - 4 * postgres.PRUNE_PER_KEY and {"new-0", "new-1", "new-2", "old-9"} <= keys
+    finally:
+        await ledger.close()
+
+
 # --- a replica that dies ---
 
 
@@ -151,6 +172,51 @@ async def test_calls_cut_off_by_a_dead_replica_are_charged_to_the_model_not_the_
     finally:
         await dead.close()
         await live.close()
+
+
+async def test_a_live_replica_finds_a_dead_ones_calls_at_its_next_reservation(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "RECOVERY_INTERVAL", 0.0)  # look at every reservation, not once a minute
+    dead = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    live = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    try:
+        await dead.reserve(user=ANN, model=LLAMA, tokens=700, model_limit=None)
+        await dead.close()
+        await live.reserve(user=BOB, model=LLAMA, tokens=100, model_limit=None)
+        [row] = await live.usage(user=ANN)
+        assert (row.interrupted_tokens, row.interrupted_requests) == (700, 1)
+        assert await live.used_today(user=ANN) == 0 and await live.used_today(model=LLAMA) == 800
+    finally:
+        await live.close()
+
+
+async def test_a_replica_that_lost_its_liveness_connection_signs_in_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "RECOVERY_INTERVAL", 0.0)
+    replica = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    other = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await replica.reserve(user=ANN, model=LLAMA, tokens=700, model_limit=None)
+        [(lock_holder,)] = await admin.fetch(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = (SELECT MIN(id) FROM instances)",
+            postgres.INSTANCE_LOCKS,
+        )
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", lock_holder)  # as a server restart would
+        await asyncio.sleep(0.1)
+        after = await replica.reserve(user=ANN, model=LLAMA, tokens=100, model_limit=None)
+        [row] = await replica.usage(user=ANN)
+        assert (row.interrupted_tokens, row.interrupted_requests) == (700, 1), "its calls of before look cut off"
+        await other.expire_stale()  # the other replica sees it alive again: its new reservation stays open
+        assert await replica.reservations_in_flight() == 1
+        await replica.settle(after, prompt_tokens=50, completion_tokens=50, estimated=False)
+        assert await replica.used_today(user=ANN) == 100
+    finally:
+        await admin.close()
+        await replica.close()
+        await other.close()
 
 
 # --- opening ---
@@ -263,10 +329,10 @@ async def test_healthz_names_a_sqlite_ledger(ledger) -> None:
 # --- the admin commands ---
 
 
-async def iobot(postgres_url: str, workdir: Path, *args: str) -> tuple[int, str, str]:
+async def iobot(postgres_url: str, workdir: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     """`iobot <args>` in a process of its own with the ledger at `postgres_url`: exit code, stdout, stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-    env["IOBOT_DATABASE_URL"] = postgres_url
+    env.update(IOBOT_DATABASE_URL=postgres_url, IOBOT_HOST="127.0.0.1", IOBOT_PORT="0", USER="tester", LOGNAME="tester")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -274,10 +340,11 @@ async def iobot(postgres_url: str, workdir: Path, *args: str) -> tuple[int, str,
         *args,
         cwd=workdir,
         env=env,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    stdout, stderr = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
 
@@ -320,3 +387,48 @@ async def test_iobot_check_reports_an_unreachable_database_and_a_missing_ledger(
     code, stdout, _ = await iobot(unreachable, tmp_path, "check", "--emulator")
     assert code == 1 and "error: IOBOT_DATABASE_URL: cannot connect" in stdout and "bob:***@127.0.0.1:9" in stdout
     assert "Pa55word" not in stdout
+
+
+async def test_iobot_run_answers_and_charges_on_postgresql(postgres_url: str, tmp_path) -> None:
+    code, stdout, stderr = await iobot(postgres_url, tmp_path, "run", "--emulator", stdin="ask hello there\nask again\n")
+    assert code == 0, stderr
+    assert stdout.count("you asked") == 2, stdout
+    password = urlsplit(postgres_url).password
+    assert password and password not in stderr
+    ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000, owner=False, create=False)
+    try:
+        [row] = await ledger.usage(user="console:tester")
+        assert row.requests == 2 and row.total_tokens > 0
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_without_a_server_the_postgresql_tests_are_skipped_except_under_ci(ci: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("IOBOT_TEST_POSTGRES_URL", "CI")}
+    if ci:
+        env["CI"] = "1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-o",
+            "addopts=",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_replicas_starting_together_migrate_once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+        env=env,
+    )
+    if ci:
+        assert result.returncode == 1 and "CI is set but IOBOT_TEST_POSTGRES_URL is not" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 0 and "1 skipped" in result.stdout, result.stdout
+        assert "set IOBOT_TEST_POSTGRES_URL (.ci/postgres start) to run the PostgreSQL tests" in result.stdout

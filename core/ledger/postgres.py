@@ -20,7 +20,7 @@ memory, here no process owns anything: every check happens in the database, so t
 * A replica that serves requests (`owner=True`) registers in `instances` and holds a session advisory
   lock on its row through a connection of its own for as long as it runs; the database drops the lock
   when the replica dies. Its open reservations are then those of calls cut off by a crash: the next
-  replica to open the ledger, or to expire stale reservations, charges them to their models at their
+  replica to look (at open, and then at a reservation once a minute) charges them to their models at their
   estimate (`interrupted_tokens`), never to the people, and frees their keys so that redelivered events
   are answered. Reservations older than the TTL expire as with SQLite.
 * The schema is created and migrated at open under a transaction-level advisory lock, so replicas that
@@ -33,6 +33,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -47,10 +48,12 @@ from .protocol import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaE
 log = logging.getLogger("iobot.ledger")
 
 KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least this long
+PRUNE_PER_KEY = 2  # expired keys deleted by each reservation with a key: more than it adds, so the table shrinks
 MIGRATION_LOCK = 0x10B0_0001  # the pg_advisory_xact_lock key held while migrating
 INSTANCE_LOCKS = 0x10B0  # first half of the (namespace, instance id) advisory lock a live replica holds
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server before giving up
 PING_TIMEOUT = 2.0  # /healthz waits no longer than this for the database
+RECOVERY_INTERVAL = 60.0  # seconds between two looks for replicas that died, made by each serving replica
 
 
 def _utc_now() -> datetime:
@@ -122,7 +125,7 @@ LEDGER_MIGRATION = """
     CREATE FUNCTION iobot_reserve(
         p_person text, p_model text, p_day date, p_tokens bigint, p_model_limit bigint, p_key text,
         p_default_budget bigint, p_now double precision, p_stale_before double precision,
-        p_key_cutoff double precision, p_instance integer,
+        p_key_cutoff double precision, p_prune integer, p_instance integer,
         OUT outcome text, OUT reservation_id bigint, OUT used bigint, OUT limit_tokens bigint
     ) LANGUAGE plpgsql AS $$
     BEGIN
@@ -130,7 +133,11 @@ LEDGER_MIGRATION = """
             PERFORM iobot_expire(p_stale_before);
         END IF;
         IF p_key IS NOT NULL THEN
-            -- A key older than the cutoff is forgotten: taken again, as if new.
+            -- Keys older than the cutoff are forgotten: a few deleted by each new one (the table stays about as
+            -- large as the keys of KEY_RETENTION), and one that comes again taken as if new.
+            DELETE FROM idempotency WHERE key IN (
+                SELECT key FROM idempotency WHERE created_at < p_key_cutoff AND key <> p_key
+                ORDER BY created_at LIMIT p_prune FOR UPDATE SKIP LOCKED);
             INSERT INTO idempotency AS spent (key, created_at) VALUES (p_key, p_now)
             ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at WHERE spent.created_at < p_key_cutoff;
             IF NOT FOUND THEN
@@ -140,22 +147,27 @@ LEDGER_MIGRATION = """
         END IF;
 
         limit_tokens := COALESCE((SELECT tokens FROM user_limits WHERE person = p_person), p_default_budget);
-        INSERT INTO person_day (day, person, used) VALUES (p_day, p_person, 0) ON CONFLICT DO NOTHING;
-        UPDATE person_day SET used = person_day.used + p_tokens
-        WHERE day = p_day AND person = p_person AND person_day.used + p_tokens <= limit_tokens;
-        IF NOT FOUND THEN
+        -- A first row is written only when it fits; an existing one is added to only when the sum fits.
+        IF p_tokens <= limit_tokens THEN
+            INSERT INTO person_day AS counter (day, person, used) VALUES (p_day, p_person, p_tokens)
+            ON CONFLICT (day, person) DO UPDATE SET used = counter.used + excluded.used
+            WHERE counter.used + excluded.used <= limit_tokens;
+        END IF;
+        IF p_tokens > limit_tokens OR NOT FOUND THEN
             outcome := 'budget';
-            used := (SELECT person_day.used FROM person_day WHERE day = p_day AND person = p_person);
+            used := COALESCE((SELECT person_day.used FROM person_day WHERE day = p_day AND person = p_person), 0);
             DELETE FROM idempotency WHERE key = p_key;
             RETURN;
         END IF;
 
-        INSERT INTO model_day (day, model, used) VALUES (p_day, p_model, 0) ON CONFLICT DO NOTHING;
-        UPDATE model_day SET used = model_day.used + p_tokens
-        WHERE day = p_day AND model = p_model AND (p_model_limit IS NULL OR model_day.used + p_tokens <= p_model_limit);
-        IF NOT FOUND THEN
+        IF p_model_limit IS NULL OR p_tokens <= p_model_limit THEN
+            INSERT INTO model_day AS counter (day, model, used) VALUES (p_day, p_model, p_tokens)
+            ON CONFLICT (day, model) DO UPDATE SET used = counter.used + excluded.used
+            WHERE p_model_limit IS NULL OR counter.used + excluded.used <= p_model_limit;
+        END IF;
+        IF p_tokens > p_model_limit OR NOT FOUND THEN
             outcome := 'model';
-            used := (SELECT model_day.used FROM model_day WHERE day = p_day AND model = p_model);
+            used := COALESCE((SELECT model_day.used FROM model_day WHERE day = p_day AND model = p_model), 0);
             limit_tokens := p_model_limit;
             UPDATE person_day SET used = person_day.used - p_tokens WHERE day = p_day AND person = p_person;
             DELETE FROM idempotency WHERE key = p_key;
@@ -250,7 +262,9 @@ MIGRATIONS: tuple[str, ...] = (
 MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS iobot_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
 SCHEMA_EXISTS = "SELECT to_regclass('iobot_migrations') IS NOT NULL"
 
-RESERVE = "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+RESERVE = (
+    "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
 SETTLE = "SELECT iobot_settle($1, $2, $3, $4, $5, $6, $7)"
 RELEASE = "SELECT iobot_release($1)"
 
@@ -296,13 +310,15 @@ class PostgresLedger:
         owner: bool,
     ) -> None:
         self._pool = pool
-        self._url = mask_passwords(url)  # for messages only
+        self._connect_url = url  # with its password: a lost liveness connection is opened again
+        self._url = mask_passwords(url)  # for messages
         self._default_budget = user_daily_tokens
         self._ttl = reservation_ttl
         self._clock = clock
         self._owner = owner
         self._instance: int | None = None
         self._liveness: asyncpg.Connection | None = None  # holds this replica's advisory lock while it runs
+        self._next_recovery = 0.0  # time.monotonic() of the next look for dead replicas
         self._closed = False
         self.store = PostgresStore(pool, clock=clock, check_open=self._check_open)
 
@@ -339,7 +355,7 @@ class PostgresLedger:
                     raise FileNotFoundError(f"there is no iobot ledger in the PostgreSQL database {ledger._url}")
                 await _migrate(connection, ledger._url)
             if owner:
-                await ledger._register(url)
+                await ledger._register()
                 await ledger._recover_interrupted()
             return ledger
         except BaseException as exc:
@@ -350,9 +366,9 @@ class PostgresLedger:
                 raise LedgerError(f"cannot open the ledger in {ledger._url}: {_describe(exc)}") from None
             raise
 
-    async def _register(self, url: str) -> None:
+    async def _register(self) -> None:
         """Sign in as a live replica: a row in `instances` and its advisory lock, held until close or death."""
-        self._liveness = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+        self._liveness = await asyncpg.connect(self._connect_url, timeout=CONNECT_TIMEOUT)
         self._instance = await self._liveness.fetchval(
             "INSERT INTO instances (pid, host, started_at) VALUES ($1, $2, $3) RETURNING id",
             os.getpid(),
@@ -362,6 +378,22 @@ class PostgresLedger:
         await self._liveness.execute("SELECT pg_advisory_lock($1, $2)", INSTANCE_LOCKS, self._instance)
 
     async def _recover_interrupted(self) -> None:
+        """Charge the open reservations of dead replicas as interrupted calls (a transaction of its own).
+
+        A replica whose liveness connection was lost (the server restarted, the network cut it) looks dead
+        to the others: it signs in again first, and its own reservations of before are charged as interrupted
+        with the rest (a call among them that then settles is charged to its model twice, never to its person).
+        """
+        self._next_recovery = time.monotonic() + RECOVERY_INTERVAL
+        if self._liveness is not None and self._liveness.is_closed():
+            lost = self._instance
+            try:
+                await self._register()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise LedgerError(f"cannot reach the database {self._url}: {_describe(exc)}") from None
+            log.warning(
+                "the connection that marks this replica alive was lost: signed in again (%s, was %s)", self._instance, lost
+            )
         row = await self._fetchrow("SELECT calls, tokens FROM iobot_recover_interrupted($1)", INSTANCE_LOCKS)
         if row["calls"]:
             log.warning(
@@ -379,6 +411,8 @@ class PostgresLedger:
         self._check_owner()
         if tokens < 0:
             raise ValueError("tokens must not be negative")
+        if time.monotonic() >= self._next_recovery:
+            await self._recover_interrupted()
         now = self._now()
         day = now.date()
         moment = now.timestamp()
@@ -394,6 +428,7 @@ class PostgresLedger:
             moment,
             moment - self._ttl,
             (now - KEY_RETENTION).timestamp(),
+            PRUNE_PER_KEY,
             self._instance,
         )
         outcome = row["outcome"]
