@@ -37,6 +37,7 @@ from pydantic import SecretStr, field_validator, model_validator
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler, async_default_handlers
@@ -174,9 +175,17 @@ class SlackAdapter:
             retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
         )
         # The token travels inside the client: Bolt warns when given both. No signing secret means
-        # Socket Mode, where Slack's own connection stands for the signature.
+        # Socket Mode, where Slack's own connection stands for the signature. `authorize` answers with
+        # the identity `start()` checked: left to itself, Bolt would call auth.test for every request
+        # that arrives before its first call returns, hundreds at once under a burst after a deploy.
+        self._identity: AuthorizeResult | None = None
+
+        async def authorize() -> AuthorizeResult:  # Bolt passes arguments by name: a method would be given `self`
+            return await self._authorize()
+
         self.bolt = AsyncApp(
             client=client,
+            authorize=authorize,
             signing_secret=signing_secret or "",
             request_verification_enabled=signing_secret is not None,
             name="iobot",
@@ -201,14 +210,21 @@ class SlackAdapter:
     async def start(self) -> None:
         """Check the bot token (`auth.test`), then connect over Socket Mode if that is the way in."""
         try:
-            await self.bolt.client.auth_test()
+            checked = await self.bolt.client.auth_test()
         except SlackApiError as exc:
             raise AdapterError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdapterError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
+        self._identity = AuthorizeResult.from_auth_test_response(bot_token=self._bot_token, auth_test_response=checked)
         if self._app_token:  # no public URL needed; returns once connected
             self._socket = AsyncSocketModeHandler(self.bolt, self._app_token)
             await self._socket.connect_async()
+
+    async def _authorize(self) -> AuthorizeResult:
+        if self._identity is None:  # only a request served before start(), as tests do
+            checked = await self.bolt.client.auth_test()
+            self._identity = AuthorizeResult.from_auth_test_response(bot_token=self._bot_token, auth_test_response=checked)
+        return self._identity
 
     async def wait(self) -> None:
         """Slack ends only with `stop()`: Socket Mode reconnects by itself, HTTP is the server's."""

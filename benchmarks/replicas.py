@@ -33,7 +33,7 @@ import httpx
 from aiohttp import web
 
 from benchmarks.ledger import TASKS, ledger_pairs, sqlite_pairs
-from core.ledger import PostgresLedger
+from core.ledger.postgres import PostgresLedger
 from tests.postgres import fresh_schema
 from tests.processes import SECRET, Emulator, SlackReplica
 from tests.standins.slack import SlackStandIn, command_body, signed_headers
@@ -110,7 +110,6 @@ async def load(http: httpx.AsyncClient, answers: Answers, urls: list[str], name:
     return count / (time.perf_counter() - started)
 
 
-
 @contextlib.asynccontextmanager
 async def serving(count: int, server: str, standin: SlackStandIn, emulator: Emulator) -> AsyncIterator[list[str]]:
     """`count` replicas on a fresh schema, yielding their /slack/events URLs."""
@@ -137,14 +136,14 @@ async def requests_per_second(server: str) -> dict[int, list[float]]:
     runner = await answers.start()
     rates: dict[int, list[float]] = {1: [], 2: []}
     try:
-        async with SlackStandIn(bot_token="xoxb-benchmark") as standin:
-            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=CONCURRENCY * 2)) as http:
-                for round_ in range(ROUNDS):
-                    for count in (1, 2):
-                        async with serving(count, server, standin, emulator) as urls:
-                            await load(http, answers, urls, f"warm{round_}-{count}", WARMUP)
-                            rates[count].append(await load(http, answers, urls, f"round{round_}-{count}", REQUESTS))
-                        answers.waiting.clear()
+        limits = httpx.Limits(max_connections=CONCURRENCY * 2)
+        async with SlackStandIn(bot_token="xoxb-benchmark") as standin, httpx.AsyncClient(timeout=30, limits=limits) as http:
+            for round_ in range(ROUNDS):
+                for count in (1, 2):
+                    async with serving(count, server, standin, emulator) as urls:
+                        await load(http, answers, urls, f"warm{round_}-{count}", WARMUP)
+                        rates[count].append(await load(http, answers, urls, f"round{round_}-{count}", REQUESTS))
+                    answers.waiting.clear()
     finally:
         await runner.cleanup()
         emulator.stop()

@@ -369,13 +369,16 @@ class PostgresLedger:
     async def _register(self) -> None:
         """Sign in as a live replica: a row in `instances` and its advisory lock, held until close or death."""
         self._liveness = await asyncpg.connect(self._connect_url, timeout=CONNECT_TIMEOUT)
-        self._instance = await self._liveness.fetchval(
-            "INSERT INTO instances (pid, host, started_at) VALUES ($1, $2, $3) RETURNING id",
-            os.getpid(),
-            socket.gethostname(),
-            self._now().timestamp(),
-        )
-        await self._liveness.execute("SELECT pg_advisory_lock($1, $2)", INSTANCE_LOCKS, self._instance)
+        # The lock is taken before the row is committed: another replica never sees the row unlocked,
+        # which it would take for a dead replica's, deleting the row and orphaning this one's calls.
+        async with self._liveness.transaction():
+            self._instance = await self._liveness.fetchval(
+                "INSERT INTO instances (pid, host, started_at) VALUES ($1, $2, $3) RETURNING id",
+                os.getpid(),
+                socket.gethostname(),
+                self._now().timestamp(),
+            )
+            await self._liveness.execute("SELECT pg_advisory_lock($1, $2)", INSTANCE_LOCKS, self._instance)
 
     async def _recover_interrupted(self) -> None:
         """Charge the open reservations of dead replicas as interrupted calls (a transaction of its own).
