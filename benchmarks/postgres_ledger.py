@@ -31,7 +31,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.ledger.postgres import PostgresLedger
-from tests.conftest import with_search_path
+from tests.postgres import fresh_schema
 
 TASKS = 64
 POOL = 10
@@ -88,11 +88,7 @@ async def bare_pairs(pool: asyncpg.Pool, tasks: int) -> tuple[int, float]:
 
 
 async def main(server: str) -> dict:
-    admin = await asyncpg.connect(server)
-    schema = f"bench_{secrets.token_hex(6)}"
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    url = with_search_path(server, schema)
-    try:
+    async with fresh_schema(server) as url:
         first = await PostgresLedger.open(url, user_daily_tokens=10**12, pool_size=POOL)
         second = await PostgresLedger.open(url, user_daily_tokens=10**12, pool_size=POOL)
         pool = await asyncpg.create_pool(url, min_size=POOL, max_size=POOL)
@@ -118,9 +114,6 @@ async def main(server: str) -> dict:
             await pool.close()
             await first.close()
             await second.close()
-    finally:
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
     rate, bare_rate = statistics.median(rates), statistics.median(bare_rates)
     latency, bare_latency = statistics.median(latencies), statistics.median(bare_latencies)
     return {

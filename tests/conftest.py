@@ -4,16 +4,16 @@ PostgreSQL database per test on the server that `.ci/postgres start` runs."""
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import IO
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from core.client import IOClient
 from emulator import Emulator
+
+from .postgres import fresh_schema
 
 API_KEY = "io-v2-test-7f3c9a1e5b2d4c6f8a0e"  # looks like a real key so a leak would be spotted
 
@@ -39,13 +39,6 @@ async def client(emulator):
 POSTGRES_SKIP_REASON = "set IOBOT_TEST_POSTGRES_URL (.ci/postgres start) to run the PostgreSQL tests"
 
 
-def with_search_path(url: str, schema: str) -> str:
-    """`url` with its sessions' tables in `schema`: asyncpg passes a URL's unknown query parameters to the server."""
-    parts = urlsplit(url)
-    query = "&".join(filter(None, [parts.query, urlencode({"search_path": schema})]))
-    return urlunsplit(parts._replace(query=query))
-
-
 @asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
     """A URL of an empty PostgreSQL database of its own (a fresh schema), dropped on leaving.
@@ -57,16 +50,8 @@ async def postgres_database() -> AsyncIterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set but IOBOT_TEST_POSTGRES_URL is not: {POSTGRES_SKIP_REASON}")
         pytest.skip(POSTGRES_SKIP_REASON)
-    import asyncpg
-
-    schema = f"test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield with_search_path(server, schema)
-    finally:
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
+    async with fresh_schema(server) as url:
+        yield url
 
 
 @pytest.fixture
