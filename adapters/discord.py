@@ -201,7 +201,8 @@ def use_discord_at(api_url: str, gateway_url: str) -> None:
 
     discord.py offers no argument for either: every request is built on the class attribute
     `Route.BASE`, and the gateway is `DiscordWebSocket.DEFAULT_GATEWAY` (only the auto-sharded
-    client asks Discord for it). So they are set here, once, and hold for the whole process.
+    client given no shard count asks Discord for it). So they are set here, once, and hold for the
+    whole process.
     """
     Route.BASE = api_url.rstrip("/")
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
