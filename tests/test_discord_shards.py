@@ -178,9 +178,11 @@ async def test_auto_runs_the_count_discord_recommends_and_each_shard_resumes_its
 
         sessions = {shard: session.session_id for shard, session in standin.sessions.items()}
         await standin.disconnect()
-        # Sent while the bot is away: each shard's event waits for that shard to resume.
-        in_second = await standin.post(f"{MENTION} still there?", mention_bot=True, channel=SECOND_GENERAL)
-        await answered(standin, in_second)
+        # Sent while the bot is away: each shard's events wait for that shard to resume.
+        away = [await standin.post(f"{MENTION} still there?", mention_bot=True, channel=c) for c in (GENERAL, SECOND_GENERAL)]
+        for question in away:
+            await answered(standin, question)
+        await standin.wait_for(standin.ready.is_set)
         assert sorted(resume["session_id"] for resume in standin.resumes) == sorted(sessions.values())
         assert len(standin.identifies) == 2, "resumed, not new sessions"
 
