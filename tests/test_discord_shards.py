@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
+import sqlite3
+import subprocess
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -38,6 +41,7 @@ from .standins.discord import (
     DiscordStandIn,
     shard_of,
 )
+from .test_process import IOBOT, discord_environment
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 MENTION = f"<@{BOT_ID}>"
@@ -188,6 +192,51 @@ async def test_auto_runs_the_count_discord_recommends_and_each_shard_resumes_its
 
     assert not any("does not run Discord shard 0" in record.getMessage() for record in caplog.records)
     assert any(record.getMessage().endswith("running shards 0, 1 of 2") for record in caplog.records)
+
+
+async def test_two_iobot_run_processes_share_the_shards_each_charging_its_own_ledger(tmp_path):
+    """The wiring, as operators run it: one `iobot run` per shard, each logging the shard it runs."""
+    async with DiscordStandIn(shard_count=2) as standin:
+        workdirs = [tmp_path / "shard-0", tmp_path / "shard-1"]
+        processes = []
+        try:
+            for shard, workdir in enumerate(workdirs):
+                workdir.mkdir()
+                env = discord_environment(workdir, standin, DISCORD_SHARD_COUNT="2", DISCORD_SHARD_IDS=str(shard))
+                stderr = (workdir / "stderr.log").open("w")
+                processes.append(
+                    await asyncio.create_subprocess_exec(
+                        *IOBOT, "run", "--emulator", stdin=subprocess.DEVNULL, stderr=stderr, env=env
+                    )
+                )
+            await standin.wait_for(standin.ready.is_set, timeout=30)
+            questions = [
+                await standin.post(f"{MENTION} What is io.net?", mention_bot=True, channel=GENERAL, author=ALICE),
+                await standin.post("What is a DM?", channel=DM_CHANNEL, author=ALICE),
+                await standin.post(f"{MENTION} What is a shard?", mention_bot=True, channel=SECOND_GENERAL, author=BOB),
+            ]
+            for question in questions:
+                await answered(standin, question)
+            logs = [workdir / "stderr.log" for workdir in workdirs]  # the connected line comes once READY settles
+            await standin.wait_for(lambda: all("connected to Discord" in log.read_text() for log in logs), timeout=20)
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            assert [await asyncio.wait_for(process.wait(), timeout=20) for process in processes] == [0, 0]
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+
+    assert [standin.shards_sent("MESSAGE_CREATE", question) for question in questions] == [[0], [0], [1]]
+    assert all(len(standin.replies_to(question)) == 1 for question in questions)
+    ledgers = []
+    for workdir in workdirs:
+        with sqlite3.connect(workdir / "ledger.sqlite3") as db:
+            ledgers.append(db.execute("SELECT user, requests FROM usage").fetchall())
+    assert ledgers == [[(f"discord:{ALICE}", 2)], [(f"discord:{BOB}", 1)]]
+    first_log, second_log = [log.read_text() for log in logs]
+    assert "in 1 servers, running shard 0 of 2" in first_log and "does not run Discord shard 0" not in first_log
+    assert "in 1 servers, running shard 1 of 2" in second_log and "does not run Discord shard 0" in second_log
 
 
 # --- what Discord refuses -------------------------------------------------------------------------
