@@ -154,6 +154,24 @@ async def test_each_server_is_answered_once_by_the_adapter_running_its_shard(mak
     ]
 
 
+async def test_a_slash_command_in_a_server_is_answered_through_the_shard_it_came_on(make_adapter, standin, ledger):
+    first, second = make_adapter(Shards(2, (0,))), make_adapter(Shards(2, (1,)))
+    async with running(first, second):
+        options = [{"name": "question", "type": 3, "value": "What is a shard?"}]
+        interaction = await standin.invoke("ask", options, channel=SECOND_GENERAL, author=BOB)
+        followups = rf"/webhooks/\d+/{interaction['token']}"
+        await standin.wait_for(lambda: standin.calls_to("POST", followups))
+        await settled(first, second)
+
+    assert standin.shards_sent("INTERACTION_CREATE", interaction) == [1]
+    assert len(standin.calls_to("POST", rf"/interactions/{interaction['id']}/.*")) == 1, "deferred once"
+    assert len(standin.calls_to("POST", followups)) == 1
+    [answer] = standin.bot_messages(SECOND_GENERAL)  # the follow-up, as its last edit left it
+    assert 'you asked "What is a shard?"' in answer["content"]
+    [row] = await ledger.usage(user=f"discord:{BOB}")
+    assert row.requests == 1
+
+
 async def test_a_dm_is_answered_by_the_adapter_running_shard_0_only(make_adapter, standin, ledger):
     first, second = make_adapter(Shards(2, (0,))), make_adapter(Shards(2, (1,)))
     async with running(first, second):
