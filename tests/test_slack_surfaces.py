@@ -26,7 +26,21 @@ from core.render import short_model_name
 from core.service import Service, ServiceConfig
 
 from .standins.slack import TEAM_ID, SlackStandIn, event_body, event_fields, home_opened_event, interaction_body, shortcut_fields
-from .test_slack import ANA, BOT_TOKEN, CHANNEL, FORM, MODEL, SECRET, VISION, Bot, api_calls, chat_calls, has_footer, shown
+from .test_slack import (
+    ANA,
+    APP_TOKEN,
+    BOT_TOKEN,
+    CHANNEL,
+    FORM,
+    MODEL,
+    SECRET,
+    VISION,
+    Bot,
+    api_calls,
+    chat_calls,
+    has_footer,
+    shown,
+)
 
 BEA = "U0BEA"  # who wrote the messages the shortcuts are used on
 MANIFEST = Path(__file__).resolve().parents[1] / "slack-manifest.yml"
@@ -124,6 +138,44 @@ async def test_a_shortcut_is_answered_in_the_messages_thread_and_charged_to_who_
     assert slack.responses(key) == [], "nothing private to say"
 
 
+async def test_a_shortcut_is_acknowledged_before_a_slow_api_answers(bot, service, slack, emulator, ledger):
+    emulator.answer_delay = 10
+    message = slack.add_message(CHANNEL, BEA, "What is io.net?")
+    response, _ = await use_shortcut(bot, "iobot_ask", message)
+    assert response.status_code == 200
+    await slack.wait_for(lambda: chat_calls(emulator))
+    assert [m["text"] for m in slack.bot_replies(CHANNEL, message["ts"])] == [PLACEHOLDER], "the answer is on its way"
+    await service.drain(0)  # a shutdown mid-answer releases the reservation
+    await slack.wait_for(lambda: not bot.adapter.in_flight.busy)
+    assert await ledger.used_today() == 0
+
+
+async def test_a_shortcut_over_socket_mode_is_acknowledged_on_the_socket_and_answered(service, emulator):
+    async with SlackStandIn(BOT_TOKEN, app_token=APP_TOKEN) as slack:
+        adapter = SlackAdapter(
+            service,
+            bot_token=BOT_TOKEN,
+            signing_secret=None,
+            app_token=APP_TOKEN,
+            api_url=slack.api_url,
+            file_hosts=["127.0.0.1"],
+            image_limits=ImageLimits(),
+            store=service.store,
+        )
+        try:
+            await adapter.start()
+            message = slack.add_message(CHANNEL, BEA, "Good morning")
+            payload = shortcut_fields(
+                "iobot_translate", message, user=ANA, channel=CHANNEL, response_url=slack.response_url("sm"), trigger_id="sm.1"
+            )
+            envelope = await slack.send_envelope("interactive", payload)
+            await slack.wait_for(lambda: any(c.args.get("envelope_id") == envelope for c in slack.calls_to("socket_ack")))
+            await slack.wait_for(lambda: [m for m in slack.bot_replies(CHANNEL, message["ts"]) if has_footer(m)])
+            assert api_calls(emulator)[0].body["text"] == "Good morning"
+        finally:
+            await adapter.stop()
+
+
 async def test_summarize_takes_the_whole_thread_the_message_is_in(bot, slack, emulator):
     parent = slack.add_message(CHANNEL, BEA, "Kick-off: when do we launch?")
     slack.add_message(CHANNEL, ANA, "Monday, if QA signs off.", thread_ts=parent["ts"])
@@ -173,6 +225,16 @@ async def test_a_shortcut_where_iobot_cannot_post_is_explained_privately_and_cos
     assert "not a member of this conversation" in shown(explanation) and "/invite @iobot" in shown(explanation)
     assert "Nothing was charged" in shown(explanation)
     assert slack.calls_to("chat.postEphemeral") == [], "Slack refuses that too in a conversation the bot is not in"
+    assert emulator.requests == [] and await ledger.usage() == []
+
+
+async def test_a_shortcut_whose_answer_slack_refuses_for_another_reason_says_so_privately(bot, slack, emulator, ledger):
+    slack.fail("chat.postMessage", "html_502")
+    message = slack.add_message(CHANNEL, BEA, "What is io.net?")
+    _, key = await use_shortcut(bot, "iobot_summarize", message)
+    explanation = await private_answer(bot, key)
+    assert explanation["response_type"] == "ephemeral"
+    assert "I could not post in this conversation (Slack: HTTP 502). Nothing was charged" in shown(explanation)
     assert emulator.requests == [] and await ledger.usage() == []
 
 
