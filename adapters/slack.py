@@ -713,7 +713,7 @@ def _cannot_post(reason: str) -> str:
 
 def _author(message: Payload, bot_user_id: str | None) -> str:
     """Who wrote a thread message, as the summary names them: a person's Slack id, iobot, or another bot's name."""
-    if message.get("user") and message["user"] == bot_user_id:
+    if bot_user_id and message.get("user") == bot_user_id:
         return "iobot"
     return str(message.get("user") or message.get("username") or message.get("bot_id") or "someone")
 
