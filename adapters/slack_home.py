@@ -52,14 +52,14 @@ async def home_figures(service: Service, person: str) -> HomeFigures:
     model = chosen or config.model
     used = await ledger.used_today(user=person)
     budget = await ledger.user_limit(person)
-    totals = await ledger.model_totals()
     reached = []
     if budget - used < MIN_ANSWER_TOKENS:
         reached.append(f"Your daily budget: {max(0, budget - used):,} of {budget:,} tokens left.")
     for name in dict.fromkeys([model, config.vision_model, *config.fallback_models]):
         row = service.quotas.get(name)
         if row is not None and row.api_daily_tokens is not None:
-            left = max(0, row.api_daily_tokens - totals.get(name, 0))
+            # One model's total reads its own rows only; `model_totals()` would sum every row of the day.
+            left = max(0, row.api_daily_tokens - await ledger.used_today(model=name))
             if left < MIN_ANSWER_TOKENS:
                 reached.append(f"{short_model_name(name)}'s daily quota (shared by everyone): {left:,} tokens left.")
     now = datetime.now(UTC)
