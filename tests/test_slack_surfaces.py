@@ -302,11 +302,18 @@ async def test_the_home_tab_shows_todays_use_budget_model_and_commands(bot, slac
 async def test_the_home_tab_shows_the_limits_reached_and_the_default_model(bot, slack, ledger):
     person = f"slack:{TEAM_ID}:{ANA}"
     await ledger.set_user_limit(person, 200)
+    row = load_quota_table().get(VISION)
+    assert row is not None and row.api_daily_tokens is not None
+    quota = row.api_daily_tokens
+    spent = await ledger.reserve(user=f"slack:{TEAM_ID}:{BEA}", model=VISION, tokens=0, model_limit=None)
+    await ledger.settle(spent, prompt_tokens=quota - 100, completion_tokens=0, estimated=False)
     await open_home(bot)
     view = await slack.wait_for(lambda: slack.home_views.get(ANA))
     text = view_text(view)
     assert f"*Your model:* `{short_model_name(MODEL)}` (the default)" in text
     assert "• Your daily budget: 200 of 200 tokens left." in text
+    assert f"• {short_model_name(VISION)}'s daily quota (shared by everyone): 100 tokens left." in text
+    assert short_model_name(MODEL) + "'s daily quota" not in text, "a model with room is no limit reached"
 
 
 async def test_opening_the_messages_tab_publishes_nothing_and_a_refused_publish_is_only_logged(bot, slack, caplog):
