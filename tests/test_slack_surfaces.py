@@ -15,6 +15,8 @@ import httpx
 import pytest
 import yaml
 from aiohttp import web
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import SHORTCUTS, SlackAdapter
 from adapters.slack_render import PLACEHOLDER
@@ -226,6 +228,9 @@ async def test_a_shortcut_where_iobot_cannot_post_is_explained_privately_and_cos
     assert "Nothing was charged" in shown(explanation)
     assert slack.calls_to("chat.postEphemeral") == [], "Slack refuses that too in a conversation the bot is not in"
     assert emulator.requests == [] and await ledger.usage() == []
+    with pytest.raises(SlackApiError) as refused:  # as the stand-in shows, the way real Slack answers it
+        await AsyncWebClient(token=BOT_TOKEN, base_url=slack.api_url).chat_postEphemeral(channel=private, user=ANA, text="hi")
+    assert refused.value.response["error"] == error
 
 
 async def test_a_shortcut_whose_answer_slack_refuses_for_another_reason_says_so_privately(bot, slack, emulator, ledger):
