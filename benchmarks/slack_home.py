@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+from usage import PEOPLE, ROWS, seed  # the day of benchmarks/usage.py, beside this file
 
 from adapters.slack_home import home_figures, home_view
-from benchmarks.usage import PEOPLE, ROWS, seed
 from core.client import IOClient
 from core.ledger import SQLiteLedger
 from core.quotas import load_quota_table
