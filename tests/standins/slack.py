@@ -288,8 +288,8 @@ class SlackStandIn:
             return await self._serve_fault(request, fault)
         if token not in (self.bot_token, self.app_token) or token is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
-        if str(args.get("channel") or args.get("channel_id")) in self.locked:
-            return web.json_response({"ok": False, "error": self.locked[str(args.get("channel") or args.get("channel_id"))]})
+        if (locked := self.locked.get(str(args.get("channel") or args.get("channel_id")))) is not None:
+            return web.json_response({"ok": False, "error": locked})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
