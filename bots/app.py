@@ -86,6 +86,7 @@ def make_service(
         vision_model=settings.vision_model,
         fallback_models=tuple(settings.fallback_models),
         max_tokens=settings.max_tokens,
+        default_language=settings.default_language,
         image_limits=ImageLimits(target_side=settings.image_max_side),
         allow_loopback_images=settings.image_allow_loopback,
         user_requests_per_minute=settings.user_requests_per_minute,

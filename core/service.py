@@ -146,6 +146,7 @@ class ServiceConfig:
     vision_model: str
     fallback_models: tuple[str, ...] = ()
     max_tokens: int = 1024
+    default_language: str = "English"  # what a platform's Translate shortcut or menu translates into
     system_prompt: str = SYSTEM_PROMPT
     image_limits: ImageLimits = ImageLimits()
     allow_loopback_images: bool = False  # tests serve images from 127.0.0.1

@@ -119,6 +119,7 @@ class Settings(EnvSettings):
     user_daily_tokens: int = env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
     quota_file: Path | None = env("IOBOT_QUOTA_FILE", default=None)
     max_tokens: int = env("IOBOT_MAX_TOKENS", default=1024, gt=0)
+    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", min_length=1)
     api_timeout: float = env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
     max_retries: int = env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
     image_max_side: int = env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
