@@ -12,7 +12,8 @@ from discord import app_commands
 from adapters.discord import slash_commands
 from core.commands import DEFAULT_VISION_QUESTION, Command
 
-# The definitions Discord receives, as they were when each slash command was written by hand.
+# The definitions Discord receives: as they were when each slash command was written by hand, then
+# /model (its name completed from the models a person may pick) and /instructions.
 TODAY = [
     {
         "name": "ask",
@@ -167,6 +168,30 @@ TODAY = [
         "integration_types": None,
     },
     {
+        "name": "model",
+        "description": "Show your chat model and the choices, or pick the model that answers your questions.",
+        "type": 1,
+        "options": [
+            {"type": 3, "name": "name", "description": "The model to pick, or default", "required": False, "autocomplete": True}
+        ],
+        "nsfw": False,
+        "dm_permission": True,
+        "default_member_permissions": None,
+        "contexts": None,
+        "integration_types": None,
+    },
+    {
+        "name": "instructions",
+        "description": "Show this channel's standing instructions for the model; admins set or clear them.",
+        "type": 1,
+        "options": [{"type": 3, "name": "text", "description": "The new instructions, or clear", "required": False}],
+        "nsfw": False,
+        "dm_permission": True,
+        "default_member_permissions": None,
+        "contexts": None,
+        "integration_types": None,
+    },
+    {
         "name": "help",
         "description": "Show this help, or one command's. `/help` and `?` are help too.",
         "type": 1,
@@ -189,6 +214,8 @@ TODAY = [
                     {"name": "agents", "value": "agents"},
                     {"name": "models", "value": "models"},
                     {"name": "usage", "value": "usage"},
+                    {"name": "model", "value": "model"},
+                    {"name": "instructions", "value": "instructions"},
                     {"name": "help", "value": "help"},
                 ],
             }
