@@ -32,7 +32,7 @@ class ConsoleAdapter:
     def __init__(self, service: Service, user: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
         self.service = service
         self.user = f"console:{user}"
-        self.name = user
+        self.display_name = user  # how the person is named in a reply
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = stdin.isatty() and stdout.isatty()
@@ -79,7 +79,7 @@ class ConsoleAdapter:
                 history=tuple(self.history),
                 local_files=True,
                 channel=CHANNEL,
-                name=self.name,
+                name=self.display_name,
             )
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))
