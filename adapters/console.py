@@ -79,7 +79,7 @@ class ConsoleAdapter:
                 history=tuple(self.history),
                 local_files=True,
                 channel=CHANNEL,
-                name=self.display_name,
+                display_name=self.display_name,
             )
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))

@@ -354,7 +354,7 @@ class DiscordAdapter:
             request_id=f"discord:{message.id}",
             images=vetted.images,
             channel=_channel(message.channel.id, message.channel),
-            name=message.author.display_name,
+            display_name=message.author.display_name,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
@@ -417,7 +417,7 @@ class DiscordAdapter:
                     request_id=f"discord:{interaction.id}",
                     images=vetted.images,
                     channel=_channel(interaction.channel_id, interaction.channel),
-                    name=interaction.user.display_name,
+                    display_name=interaction.user.display_name,
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])

@@ -276,7 +276,7 @@ class SlackAdapter:
                 text=text,
                 request_id=command.get("trigger_id"),
                 channel=_channel(context, command["channel_id"]),
-                name=command.get("user_name", ""),
+                display_name=command.get("user_name", ""),
             )
             # Only the finished reply goes out: a response_url takes five posts and no edits.
             await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
@@ -353,7 +353,7 @@ class SlackAdapter:
             request_id=body.get("event_id"),
             images=vetted.images,
             channel=_channel(context, event["channel"]),
-            name=_display_name(event),
+            display_name=_display_name(event),
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *history_notes, *vetted.refusals])
 

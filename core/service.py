@@ -135,7 +135,7 @@ class Request:
     images: Sequence[ImageInput] = ()  # attached images: where to download them, or (file name, bytes)
     local_files: bool = False  # `vision <path>` may read a local file (the console only)
     channel: str | None = None  # where it was asked, as the store keeps channels: "slack:<team>:<channel>", "discord:<channel>"
-    name: str = ""  # how the channel knows the person (a display name), for replies that name them; the id when empty
+    display_name: str = ""  # how the channel knows the person, for replies that name them; their id when empty
 
 
 @dataclass(frozen=True)
@@ -554,7 +554,7 @@ class Service:
             current = await self.chat_model(user)
             which = "the default" if current == self.config.model else "your choice"
             text = f"**Your chat model:** {short_model_name(current)} ({which})."
-            return Reply(f"{text}\n{await self._model_choices()}", private=True)
+            return Reply(f"{text}\n{self._model_choices(await self.ledger.model_totals())}", private=True)
         if plain_word(name) == DEFAULT:
             await self.store.set_setting(user, MODEL_SETTING, None)
             return Reply(f"Your chat model is the default again: {short_model_name(self.config.model)}.", private=True)
@@ -565,15 +565,17 @@ class Service:
                 problem = f"{short_model_name(row.name)} is a vision model: it answers images attached to a message."
             else:
                 problem = f"There is no chat model {shown(name)} to pick."
-            return Reply(f"{problem}\n{await self._model_choices()}", outcome=Outcome.REFUSED, private=True)
-        left = self._quota_left(model, await self.ledger.model_totals())
-        if left == 0:
+            return Reply(
+                f"{problem}\n{self._model_choices(await self.ledger.model_totals())}", outcome=Outcome.REFUSED, private=True
+            )
+        used = await self.ledger.model_totals()
+        if self._quota_left(model, used) == 0:
             now = datetime.now(UTC)
             problem = (
                 f"{short_model_name(model)} has no quota left today; it resets at 00:00 UTC "
                 f"({time_until(next_reset(now) - now)})."
             )
-            return Reply(f"{problem}\n{await self._model_choices()}", outcome=Outcome.REFUSED, private=True)
+            return Reply(f"{problem}\n{self._model_choices(used)}", outcome=Outcome.REFUSED, private=True)
         await self.store.set_setting(user, MODEL_SETTING, model)
         return Reply(
             f"Your chat model is now {short_model_name(model)}. `model {DEFAULT}` goes back to "
@@ -591,6 +593,7 @@ class Service:
         return matches[0] if len(matches) == 1 else None
 
     def _quota_row_named(self, name: str) -> ModelLimits | None:
+        """Any model of the quota table by its full or short name: to say why one not offered cannot be picked."""
         wanted = name.casefold()
         return next((row for row in self.quotas if wanted in (row.name.casefold(), short_model_name(row.name).casefold())), None)
 
@@ -601,8 +604,8 @@ class Service:
             return None
         return max(0, row.api_daily_tokens - used.get(model, 0))
 
-    async def _model_choices(self) -> str:
-        used = await self.ledger.model_totals()
+    def _model_choices(self, used: dict[str, int]) -> str:
+        """The models a person may pick, with their quota left given today's `used` tokens by model."""
         choices = [(model, self._quota_left(model, used)) for model in self.chat_models]
         return render_model_choices(choices, default=self.config.model)
 
@@ -623,7 +626,7 @@ class Service:
                 outcome=Outcome.REFUSED,
                 private=True,
             )
-        who = shown(request.name or request.user)
+        who = shown(request.display_name or request.user)
         if plain_word(text) == CLEAR:
             await self.store.set_setting(request.channel, INSTRUCTIONS_SETTING, None)
             return Reply(f"{who} cleared this channel's standing instructions.")

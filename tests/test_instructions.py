@@ -45,8 +45,8 @@ def chat_calls(emulator) -> list:
     return [r for r in emulator.requests if r.path == "/chat/completions"]
 
 
-async def say(service: Service, text: str, *, user: str = ADMIN, channel: str | None = HERE, name: str = "Ana", **more):
-    return await service.handle(Request(user=user, text=text, channel=channel, name=name, **more))
+async def say(service: Service, text: str, *, user: str = ADMIN, channel: str | None = HERE, display_name: str = "Ana", **more):
+    return await service.handle(Request(user=user, text=text, channel=channel, display_name=display_name, **more))
 
 
 # --- the grammar -------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ async def test_an_admin_sets_them_the_channel_is_told_and_questions_there_carry_
     )
     assert emulator.requests == [] and await ledger.usage() == []  # free: no API call, no charge
 
-    shown_now = await say(service, "instructions", user="console:bea", name="Bea")
+    shown_now = await say(service, "instructions", user="console:bea", display_name="Bea")
     assert shown_now.private and shown_now.text.endswith("> Answer like a pirate.\n> Keep it to two sentences.")
 
     history = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Ahoy"}]
@@ -98,7 +98,7 @@ async def test_an_admin_sets_them_the_channel_is_told_and_questions_there_carry_
 @pytest.mark.parametrize("line", [f"instructions {PIRATE}", "instructions clear"])
 async def test_someone_who_is_no_admin_is_refused(service, emulator, ledger, line):
     await ledger.store.set_setting(HERE, INSTRUCTIONS_SETTING, "Be brief.")
-    reply = await say(service, line, user="console:bea", name="Bea")
+    reply = await say(service, line, user="console:bea", display_name="Bea")
     assert reply.outcome is Outcome.REFUSED and reply.private
     assert reply.text == "Only iobot's admins may change this channel's instructions; `instructions` shows them."
     assert await ledger.store.setting(HERE, INSTRUCTIONS_SETTING) == "Be brief."
