@@ -617,7 +617,7 @@ def _channel(context: AsyncBoltContext, channel_id: str) -> str:
 
 
 def _display_name(event: Payload) -> str:
-    """The name a message's author shows under, when Slack sends their profile along (it mostly does)."""
+    """The name a message's author shows under, when Slack sends their profile with the message; else empty."""
     profile = event.get("user_profile") or {}
     return str(profile.get("display_name") or profile.get("real_name") or profile.get("name") or "")
 

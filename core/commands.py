@@ -535,6 +535,7 @@ COMMANDS: dict[str, CommandSpec] = {
             Call.INSTRUCTIONS,
             options=(Option("text", f"The new instructions, or {CLEAR}", required=False),),
             grammar=_instructions,
+            build=lambda values: _instructions(values["text"] or ""),
             details="The instructions go with every question asked in the channel (mentions, DMs, thread answers), "
             f"as a system prompt. `instructions {CLEAR}` removes them. Only iobot's admins may change them.",
         ),
