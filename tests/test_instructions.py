@@ -15,7 +15,7 @@ from core.commands import MAX_INSTRUCTIONS_CHARS, Command, UsageError, parse_com
 from core.errors import Outcome
 from core.quotas import load_quota_table
 from core.service import INSTRUCTIONS_SETTING, SYSTEM_PROMPT, Request, Service, ServiceConfig
-from core.tokens import estimate_message_tokens
+from core.tokens import estimate_message_tokens, fit
 
 from .conftest import png_bytes
 from .standins.discord import ALICE, BOB, BOT_ID, EPHEMERAL, GENERAL, RANDOM, THREAD, DiscordStandIn
@@ -124,6 +124,16 @@ async def test_the_instructions_count_in_the_tokens_reserved(service, ledger, em
     await say(service, "What is io.net?")
     without, with_them = reserved
     assert with_them - without == estimate_message_tokens([{"role": "system", "content": PIRATE}]) > 0
+
+
+def test_the_instructions_stay_when_a_long_conversation_is_cut():
+    system = [SYSTEM, {"role": "system", "content": PIRATE}]
+    history = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n} " + "word " * 50} for n in range(40)]
+    newest = {"role": "user", "content": "And now?"}
+    room = estimate_message_tokens([*system, *history[-4:], newest]) + 256
+    fitted = fit([*system, *history, newest], room, max_tokens=256, min_answer=64)
+    assert fitted.messages[:2] == system and fitted.messages[-1] == newest
+    assert 0 < fitted.dropped < len(history)  # older turns went, the instructions did not
 
 
 async def test_images_asked_about_in_the_channel_carry_them_too(service, emulator, ledger):
