@@ -11,6 +11,7 @@ import pytest
 
 from adapters.console import CHANNEL as CONSOLE_CHANNEL
 from adapters.console import ConsoleAdapter
+from core.client import Message
 from core.commands import MAX_INSTRUCTIONS_CHARS, Command, UsageError, parse_command
 from core.errors import Outcome
 from core.quotas import load_quota_table
@@ -30,7 +31,7 @@ HERE = "console"
 ELSEWHERE = "slack:T1:C2"
 PIRATE = "Answer like a pirate.\nKeep it to two sentences."
 BEA = "U0BEA"  # a Slack member who is no admin
-SYSTEM = {"role": "system", "content": SYSTEM_PROMPT}
+SYSTEM: Message = {"role": "system", "content": SYSTEM_PROMPT}
 
 
 @pytest.fixture
@@ -127,9 +128,11 @@ async def test_the_instructions_count_in_the_tokens_reserved(service, ledger, em
 
 
 def test_the_instructions_stay_when_a_long_conversation_is_cut():
-    system = [SYSTEM, {"role": "system", "content": PIRATE}]
-    history = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n} " + "word " * 50} for n in range(40)]
-    newest = {"role": "user", "content": "And now?"}
+    system: list[Message] = [SYSTEM, {"role": "system", "content": PIRATE}]
+    history: list[Message] = [
+        {"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n} " + "word " * 50} for n in range(40)
+    ]
+    newest: Message = {"role": "user", "content": "And now?"}
     room = estimate_message_tokens([*system, *history[-4:], newest]) + 256
     fitted = fit([*system, *history, newest], room, max_tokens=256, min_answer=64)
     assert fitted.messages[:2] == system and fitted.messages[-1] == newest
