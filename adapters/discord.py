@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +35,7 @@ from core.adapter import AdapterError
 from core.attachments import AttachedFile, Vetted, refused, vet_attachments
 from core.chunks import FENCE, split_message
 from core.client import Message
-from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
+from core.commands import COMMANDS, DEFAULT, Command, CommandSpec, Option, OptionKind, UsageError
 from core.delivery import Answer, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
 from core.images import ImageLimits
@@ -296,7 +296,7 @@ class DiscordAdapter:
         self.client.event(self.on_ready)
         self.client.event(self.on_message)
         self.tree = app_commands.CommandTree(self.client)
-        for command in slash_commands(self.answer_interaction):
+        for command in slash_commands(self.answer_interaction, models=service.chat_models):
             self.tree.add_command(command)
 
     def routes(self) -> list[web.RouteDef]:
@@ -448,6 +448,8 @@ class DiscordAdapter:
             history=await self._history(parent),
             request_id=f"discord:{message.id}",
             images=vetted.images,
+            channel=_channel(message.channel.id, message.channel),
+            display_name=message.author.display_name,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
@@ -509,6 +511,8 @@ class DiscordAdapter:
                     command=command,
                     request_id=f"discord:{interaction.id}",
                     images=vetted.images,
+                    channel=_channel(interaction.channel_id, interaction.channel),
+                    display_name=interaction.user.display_name,
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])
@@ -531,6 +535,13 @@ class DiscordAdapter:
         links need no credential."""
         described = [AttachedFile(a.filename, a.content_type or "", a.size, a.url) for a in attachments]
         return vet_attachments(described, self.image_limits, platform="Discord")
+
+
+def _channel(channel_id: int | None, channel: object) -> str | None:
+    """`discord:<channel>` as the store keeps a channel's settings; a thread shares its parent channel's."""
+    parent_id: int | None = getattr(channel, "parent_id", None)
+    found = parent_id or channel_id
+    return None if found is None else f"discord:{found}"
 
 
 Sendable = str | discord.File  # what one message of an answer carries: text, or a file
@@ -660,6 +671,7 @@ def _without_footer(text: str) -> str:
 # --- the grammar as slash commands -------------------------------------------------------------
 
 AnswerCommand = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
+AUTOCOMPLETE_CHOICES = 25  # the most choices Discord shows while a person types an option
 
 # The Python type a slash command option of each kind is declared with, from which discord.py makes its type.
 OPTION_TYPES: dict[OptionKind, type] = {
@@ -668,21 +680,25 @@ OPTION_TYPES: dict[OptionKind, type] = {
     OptionKind.LABELS: str,
     OptionKind.URL: str,
     OptionKind.COMMAND: str,
+    OptionKind.MODEL: str,
     OptionKind.ATTACHMENT: discord.Attachment,
 }
 
 
-def slash_commands(answer: AnswerCommand) -> list[app_commands.Command]:
-    """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`."""
-    return [slash_command(spec, answer) for spec in COMMANDS.values()]
+def slash_commands(answer: AnswerCommand, models: Sequence[str] = ()) -> list[app_commands.Command]:
+    """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`.
+
+    `models` are the chat models a person may pick, offered as they type a model option.
+    """
+    return [slash_command(spec, answer, models) for spec in COMMANDS.values()]
 
 
-def slash_command(spec: CommandSpec, answer: AnswerCommand) -> app_commands.Command:
+def slash_command(spec: CommandSpec, answer: AnswerCommand, models: Sequence[str] = ()) -> app_commands.Command:
     """A command's record as a slash command: its options as typed parameters, read into a `Command` by the record.
 
     discord.py reads a command's options from its callback's signature; the signature is built from
-    the record (`__signature__`, which `inspect.signature` honours), with descriptions and choices
-    from discord.py's own decorators.
+    the record (`__signature__`, which `inspect.signature` honours), with descriptions, choices and
+    autocompletion from discord.py's own decorators.
     """
     attachments = [option.name for option in spec.options if option.kind is OptionKind.ATTACHMENT]
 
@@ -701,7 +717,21 @@ def slash_command(spec: CommandSpec, answer: AnswerCommand) -> app_commands.Comm
     app_commands.describe(**{option.name: option.description for option in spec.options})(callback)
     choices = [app_commands.Choice(name=name, value=name) for name in COMMANDS]
     app_commands.choices(**{option.name: choices for option in spec.options if option.kind is OptionKind.COMMAND})(callback)
+    complete = model_completion([DEFAULT, *models])
+    app_commands.autocomplete(**{option.name: complete for option in spec.options if option.kind is OptionKind.MODEL})(callback)
     return app_commands.Command(name=spec.name, description=spec.description, callback=callback)
+
+
+def model_completion(
+    names: Sequence[str],
+) -> Callable[[discord.Interaction, str], Coroutine[Any, Any, list[app_commands.Choice[str]]]]:
+    """Discord's autocompletion of a model option: the names that contain what the person typed so far."""
+
+    async def complete(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        found = [name for name in names if typed.casefold() in name.casefold()]
+        return [app_commands.Choice(name=name, value=name) for name in found[:AUTOCOMPLETE_CHOICES]]
+
+    return complete
 
 
 def _parameter(option: Option) -> inspect.Parameter:

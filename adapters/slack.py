@@ -297,7 +297,13 @@ class SlackAdapter:
             asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
             port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
             answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
-            request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
+            request = Request(
+                user=_person(context, user),
+                text=text,
+                request_id=command.get("trigger_id"),
+                channel=_channel(context, command["channel_id"]),
+                display_name=command.get("user_name", ""),
+            )
             # Only the finished reply goes out: a response_url takes five posts and no edits.
             await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
 
@@ -372,6 +378,8 @@ class SlackAdapter:
             history=history,
             request_id=body.get("event_id"),
             images=vetted.images,
+            channel=_channel(context, event["channel"]),
+            display_name=_display_name(event),
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *history_notes, *vetted.refusals])
 
@@ -742,6 +750,17 @@ def _written(event: Payload) -> bool:
 def _person(context: AsyncBoltContext, user_id: str) -> str:
     """`slack:<team>:<user>`; an org-wide install on Enterprise Grid may send no team, only the org."""
     return f"slack:{context.team_id or context.enterprise_id}:{user_id}"
+
+
+def _channel(context: AsyncBoltContext, channel_id: str) -> str:
+    """`slack:<team>:<channel>`, as the store keeps a channel's settings."""
+    return f"slack:{context.team_id or context.enterprise_id}:{channel_id}"
+
+
+def _display_name(event: Payload) -> str:
+    """The name a message's author shows under, when Slack sends their profile with the message; else empty."""
+    profile = event.get("user_profile") or {}
+    return str(profile.get("display_name") or profile.get("real_name") or profile.get("name") or "")
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:

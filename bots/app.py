@@ -85,6 +85,8 @@ def make_service(
         model=settings.model,
         vision_model=settings.vision_model,
         fallback_models=tuple(settings.fallback_models),
+        chat_models=tuple(settings.chat_models),
+        admins=frozenset(settings.admins),
         max_tokens=settings.max_tokens,
         default_language=settings.default_language,
         image_limits=ImageLimits(target_side=settings.image_max_side),

@@ -122,10 +122,24 @@ def model_findings(
             findings.append(error(f"{variable}: model {name} is not in the quota table: its daily quota would not be enforced"))
         else:
             findings.append(warning(f"{variable}: model {name} is not in the quota table: its daily quota is not enforced"))
+    findings += chat_model_findings(settings, quotas)
     row = quotas.get(settings.vision_model)
     api_row = api_models.get(settings.vision_model) if api_models is not None else None
     if (row is not None and not row.images) or (row is None and api_row is not None and api_row.supports_images is False):
         findings.append(error(f"IOBOT_VISION_MODEL: model {settings.vision_model} takes no images"))
+    return findings
+
+
+def chat_model_findings(settings: Settings, quotas: QuotaTable) -> list[Finding]:
+    """`IOBOT_CHAT_MODELS`: each one a text model of the quota table, since picking one must respect its quota."""
+    findings = []
+    for name in settings.chat_models:
+        row = quotas.get(name)
+        if row is None:
+            findings.append(error(f"IOBOT_CHAT_MODELS: model {name} is not in the quota table"))
+        elif row.kind != "chat" or row.images:
+            what = "an embedding model" if row.kind != "chat" else "a vision model"
+            findings.append(error(f"IOBOT_CHAT_MODELS: model {name} is {what}, not a text chat model"))
     return findings
 
 

@@ -26,6 +26,10 @@ DEFAULT_FALLBACK_MODELS = (
 
 CommaList = Annotated[list[str], NoDecode]
 
+# A person as the adapters write them: Slack's team and user ids, Discord's numeric user id, a login name.
+PERSON_ID = re.compile(r"slack:[A-Z0-9]+:[A-Z0-9]+|discord:[0-9]+|console:\S+")
+PERSON_ID_FORMS = "slack:<team>:<user> (slack:T123:U456), discord:<user id> (discord:123456789) or console:<login> (console:ana)"
+
 
 # What `mask_passwords` hides: the password of `scheme://user:password@host`, taken up to the last @
 # before a space, so that a password with a raw @, /, ? or # is hidden whole (a port followed later
@@ -115,6 +119,9 @@ class Settings(EnvSettings):
     model: str = env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
     vision_model: str = env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
     fallback_models: CommaList = env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
+    # Empty: the text models of the quota table, which is read later (IOBOT_QUOTA_FILE); checked against it at start.
+    chat_models: CommaList = env("IOBOT_CHAT_MODELS", default="")
+    admins: CommaList = env("IOBOT_ADMINS", default="")
     database_url: DatabaseURL = env("IOBOT_DATABASE_URL", default=DatabaseURL("sqlite:///iobot.sqlite3"))
     user_daily_tokens: int = env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
     quota_file: Path | None = env("IOBOT_QUOTA_FILE", default=None)
@@ -133,7 +140,7 @@ class Settings(EnvSettings):
     port: int = env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = env("IOBOT_LOG_LEVEL", default="INFO")
 
-    _split_commas = field_validator("fallback_models", mode="before")(split_commas)
+    _split_commas = field_validator("fallback_models", "chat_models", "admins", mode="before")(split_commas)
     _http_url = field_validator("base_url")(http_url)
 
     @field_validator("database_url")
@@ -147,6 +154,14 @@ class Settings(EnvSettings):
             return value
         if not url.startswith("sqlite:///"):
             raise ValueError("must be a sqlite:///path or a postgresql://user:pass@host:port/db URL")
+        return value
+
+    @field_validator("admins")
+    @classmethod
+    def _person_ids(cls, value: list[str]) -> list[str]:
+        wrong = [item for item in value if not PERSON_ID.fullmatch(item)]
+        if wrong:
+            raise ValueError(f"not person ids: {', '.join(wrong)}; use {PERSON_ID_FORMS}")
         return value
 
     @field_validator("log_level")

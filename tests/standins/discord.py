@@ -266,8 +266,9 @@ class DiscordStandIn:
         author: int = ALICE,
         channel: int = GENERAL,
         resolved: dict[str, Any] | None = None,
+        kind: int = 2,
     ) -> dict[str, Any]:
-        """A slash command used by `author`: an INTERACTION_CREATE."""
+        """A slash command used by `author`: an INTERACTION_CREATE (`kind` 4: an option being typed, to complete)."""
         interaction_id = next(self._ids)
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
@@ -276,7 +277,7 @@ class DiscordStandIn:
         interaction = {
             "id": str(interaction_id),
             "application_id": str(APPLICATION_ID),
-            "type": 2,
+            "type": kind,
             "data": data,
             "token": token,
             "version": 1,
