@@ -353,6 +353,7 @@ class DiscordAdapter:
             history=await self._history(parent),
             request_id=f"discord:{message.id}",
             images=vetted.images,
+            documents=vetted.documents,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
@@ -405,7 +406,7 @@ class DiscordAdapter:
             await interaction.response.defer(thinking=True, ephemeral=private)
             answer = _followups(interaction, ephemeral=private)
             vetted = self._attachments(attachments)
-            if attachments and not vetted.images:  # an image was the point of the command
+            if attachments and not vetted.images and not vetted.documents:  # a file was the point of the command
                 reply = Reply("\n".join([*vetted.refusals, *vetted.notes]), outcome=Outcome.REFUSED)
             else:
                 request = Request(
@@ -414,6 +415,7 @@ class DiscordAdapter:
                     command=command,
                     request_id=f"discord:{interaction.id}",
                     images=vetted.images,
+                    documents=vetted.documents,
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])
