@@ -344,7 +344,10 @@ def join_documents(text: str, documents: Sequence[Document], room: int, limit: s
 
 
 def _cut(text: str, max_bytes: int) -> str:
-    """The start of `text` in at most `max_bytes` of UTF-8, ended at a line break or space when one is near."""
+    """The start of `text` in at most `max_bytes` of UTF-8, ended at a line break (or else a space) when one is near."""
     cut = text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
-    end = max(cut.rfind("\n"), cut.rfind(" "))
-    return cut[:end] if end > len(cut) - 1000 else cut
+    for separator in ("\n", " "):
+        end = cut.rfind(separator)
+        if end > len(cut) - 1000:
+            return cut[:end]
+    return cut
