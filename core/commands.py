@@ -564,5 +564,6 @@ def help_text(topic: str = "") -> str:
     lines = ["**Commands**"]
     lines += [f"• `{spec.usage}`: {spec.description}" for spec in COMMANDS.values()]
     lines.append("Images attached to a message are analysed by a vision model, with the message as the question.")
+    lines.append("Text files and PDFs attached to a message are what its command works on: `summarize` with a PDF summarizes it.")
     lines.append("`help <command>` explains one command, with an example.")
     return "\n".join(lines)

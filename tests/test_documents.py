@@ -400,6 +400,21 @@ async def test_a_file_that_cannot_be_read_is_refused_and_costs_nothing(
     assert await ledger.used_today(user="console:ana") == 0 and await ledger.usage(user="console:ana") == []
 
 
+async def test_a_file_beyond_what_is_left_of_the_budget_is_refused_by_the_budget_at_no_cost(
+    service, emulator, ledger, files
+) -> None:
+    await ledger.set_user_limit("console:ana", 5_000)
+    files.files = {"notes.txt": (b"Ship on Friday. " * 2000, "text/plain")}  # 32,000 bytes: about 10,700 tokens
+    reply = await service.handle(Request(user="console:ana", text="Anything due?", documents=[files.source("notes.txt")]))
+    assert reply.outcome == "refused" and "5,000" in reply.text and "daily budget" in reply.text
+    assert api_calls(emulator) == [] and await ledger.usage(user="console:ana") == []
+
+
+async def test_the_help_says_what_attached_files_do(service) -> None:
+    reply = await service.handle(Request(user="console:ana", text="help"))
+    assert "Text files and PDFs attached to a message are what its command works on" in reply.text
+
+
 async def test_a_refused_file_beside_a_readable_one_is_noted(service, emulator, files) -> None:
     files.files = {"notes.txt": (b"Ship on Friday.", "text/plain"), "scan.pdf": (pdf_bytes([None]), "application/pdf")}
     sources = [files.source("notes.txt"), files.source("scan.pdf", DocumentKind.PDF)]
