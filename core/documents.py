@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import io
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -186,8 +187,6 @@ def read_pdf(file: IO[bytes], name: str, limits: DocumentLimits) -> Document:
             if time.monotonic() > deadline or sum(map(len, pages)) > MAX_TEXT_CHARS:
                 break
             pages.append(page.extract_text() or "")
-    except DocumentError:
-        raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OSError) as error:
         # pypdf reports a damaged file through its own errors and, deeper down, through plain Python ones.
         raise DocumentError(f"{name} could not be read: the file is damaged or not a PDF.", "damaged") from error
@@ -271,11 +270,10 @@ async def _read_one(
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as file:
             await _download(source, file, max_bytes, limits, http, allow_loopback)
             file.seek(0)
-            if source.kind is DocumentKind.PDF or file.read(5) == b"%PDF-":  # the content says PDF, whatever the name
-                file.seek(0)
-                return await _read_pdf_on_thread(file, source.name, limits)
-            file.seek(0)
-            return Document(source.name, decode_text(file.read(), source.name))
+            data = file.read()  # within the budget's share: pypdf reads a file in memory several times as fast
+        if source.kind is DocumentKind.PDF or data.startswith(b"%PDF-"):  # the content says PDF, whatever the name
+            return await _read_pdf_on_thread(io.BytesIO(data), source.name, limits)
+        return Document(source.name, decode_text(data, source.name))
 
 
 async def _download(

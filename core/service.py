@@ -326,6 +326,13 @@ class Service:
         )
         for refusal in refusals:
             metrics.DOCUMENTS_REFUSED.labels(refusal.reason).inc()
+        log.info(
+            "%d document(s) for %s: %d characters read, %d refused",
+            len(documents),
+            request.user,
+            sum(len(document.text) for document in documents),
+            len(refusals),
+        )
         notes = [*map(str, refusals), *(note for document in documents for note in document.notes)]
         if not documents and not request.images:
             return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
