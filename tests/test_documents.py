@@ -33,6 +33,7 @@ from core.images import ImageBudget
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
+from core.tokens import estimate_text_tokens
 
 from .pdfs import encrypted, pdf_bytes
 
@@ -339,6 +340,24 @@ async def test_a_question_with_a_text_file_asks_about_it_and_is_charged_for_it(s
     assert content.startswith('When do we ship?\n\n<file name="notes.txt">\nShip on Friday.') and content.count("Ship on") == 400
     assert reply.usage is not None and reply.usage.prompt_tokens > 1000  # the file's 6,400 bytes
     assert await ledger.used_today(user="console:ana") == reply.usage.total_tokens
+
+
+@pytest.mark.parametrize("line", ["What is due?", "summarize", "translate French"])
+async def test_the_reservation_counts_the_files_text(service, files, monkeypatch, line) -> None:
+    reserved: list[int] = []
+    reserve = service.ledger.reserve
+
+    async def spy(**arguments):
+        reserved.append(arguments["tokens"])
+        return await reserve(**arguments)
+
+    monkeypatch.setattr(service.ledger, "reserve", spy)
+    text = "Ship on Friday, then write the report. " * 300  # 11,700 bytes: 3,900 tokens by the estimate
+    files.files = {"notes.txt": (text.encode(), "text/plain")}
+    reply = await service.handle(Request(user="console:ana", text=line, documents=[files.source("notes.txt")]))
+    assert reply.outcome == "ok", reply.text
+    [tokens] = reserved
+    assert tokens > estimate_text_tokens(text) + 256  # the file, and room for the answer besides
 
 
 async def test_summarize_with_a_pdf_summarizes_the_pdf(service, emulator, ledger, files) -> None:
