@@ -35,6 +35,7 @@ from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
 from core.tokens import estimate_text_tokens
 
+from .conftest import png_bytes
 from .pdfs import encrypted, pdf_bytes
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
@@ -382,6 +383,25 @@ async def test_a_file_alone_is_a_question_about_it(service, emulator, files) -> 
     assert reply.outcome == "ok"
     [call] = api_calls(emulator)
     assert call.body["messages"][-1]["content"].startswith(DEFAULT_DOCUMENT_QUESTION + "\n\n<file")
+
+
+async def test_an_image_alone_is_a_question_about_it_not_the_help(service, emulator) -> None:
+    reply = await service.handle(Request(user="console:ana", text="", images=[("cat.png", png_bytes())]))
+    assert reply.outcome == "ok" and reply.model == VISION_MODEL
+    [call] = api_calls(emulator)
+    assert {"type": "text", "text": "What is in this image?"} in call.body["messages"][-1]["content"]
+
+
+async def test_an_image_and_a_file_go_to_the_vision_model_with_the_file_in_the_question(service, emulator, files) -> None:
+    files.files = {"notes.txt": (b"The cat is called Tom.", "text/plain")}
+    request = Request(
+        user="console:ana", text="Is this Tom?", images=[("cat.png", png_bytes())], documents=[files.source("notes.txt")]
+    )
+    reply = await service.handle(request)
+    assert reply.outcome == "ok" and reply.model == VISION_MODEL
+    [call] = api_calls(emulator)
+    [text] = [part["text"] for part in call.body["messages"][-1]["content"] if part["type"] == "text"]
+    assert text == 'Is this Tom?\n\n<file name="notes.txt">\nThe cat is called Tom.\n</file>'
 
 
 async def test_a_file_too_long_for_the_context_is_cut_with_a_note(client, ledger, http, emulator, files) -> None:
