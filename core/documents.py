@@ -183,24 +183,27 @@ def read_pdf(file: IO[bytes], name: str, limits: DocumentLimits) -> Document:
             )
         total = len(reader.pages)
         pages: list[str] = []
+        out_of_time = enough = False
         for page in reader.pages[: limits.pdf_max_pages]:
-            if time.monotonic() > deadline or sum(map(len, pages)) > MAX_TEXT_CHARS:
+            if out_of_time := time.monotonic() > deadline:
                 break
             pages.append(page.extract_text() or "")
+            if enough := sum(map(len, pages)) > MAX_TEXT_CHARS:  # more never fits a model's context: cut later, with a note
+                break
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OSError) as error:
         # pypdf reports a damaged file through its own errors and, deeper down, through plain Python ones.
         raise DocumentError(f"{name} could not be read: the file is damaged or not a PDF.", "damaged") from error
     text = "\n\n".join(page.strip() for page in pages if page.strip())
     if not text:
-        if len(pages) < min(total, limits.pdf_max_pages):
+        if out_of_time:
             raise DocumentError(f"{name} took too long to read.", "slow")
         raise DocumentError(
             f"{name} has no text to read: its pages are probably scanned images. Send a PDF with text in it.", "no_text"
         )
     notes: list[str] = []
-    if len(pages) < min(total, limits.pdf_max_pages):
+    if out_of_time:
         notes.append(f"{name} took long to read: only its first {len(pages)} of {total} pages were read.")
-    elif total > limits.pdf_max_pages:
+    elif total > limits.pdf_max_pages and not enough:
         notes.append(f"{name} has {total} pages: only the first {limits.pdf_max_pages} were read.")
     return Document(name, text[:MAX_TEXT_CHARS], tuple(notes))
 
