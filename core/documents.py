@@ -26,8 +26,6 @@ from pathlib import PurePosixPath
 from typing import IO
 
 import httpx
-import pypdf
-from pypdf.errors import PyPdfError
 
 from .errors import UserError
 from .images import SPOOL_IN_MEMORY, ImageBudget, ImageError, ImageLimits, ImageSource, download_image
@@ -173,6 +171,10 @@ def read_pdf(file: IO[bytes], name: str, limits: DocumentLimits) -> Document:
     (even those that open without a password: "save as" an unprotected copy does it), as are damaged
     files and PDFs with no text at all (scanned pages are images; the models here read text).
     """
+    # Imported here: pypdf costs about a fifth of the service's import time, and only a PDF needs it.
+    import pypdf
+    from pypdf.errors import PyPdfError
+
     deadline = time.monotonic() + limits.pdf_seconds
     try:
         reader = pypdf.PdfReader(file)
