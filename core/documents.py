@@ -275,7 +275,7 @@ async def _read_one(
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as file:
             await _download(source, file, max_bytes, limits, http, allow_loopback)
             file.seek(0)
-            data = file.read()  # within the budget's share: pypdf reads a file in memory several times as fast
+            data = file.read()  # within the budget's share; pypdf read the spooled file at 0.7 of its speed in memory
         if source.kind is DocumentKind.PDF or data.startswith(b"%PDF-"):  # the content says PDF, whatever the name
             return await _read_pdf_on_thread(io.BytesIO(data), source.name, limits)
         return Document(source.name, decode_text(data, source.name))
