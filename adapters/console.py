@@ -61,7 +61,7 @@ class ConsoleAdapter:
         self.history: list[Message] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._session: asyncio.Task[None] | None = None
-        self._at_prompt = False
+        self.at_prompt = False  # waiting for the person to type (a terminal only)
         self._stopping = False
 
     @property
@@ -85,7 +85,7 @@ class ConsoleAdapter:
         self._stopping = True
         self._lines.put_nowait(None)
         if self._session is not None and not self._session.done():
-            if self._at_prompt:  # nothing to finish: leave the prompt at once
+            if self.at_prompt:  # nothing to finish: leave the prompt at once
                 self._session.cancel()
             _, pending = await asyncio.wait({self._session}, timeout=STOP_GRACE)
             for task in pending:
@@ -113,21 +113,22 @@ class ConsoleAdapter:
             self._write(self.render(reply) + "\n")
 
     async def _run_on_terminal(self, terminal: Terminal) -> None:
-        terminal.greet()
-        while not self._stopping:
-            self._at_prompt = True
-            try:
-                text = await terminal.read_message()
-            finally:
-                self._at_prompt = False
-            if text is None:  # Ctrl-D
-                break
-            if not text.strip():
-                continue
-            request = self._request(text)
-            reply = await terminal.answer(functools.partial(self.service.handle, request))
-            if reply is not None:  # None: cancelled with Ctrl-C
-                self._remember(request, reply)
+        with terminal.keys_to_the_chat():
+            terminal.greet()
+            while not self._stopping:
+                self.at_prompt = True
+                try:
+                    text = await terminal.read_message()
+                finally:
+                    self.at_prompt = False
+                if text is None:  # Ctrl-D
+                    break
+                if not text.strip():
+                    continue
+                request = self._request(text)
+                reply = await terminal.answer(functools.partial(self.service.handle, request))
+                if reply is not None:  # None: cancelled with Ctrl-C
+                    self._remember(request, reply)
 
     def _request(self, text: str) -> Request:
         return Request(user=self.user, text=text.strip(), history=tuple(self.history), local_files=True)

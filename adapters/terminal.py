@@ -10,6 +10,7 @@ answer is drawn as markdown: headings, lists, tables, code with its syntax highl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,14 @@ class Terminal:
             output=output,
         )
 
+    def keys_to_the_chat(self) -> contextlib.AbstractContextManager[None]:
+        """For as long as the chat runs, every key goes to it, none to the terminal's own line editing.
+
+        Else a Ctrl-C pressed just as an answer ends, before the next prompt is up, would be the
+        terminal's SIGINT and stop iobot, and keys typed then would be echoed twice.
+        """
+        return self.input.raw_mode()
+
     def greet(self) -> None:
         self.console.print(Text(GREETING, style="dim"))
 
@@ -162,7 +171,7 @@ class Terminal:
                 if any(press.key == Keys.ControlC for press in self.input.read_keys()):
                     answer.cancel()
 
-            with self.input.raw_mode(), self.input.attach(read_keys):
+            with self.input.attach(read_keys):
                 try:
                     reply = await answer
                 except asyncio.CancelledError:

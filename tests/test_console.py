@@ -95,6 +95,13 @@ class Chat:
                 await asyncio.sleep(0.02)
         return self.screen()
 
+    async def at_prompt(self) -> None:
+        """Once the next prompt is up and has read the history (in the background, as it starts)."""
+        async with asyncio.timeout(10):
+            while not self.adapter.at_prompt:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+
     def asked(self) -> list[Any]:
         """The last message of each chat completion the API was asked for."""
         return [r.body["messages"][-1]["content"] for r in self.emulator.requests if r.path == "/chat/completions"]
@@ -166,6 +173,7 @@ async def test_up_recalls_earlier_messages_kept_in_the_history_file(chat: Chat, 
     await chat.shows("tokens")
     chat.press("ask about lakes" + ENTER)
     await chat.shows("tokens", times=2)
+    await chat.at_prompt()
     chat.press(UP + UP + ENTER)
     await chat.shows("tokens", times=3)
     assert chat.asked() == ["about rivers", "about lakes", "about rivers"]
