@@ -133,6 +133,54 @@ def test_models_prints_the_quota_table_with_todays_use(console_run, workdir):
     assert f"{used:,}" in line
 
 
+def test_models_json_matches_the_ledger(console_run, workdir):
+    result = iobot(workdir, "models", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {row["model"]: row for row in json.loads(result.stdout)}
+    [spent] = json.loads(iobot(workdir, "usage", "--json").stdout)
+    chat = models[spent["model"]]
+    assert chat["used_tokens"] == spent["total_tokens"] > 0
+    assert chat["left_tokens"] == chat["api_daily_tokens"] - spent["total_tokens"]
+    assert chat["day"] == spent["day"] == datetime.now(UTC).date().isoformat()
+    assert {"context_length", "images"} <= set(chat) and models["meta-llama/Llama-3.2-90B-Vision-Instruct"]["images"] is True
+    assert all(row["used_tokens"] == 0 for name, row in models.items() if name != spent["model"])
+
+
+def test_limits_json_matches_the_ledger(tmp_path):
+    asyncio.run(make_ledger(tmp_path))
+    assert json.loads(iobot(tmp_path, "limits", "--json").stdout) == {"default_daily_tokens": 50_000, "overrides": []}
+    assert json.loads(iobot(tmp_path, "limits", "console:ana", "700", "--json").stdout) == {
+        "user": "console:ana",
+        "daily_tokens": 700,
+    }
+    iobot(tmp_path, "limits", "discord:42", "9000")
+    listed = json.loads(iobot(tmp_path, "limits", "--json", IOBOT_USER_DAILY_TOKENS="1234").stdout)
+
+    async def ledger_limits() -> dict[str, int]:
+        ledger = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=1234, owner=False)
+        try:
+            return await ledger.user_limits()
+        finally:
+            await ledger.close()
+
+    assert listed["default_daily_tokens"] == 1234
+    assert {row["user"]: row["daily_tokens"] for row in listed["overrides"]} == asyncio.run(ledger_limits())
+    assert {row["user"] for row in listed["overrides"]} == {"console:ana", "discord:42"}
+    cleared = json.loads(iobot(tmp_path, "limits", "console:ana", "--clear", "--json").stdout)
+    assert cleared == {"user": "console:ana", "daily_tokens": 50_000}
+
+
+def test_check_json_lists_each_finding_and_keeps_the_exit_code(tmp_path):
+    result = iobot(tmp_path, "check", "--json", "--emulator", IOBOT_MODLE="x")
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert all(set(finding) == {"level", "message"} and finding["level"] == "warning" for finding in findings)
+    assert any("IOBOT_MODLE" in finding["message"] and "did you mean IOBOT_MODEL" in finding["message"] for finding in findings)
+    failed = iobot(tmp_path, "check", "--json", "--emulator", IOBOT_MODEL="acme/no-such-model")
+    assert failed.returncode == 1
+    assert any(f["level"] == "error" and "acme/no-such-model" in f["message"] for f in json.loads(failed.stdout))
+
+
 def console_service(workdir: Path) -> subprocess.Popen[str]:
     """`iobot run --emulator` chatting on its piped stdin as console:bo, its ledger in `workdir`."""
     return subprocess.Popen(
