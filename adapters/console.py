@@ -2,7 +2,7 @@
 
 Piped, it reads one request per line until EOF and writes plain text, so
 `printf 'ask hi\\nhelp\\n' | iobot run --emulator` works. When stdin and stdout are both a terminal,
-a person chats at a prompt instead (adapters/terminal.py): history, multi-line messages, answers
+a person chats at a prompt instead (adapters/console_terminal.py): history, multi-line messages, answers
 streamed as they arrive and drawn as markdown, Ctrl-C to cancel an answer, Ctrl-D to quit.
 """
 
@@ -24,7 +24,7 @@ from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
 if TYPE_CHECKING:  # rich and prompt_toolkit load only for a person at a terminal
-    from .terminal import Terminal
+    from .console_terminal import Terminal
 
 HISTORY_MESSAGES = 20  # the earlier turns sent along with each question
 STOP_GRACE = 5.0  # seconds `stop()` gives the answer being written
@@ -54,7 +54,7 @@ class ConsoleAdapter:
         self.stdin = stdin
         self.stdout = stdout
         if terminal is None and stdin.isatty() and stdout.isatty():
-            from .terminal import Terminal
+            from .console_terminal import Terminal
 
             terminal = Terminal(history_file=history_file)
         self.terminal = terminal

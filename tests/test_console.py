@@ -21,7 +21,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from adapters.console import HISTORY_MESSAGES, ConsoleAdapter
-from adapters.terminal import Terminal, render_reply
+from adapters.console_terminal import Terminal, render_reply
 from core.client import IOClient
 from core.errors import Outcome
 from core.ledger import SQLiteLedger
@@ -144,8 +144,9 @@ async def test_ctrl_c_cancels_the_answer_in_flight_charging_nothing_and_the_chat
     chat.press("ask a slow question" + ENTER)
     await chat.shows("thinking")
     async with asyncio.timeout(10):
-        while await chat.ledger.reservations_in_flight() == 0:
+        while not chat.asked():  # reserved, and the API is working on it
             await asyncio.sleep(0.02)
+    assert await chat.ledger.reservations_in_flight() == 1
     chat.press(CTRL_C)
     await chat.shows("Cancelled: nothing was charged")
     assert await chat.ledger.reservations_in_flight() == 0
