@@ -56,7 +56,7 @@ class ConsoleAdapter:
         if terminal is None and stdin.isatty() and stdout.isatty():
             from .console_terminal import Terminal
 
-            terminal = Terminal(history_file=history_file)
+            terminal = Terminal.on(stdin, stdout, history_file)
         self.terminal = terminal
         self.history: list[Message] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()

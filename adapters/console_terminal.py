@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input, create_input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
-from prompt_toolkit.output import Output
+from prompt_toolkit.output import Output, create_output
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
@@ -110,21 +110,14 @@ def _key_bindings() -> KeyBindings:
 class Terminal:
     """The prompt the person types at and the screen answers are drawn on.
 
-    `input` and `output` are prompt_toolkit's (the process's terminal by default; tests pass a pipe),
-    `console` is rich's for the answers, and `history_file` keeps earlier messages across runs (in
-    memory only when None): Up and Down recall them.
+    `input` and `output` are prompt_toolkit's (a terminal's, or a pipe and a dummy in tests), `console`
+    is rich's for the answers, and `history_file` keeps earlier messages across runs (in memory only
+    when None): Up and Down recall them.
     """
 
-    def __init__(
-        self,
-        *,
-        input: Input | None = None,
-        output: Output | None = None,
-        console: Console | None = None,
-        history_file: Path | None = None,
-    ) -> None:
-        self.input = input or create_input()
-        self.console = console or Console(highlight=False)
+    def __init__(self, *, input: Input, output: Output, console: Console, history_file: Path | None = None) -> None:
+        self.input = input
+        self.console = console
         self.session: PromptSession[str] = PromptSession(
             PROMPT,
             multiline=True,  # shown as lines; Enter still sends (see _key_bindings)
@@ -133,6 +126,16 @@ class Terminal:
             history=_history(history_file),
             input=self.input,
             output=output,
+        )
+
+    @classmethod
+    def on(cls, stdin: TextIO, stdout: TextIO, history_file: Path | None) -> Terminal:
+        """The terminal that `stdin` and `stdout` are."""
+        return cls(
+            input=create_input(stdin),
+            output=create_output(stdout),
+            console=Console(file=stdout, highlight=False),
+            history_file=history_file,
         )
 
     def keys_to_the_chat(self) -> contextlib.AbstractContextManager[None]:
@@ -150,7 +153,8 @@ class Terminal:
         """The person's next message; None when they press Ctrl-D. Ctrl-C clears the message being typed."""
         while True:
             try:
-                # Ctrl-C arrives as a key (the terminal is in raw mode), not as the process's SIGINT.
+                # Ctrl-C is a key here (see keys_to_the_chat); and prompt_toolkit's SIGINT handler would
+                # take the place of iobot's, which stops it gracefully on a `kill -INT`.
                 return await self.session.prompt_async(handle_sigint=False)
             except KeyboardInterrupt:
                 continue
