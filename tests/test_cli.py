@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -444,6 +445,18 @@ def test_the_terminal_chat_on_a_pseudo_terminal(tmp_path, emulator_process):
     assert "outcome=" not in terminal.stderr.read_text(), "no request log lines while the chat is on screen"
     history = (tmp_path / "state" / "iobot" / "console-history").read_text()
     assert "ask where is the river?" in history and "half a thought" not in history
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_terminal_chat_waits_for_a_message_stops_it_at_once_exit_0(tmp_path, signum):
+    with Pty(tmp_path, "run", "--emulator") as terminal:
+        terminal.expect("Ctrl-D quits")
+        terminal.type("half typed")
+        terminal.expect("half typed")
+        terminal.process.send_signal(signum)  # `kill`, or a service manager stopping it
+        assert terminal.wait() == 0
+    logged = terminal.stderr.read_text()
+    assert "Traceback" not in logged and " ERROR " not in logged
 
 
 def test_admin_tables_are_drawn_on_a_terminal_and_say_their_days_are_utc(tmp_path):
