@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import Input, create_input
+from prompt_toolkit.input.typeahead import store_typeahead
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 from prompt_toolkit.output import Output, create_output
@@ -165,15 +166,18 @@ class Terminal:
         """Run `ask(progress)` with the answer drawn live, and show its reply; None when Ctrl-C cancelled it.
 
         The answer runs in a task of its own, as on the other platforms (Service.drain waits for it);
-        cancelling it makes the service release its reservation, so it costs nothing. Keys other
-        than Ctrl-C pressed meanwhile are dropped.
+        cancelling it makes the service release its reservation, so it costs nothing. Other keys
+        pressed meanwhile are kept for the next prompt, as a shell keeps what is typed ahead.
         """
         with LiveAnswer(self.console) as screen:
             answer = asyncio.create_task(ask(screen.stream))
 
             def read_keys() -> None:
-                if any(press.key == Keys.ControlC for press in self.input.read_keys()):
+                presses = self.input.read_keys()
+                if any(press.key == Keys.ControlC for press in presses):
                     answer.cancel()
+                else:  # typed ahead: the next prompt takes them
+                    store_typeahead(self.input, presses)
 
             with self.input.attach(read_keys):
                 try:

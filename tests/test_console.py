@@ -189,15 +189,17 @@ class StreamingService:
 
     def __init__(self) -> None:
         self.go_on = asyncio.Event()
+        self.texts: list[str] = []
 
     async def handle(self, request: Request, progress: Any = None) -> Reply:
+        self.texts.append(request.text)
         if progress is not None:
             await progress("Here is a table:")
             await self.go_on.wait()
         return Reply(self.ANSWER, model=MODEL, notes=("Qwen stood in",))
 
 
-async def test_an_answer_streams_onto_the_terminal_then_is_drawn_whole_as_markdown(tmp_path: Path) -> None:
+async def test_an_answer_streams_then_is_drawn_whole_as_markdown_and_what_is_typed_meanwhile_comes_next(tmp_path: Path) -> None:
     service = StreamingService()
     output = io.StringIO()
     with create_pipe_input() as keys:
@@ -208,11 +210,14 @@ async def test_an_answer_streams_onto_the_terminal_then_is_drawn_whole_as_markdo
             while "Here is a table:" not in output.getvalue():
                 await asyncio.sleep(0.02)
         assert "alpha" not in output.getvalue(), "what has arrived so far, not more"
+        keys.send_text("typed ahead" + ENTER)  # while the answer is still being written
+        await asyncio.sleep(0.1)
         service.go_on.set()
         async with asyncio.timeout(10):
-            while "Llama-3.3-70B-Instruct" not in output.getvalue():
+            while output.getvalue().count("Llama-3.3-70B-Instruct") < 2:
                 await asyncio.sleep(0.02)
         await adapter.stop()
+    assert service.texts == ["show me", "typed ahead"], "what was typed during an answer is the next message"
     screen = output.getvalue()
     assert_drawn_as_markdown(screen)
     assert "note: Qwen stood in" in without_escapes(screen)
