@@ -42,6 +42,9 @@ GREETING = (
 WAITING = "thinking… (Ctrl-C cancels)"
 CANCELLED = "Cancelled: nothing was charged for this answer."
 REFRESHES_PER_SECOND = 10  # how often a streaming answer is redrawn
+# A streaming answer is drawn from this many source lines per screen row: lists and paragraphs take
+# about one row a line, tables and code blocks add rows of their own, a long paragraph wraps to several.
+SOURCE_LINES_PER_ROW = 2
 
 
 class TerminalMarkdown(Markdown):
@@ -63,17 +66,32 @@ class TerminalMarkdown(Markdown):
 class LastLines:
     """A streaming answer's last screenful: what is on screen while it grows (the whole of it is drawn at the end).
 
-    The markdown is parsed when drawn, a few times a second, not at every token.
+    Drawn a few times a second on rich's refresh thread, so its cost must not grow with the answer:
+    only the last source lines are parsed (a code block cut open is reopened), and what was drawn
+    is kept until more text arrives.
     """
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._drawn: tuple[int, list[list[Segment]]] | None = None  # (width, lines)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        lines = console.render_lines(TerminalMarkdown(self.text), options, pad=False)
-        for line in lines[-max(1, console.height - 2) :]:
+        height = max(1, console.height - 2)
+        if self._drawn is None or self._drawn[0] != options.max_width:
+            markdown = TerminalMarkdown(source_tail(self.text, SOURCE_LINES_PER_ROW * height))
+            self._drawn = (options.max_width, console.render_lines(markdown, options, pad=False)[-height:])
+        for line in self._drawn[1]:
             yield from line
             yield Segment.line()
+
+
+def source_tail(markdown: str, lines: int) -> str:
+    """The last `lines` lines of `markdown`, opening a code block again if the cut falls inside one."""
+    source = markdown.split("\n")
+    if len(source) <= lines:
+        return markdown
+    fences = sum(line.lstrip().startswith(("```", "~~~")) for line in source[:-lines])
+    return ("```\n" if fences % 2 else "") + "\n".join(source[-lines:])
 
 
 def render_reply(reply: Reply) -> RenderableType:

@@ -21,7 +21,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from adapters.console import HISTORY_MESSAGES, ConsoleAdapter
-from adapters.console_terminal import Terminal, render_reply
+from adapters.console_terminal import LastLines, Terminal, render_reply, source_tail
 from core.client import IOClient
 from core.errors import Outcome
 from core.ledger import SQLiteLedger
@@ -248,3 +248,16 @@ def test_a_reply_is_drawn_with_rich_on_a_terminal_and_plain_when_piped() -> None
     piped = ConsoleAdapter(cast(Service, RecordingService()), "ana", stdin=io.StringIO(), stdout=io.StringIO()).render(reply)
     assert "\x1b" not in piped, "no escape codes in a pipe"
     assert "| alpha | 1 |" in piped and "```python" in piped and "bold words" in piped and "**" not in piped
+
+
+def test_a_streaming_answer_is_drawn_from_its_last_lines_reopening_a_code_block_cut_open() -> None:
+    answer = "intro\n```python\n" + "\n".join(f"x{n} = {n}" for n in range(100)) + "\n"
+    tail = source_tail(answer, 10)
+    assert tail.startswith("```\n") and tail.endswith("x99 = 99\n") and "x89" not in tail
+    closed = source_tail("```\ncode\n```\n" + "".join(f"line {n}\n" for n in range(50)), 5)
+    assert not closed.startswith("```"), "a block closed before the cut is not reopened"
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=60, height=12, color_system=None)
+    screen.print(LastLines(answer))
+    drawn = cast(io.StringIO, screen.file).getvalue().splitlines()
+    assert len(drawn) == 10 and "x99 = 99" in "".join(drawn[-2:]) and "intro" not in "".join(drawn), "the last screenful only"
