@@ -42,9 +42,8 @@ GREETING = (
 WAITING = "thinking… (Ctrl-C cancels)"
 CANCELLED = "Cancelled: nothing was charged for this answer."
 REFRESHES_PER_SECOND = 10  # how often a streaming answer is redrawn
-# A streaming answer is drawn from this many source lines per screen row: lists and paragraphs take
-# about one row a line, tables and code blocks add rows of their own, a long paragraph wraps to several.
-SOURCE_LINES_PER_ROW = 2
+# A streaming answer is drawn from as many source lines as the screen has rows: each line takes at
+# least a row (line breaks are kept), code blocks and tables add rows of their own.
 
 
 class TerminalMarkdown(Markdown):
@@ -78,7 +77,7 @@ class LastLines:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = max(1, console.height - 2)
         if self._drawn is None or self._drawn[0] != options.max_width:
-            markdown = TerminalMarkdown(source_tail(self.text, SOURCE_LINES_PER_ROW * height))
+            markdown = TerminalMarkdown(source_tail(self.text, height))
             self._drawn = (options.max_width, console.render_lines(markdown, options, pad=False)[-height:])
         for line in self._drawn[1]:
             yield from line
