@@ -174,7 +174,7 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
         return
     if drawn(len(rows)):
         columns = [Column(header, numeric) for header, _, numeric in USAGE_TABLE]
-        cells = [[f"{row[index]:,}" if numeric else row[index] for _, index, numeric in USAGE_TABLE] for row in rows]
+        cells = [[f"{row[index]:,}" if numeric else str(row[index]) for _, index, numeric in USAGE_TABLE] for row in rows]
         draw_table(f"Usage on {day.isoformat()} (UTC days)", columns, cells)
     else:
         print(_usage_table(rows))
