@@ -42,8 +42,6 @@ GREETING = (
 WAITING = "thinking… (Ctrl-C cancels)"
 CANCELLED = "Cancelled: nothing was charged for this answer."
 REFRESHES_PER_SECOND = 10  # how often a streaming answer is redrawn
-# A streaming answer is drawn from as many source lines as the screen has rows: each line takes at
-# least a row (line breaks are kept), code blocks and tables add rows of their own.
 
 
 class TerminalMarkdown(Markdown):
@@ -66,8 +64,9 @@ class LastLines:
     """A streaming answer's last screenful: what is on screen while it grows (the whole of it is drawn at the end).
 
     Drawn a few times a second on rich's refresh thread, so its cost must not grow with the answer:
-    only the last source lines are parsed (a code block cut open is reopened), and what was drawn
-    is kept until more text arrives.
+    only as many source lines as the screen has rows are parsed (each takes a row at least, as line
+    breaks are kept; a code block cut open is reopened), and what was drawn is kept until more text
+    arrives.
     """
 
     def __init__(self, text: str) -> None:
