@@ -21,7 +21,7 @@ from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
 from .commands import COMMANDS, DEFAULT_VISION_QUESTION, AgentTask, Call, Command, UsageError, help_text, parse_command
 from .commands import INFORMATIONAL as INFORMATIONAL  # adapters read it from here
-from .errors import IOIntelligenceError, Outcome, RateLimitError, UserError
+from .errors import IOIntelligenceError, Outcome, RateLimitError, Refusal, UserError
 from .images import (
     DEFAULT_BUDGET,
     ImageBudget,
@@ -32,7 +32,17 @@ from .images import (
     public_image,
     read_local_image,
 )
-from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, Store, next_reset, time_until
+from .ledger import (
+    DuplicateRequest,
+    Ledger,
+    LedgerError,
+    ModelQuotaExceeded,
+    QuotaExceeded,
+    Reservation,
+    Store,
+    next_reset,
+    time_until,
+)
 from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
 from .ratelimit import busy_message
 from .render import code_table, render_agents, render_models, short_model_name
@@ -78,6 +88,7 @@ class NotEnoughLeft(QuotaExceeded):
 
     def __init__(self, refusal: QuotaExceeded, no_room: NoRoom) -> None:
         self.model = refusal.model if isinstance(refusal, ModelQuotaExceeded) else None  # None: the person's budget
+        self.refusal = Refusal.BUDGET if self.model is None else Refusal.MODEL_QUOTA
         left = max(0, refusal.limit - refusal.used)
         if self.model is None:
             limit, whose, resets = (
@@ -138,6 +149,7 @@ class Reply:
     usage: Usage | None = None
     notes: tuple[str, ...] = field(default=())  # remarks for the person, e.g. which model stood in
     attachments: tuple[Attachment, ...] = field(default=())  # files posted after the text
+    refusal: Refusal | None = None  # why it was refused (a `refused` or `usage` outcome), counted per day in the store
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,8 @@ class Service:
         command, reply = "unparsed", None
         try:
             command, reply = await self._answer(request, progress)
+            if reply.refusal is not None:
+                await self._count_refusal(reply.refusal)
             return reply
         finally:
             if task is not None:
@@ -213,18 +227,19 @@ class Service:
         try:
             command = request.command or parse_command(request.text)
             if self._closing:
-                return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True)
+                return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True, refusal=Refusal.RESTARTING)
             if COMMANDS[command.name].call is Call.HELP:
                 return command.name, Reply(help_text(command.topic), private=True)
             per_minute = self.config.user_requests_per_minute
             wait = await self.store.take_request(request.user, per_minute)
             if wait:
-                return command.name, Reply(busy_message(wait, per_minute), outcome=Outcome.REFUSED, private=True)
+                busy = busy_message(wait, per_minute)
+                return command.name, Reply(busy, outcome=Outcome.REFUSED, private=True, refusal=Refusal.RATE_LIMIT)
             try:
                 async with asyncio.timeout(self.config.queue_timeout):
                     await self._slots.acquire()
             except TimeoutError:
-                return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True)
+                return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True, refusal=Refusal.BUSY)
             try:
                 return command.name, await self._dispatch(request, command, progress)
             finally:
@@ -243,9 +258,17 @@ class Service:
             case IOIntelligenceError():
                 log.warning("API call for %s failed: %s", request.user, exc)
         if isinstance(exc, UserError):
-            return Reply(exc.user_message, outcome=exc.outcome, private=exc.private)
+            refusal = exc.refusal if exc.outcome in (Outcome.REFUSED, Outcome.USAGE) else None
+            return Reply(exc.user_message, outcome=exc.outcome, private=exc.private, refusal=refusal)
         log.error("unexpected failure answering %s", request.user, exc_info=exc)
         return Reply(UNEXPECTED_FAILURE, outcome=Outcome.ERROR)
+
+    async def _count_refusal(self, refusal: Refusal) -> None:
+        """Count a refusal in the store, where every replica's are added up; a store that fails costs the person nothing."""
+        try:
+            await self.store.record_refusal(datetime.now(UTC).date(), refusal)
+        except LedgerError as exc:
+            log.warning("could not count a refusal (%s): %s", refusal, exc)
 
     def _record(self, request: Request, command: str, reply: Reply | None, seconds: float) -> None:
         """One log line and the counters for each request; never the message's text, unless debugging."""
@@ -321,7 +344,7 @@ class Service:
         for refusal in refusals:
             metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
         if not prepared:
-            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
+            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED, refusal=Refusal.IMAGE)
         log.info(
             "%d image(s) for %s: %d bytes sent, %d saved by normalising",
             len(prepared),
@@ -394,6 +417,7 @@ class Service:
                 passed_over.append(model)
                 continue
             key = None  # the key is spent once a reservation holds it; a fallback reserves without it
+            started = time.perf_counter()
             try:
                 result = await self._complete(model, fitted, progress)
             except RateLimitError as exc:
@@ -405,7 +429,8 @@ class Service:
             except BaseException:
                 await self.ledger.release(reservation)
                 raise
-            usage = await self._settle(reservation, result.usage, fitted.messages, result.content)
+            seconds = time.perf_counter() - started
+            usage = await self._settle(reservation, result.usage, fitted.messages, result.content, seconds)
             if not result.content:
                 return Reply("The model gave an empty answer. Please rephrase and try again.", outcome=Outcome.ERROR, model=model)
             notes = [_stood_in(model, passed_over)] if passed_over else []
@@ -472,17 +497,22 @@ class Service:
         assert stream.result is not None  # set once iteration ends without error
         return stream.result
 
-    async def _settle(self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str) -> Usage:
+    async def _settle(
+        self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str, seconds: float
+    ) -> Usage:
         """Charge what the API reported, or an estimate (flagged as such) when it reported nothing."""
         if usage is not None:
-            await self._charge(reservation, usage.prompt_tokens, usage.completion_tokens, estimated=False)
+            await self._charge(reservation, usage.prompt_tokens, usage.completion_tokens, estimated=False, seconds=seconds)
             return usage
         prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
-        await self._charge(reservation, prompt, completion, estimated=True)
+        await self._charge(reservation, prompt, completion, estimated=True, seconds=seconds)
         return Usage(prompt, completion, prompt + completion, estimated=True)
 
-    async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool) -> None:
-        await self.ledger.settle(reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
+    async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool, seconds: float) -> None:
+        """Settle, with the answer's time (from the call's start to its whole answer) for the day's latencies."""
+        await self.ledger.settle(
+            reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, seconds=seconds
+        )
         metrics.TOKENS.labels(reservation.model, "prompt").inc(prompt)
         metrics.TOKENS.labels(reservation.model, "completion").inc(completion)
 
@@ -508,14 +538,16 @@ class Service:
             model_limit=row.api_daily_tokens if row else None,
             idempotency_key=request.request_id,
         )
+        started = time.perf_counter()
         try:
             result = await self.client.run_workflow(task.task, command.text, **task.arguments(command))
         except BaseException:
             await self.ledger.release(reservation)
             raise
+        seconds = time.perf_counter() - started
         text = task.render(result)
         completion = estimate_text_tokens(text)
-        await self._charge(reservation, prompt, completion, estimated=True)
+        await self._charge(reservation, prompt, completion, estimated=True, seconds=seconds)
         return Reply(text, model=model, usage=Usage(prompt, completion, prompt + completion, estimated=True))
 
     # --- accounting views ------------------------------------------------------------------

@@ -487,8 +487,15 @@ async def test_the_queries_use_indexes(ledger, tmp_path):
         ledger_module.SETTLED_SUM + " AND user = ?",
         ledger_module.DELETE_RESERVATION,
         ledger_module.FREE_KEY,
+        ledger_module.ANSWER_LATENCIES,
     ]
     for sql in queries:
         steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))
         plan = " ".join(step[3] for step in steps)
         assert plan.startswith("SEARCH") and "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+
+
+async def test_the_days_top_users_are_read_through_the_primary_key_without_a_scan(ledger, tmp_path):
+    steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + ledger_module.TOP_USERS, (1, "2025-03-14", 10))
+    plan = " ".join(step[3] for step in steps)
+    assert "SEARCH usage USING PRIMARY KEY (day=?)" in plan and "SCAN usage" not in plan, plan
