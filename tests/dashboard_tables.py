@@ -48,14 +48,15 @@ class _Tables(HTMLParser):
 
 
 def page_tables(html: str) -> dict[str, list[Row]]:
-    """Each chart's table rows, numbers as numbers ("12,345" -> 12345, "0.25" -> 0.25); a table's "None." row is no row."""
+    """Each chart's table rows as `as_rows` reads them."""
     parser = _Tables()
     parser.feed(html)
-    return {
-        section: [tuple(_number(cell) for cell in row) for row in rows if row != ["None."]]
-        for section, rows in parser.tables.items()
-        if section in CHARTS
-    }
+    return {section: as_rows(rows) for section, rows in parser.tables.items() if section in CHARTS}
+
+
+def as_rows(cells: list[list[str]]) -> list[Row]:
+    """Table cells with numbers as numbers ("12,345" -> 12345, "0.25" -> 0.25); a table's "None." row is no row."""
+    return [tuple(_number(cell) for cell in row) for row in cells if row != ["None."]]
 
 
 def _number(cell: str) -> str | int | float:
@@ -84,11 +85,12 @@ async def ledger_tables(ledger: Ledger, store: Store, quotas: QuotaTable, day: d
         budget = await ledger.user_limit(user)
         people.append((user, tokens, budget, f"{tokens / budget:.0%}"))
     used = await ledger.model_totals(day)
-    quota_left: list[Row] = [
+    quotas_left = [
         (row.name, used.get(row.name, 0), row.api_daily_tokens, max(0, row.api_daily_tokens - used.get(row.name, 0)))
         for row in quotas.chat_models()
         if row.api_daily_tokens is not None
     ]
+    quota_left: list[Row] = sorted(quotas_left, key=lambda row: row[3] / row[2] if row[2] else 0.0)  # least left first
     refusals = sorted((await store.refusals(day)).items(), key=lambda item: (-item[1], item[0]))
     latencies = await ledger.answer_latencies(day)
     latency: list[Row] = [

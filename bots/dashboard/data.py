@@ -57,7 +57,7 @@ class Dashboard:
     day: date
     tokens_by_day: list[DayTotals]  # oldest first
     top_people: list[PersonTotal]  # most first
-    quota_left: list[QuotaLeft]  # in the quota table's order
+    quota_left: list[QuotaLeft]  # least left (as a share of the quota) first, then in the quota table's order
     refusals: dict[str, int]  # reason -> requests
     latency: list[Latency]  # by model name
 
@@ -76,11 +76,14 @@ async def read_dashboard(ledger: Ledger, store: Store, quotas: QuotaTable, day: 
         day=day,
         tokens_by_day=[DayTotals(of_day, by_model) for of_day, by_model in zip(days, totals)],
         top_people=top_people,
-        quota_left=[
-            QuotaLeft(row.name, used.get(row.name, 0), row.api_daily_tokens)
-            for row in quotas.chat_models()
-            if row.api_daily_tokens is not None
-        ],
+        quota_left=sorted(
+            (
+                QuotaLeft(row.name, used.get(row.name, 0), row.api_daily_tokens)
+                for row in quotas.chat_models()
+                if row.api_daily_tokens is not None
+            ),
+            key=lambda row: row.left / row.quota if row.quota else 0.0,
+        ),
         refusals=dict(sorted(refusals.items(), key=lambda item: (-item[1], item[0]))),
         latency=[
             Latency(model, sum(histogram.values()), percentile(histogram, 0.5), percentile(histogram, 0.95))
