@@ -90,7 +90,7 @@ async def ledger_tables(ledger: Ledger, store: Store, quotas: QuotaTable, day: d
         for row in quotas.chat_models()
         if row.api_daily_tokens is not None
     ]
-    quota_left: list[Row] = sorted(quotas_left, key=lambda row: row[3] / row[2] if row[2] else 0.0)  # least left first
+    quotas_left.sort(key=lambda row: row[3] / row[2] if row[2] else 0.0)  # least left first
     refusals = sorted((await store.refusals(day)).items(), key=lambda item: (-item[1], item[0]))
     latencies = await ledger.answer_latencies(day)
     latency: list[Row] = [
@@ -100,7 +100,7 @@ async def ledger_tables(ledger: Ledger, store: Store, quotas: QuotaTable, day: d
     return {
         "tokens-by-day": history,
         "top-people": people,
-        "quota-left": quota_left,
+        "quota-left": list(quotas_left),
         "refusals": list(refusals),
         "latency": latency,
     }
