@@ -281,22 +281,22 @@ async def test_a_closed_ledgers_store_says_so(ledger: SQLiteLedger) -> None:
         await ledger.store.take_request(ANN, 10)
 
 
-async def test_a_ledger_from_before_the_store_is_migrated_and_keeps_its_usage(
-    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_ledger_from_before_the_store_is_migrated_and_keeps_its_usage(tmp_path: Path, clock: Clock) -> None:
     path = str(tmp_path / "ledger.sqlite3")
     store_migration = ledger_module.MIGRATIONS.index(sqlite_store.MIGRATION)
-    with monkeypatch.context() as patch:
-        patch.setattr(ledger_module, "MIGRATIONS", ledger_module.MIGRATIONS[:store_migration])
-        old = await SQLiteLedger.open(path, user_daily_tokens=50_000, clock=clock)
-        reservation = await old.reserve(user=ANN, model="m", tokens=10, model_limit=None)
-        await old.settle(reservation, prompt_tokens=7, completion_tokens=3, estimated=False)
-        await old.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as old:  # the schema and a settled call, as iobot wrote them then
+        for number, script in enumerate(ledger_module.MIGRATIONS[:store_migration], start=1):
+            old.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        old.execute(
+            "INSERT INTO usage (day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens)"
+            " VALUES (?, ?, 'm', 7, 3, 10, 1, 0)",
+            (clock.now.date().isoformat(), ANN),
+        )
     assert query(tmp_path / "ledger.sqlite3", "PRAGMA user_version") == [(store_migration,)]
 
     ledger = await SQLiteLedger.open(path, user_daily_tokens=50_000, clock=clock)
     try:
-        assert await ledger.used_today(user=ANN) == 10
+        assert await ledger.used_today(user=ANN) == 10 and await ledger.model_totals() == {"m": 10}
         assert await ledger.store.claim("slack:Ev08") is True
         await ledger.store.set_setting(ANN, "model", "m")
         assert await ledger.store.setting(ANN, "model") == "m"
