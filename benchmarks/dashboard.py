@@ -123,9 +123,9 @@ async def measure(path: Path) -> dict[str, float]:
             page_ms, health_ms, bare_ms = [], [], []
             for _ in range(RUNS):  # taking turns, so that the machine's load reaches all three alike
                 started = time.perf_counter()
-                page = await http.get("/dashboard", headers=cookie)
+                response = await http.get("/dashboard", headers=cookie)
                 page_ms.append((time.perf_counter() - started) * 1000)
-                assert page.status_code == 200 and 'id="latency"' in page.text
+                assert response.status_code == 200 and 'id="latency"' in response.text
                 started = time.perf_counter()
                 assert (await http.get("/healthz")).status_code == 200
                 health_ms.append((time.perf_counter() - started) * 1000)
