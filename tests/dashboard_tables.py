@@ -71,12 +71,12 @@ def _number(cell: str) -> str | int | float:
 
 async def ledger_tables(ledger: Ledger, store: Store, quotas: QuotaTable, day: date) -> dict[str, list[Row]]:
     """What each table must hold, from the ledger's and the store's own answers."""
-    history: list[Row] = []
-    for back in range(14):
-        of_day = day - timedelta(days=back)
-        history += [
-            (str(of_day), model, tokens) for model, tokens in sorted((await ledger.model_totals(of_day)).items()) if tokens
-        ]
+    days = [day - timedelta(days=back) for back in range(14)]  # newest first, as the page lists them
+    totals = {of_day: await ledger.model_totals(of_day) for of_day in days}
+    models = sorted({model for by_model in totals.values() for model, tokens in by_model.items() if tokens})
+    history: list[Row] = [
+        (str(of_day), *(totals[of_day].get(model, 0) for model in models), sum(totals[of_day].values())) for of_day in days
+    ]
     by_person: dict[str, int] = defaultdict(int)
     for row in await ledger.usage(day=day):
         by_person[row.user] += row.total_tokens

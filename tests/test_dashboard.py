@@ -225,7 +225,8 @@ async def test_each_tables_numbers_are_the_ledgers(http, ledger, clock):
     assert shown["top-people"] == [(BOB, 4_000, 8_000, "50%"), (ANN, 2_200, 50_000, "4%")]
     assert shown["refusals"] == [("budget", 2), ("bad input", 1)]
     assert [row[:2] for row in shown["latency"]] == [("Qwen/QwQ-32B", 1), (MODEL, 2)]
-    assert (str(today), MODEL, 5_500) in shown["tokens-by-day"]
+    assert shown["tokens-by-day"][0] == (str(today), 700, 5_500, 6_200), "today first: QwQ, Llama, the total"
+    assert 'title="Qwen/QwQ-32B">QwQ-32B</th>' in page.text, "a model's column is headed by its short name"
     for chart in CHARTS:
         assert (
             page.text.count(f'<section id="{chart}"') == 1

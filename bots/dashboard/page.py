@@ -71,19 +71,20 @@ def _tokens_by_day(data: Dashboard) -> str:
         Column(f"{totals.day:%m-%d}", [(short_model_name(model), tokens) for model, tokens in sorted(totals.by_model.items())])
         for totals in data.tokens_by_day
     ]
+    # One row a day, newest first; a column per model that spent anything in these days, then the day's total.
+    models = sorted({model for totals in data.tokens_by_day for model, tokens in totals.by_model.items() if tokens})
     rows = [
-        (str(totals.day), model, _count(tokens))
+        (str(totals.day), *(_count(totals.by_model.get(model, 0)) for model in models), _count(totals.total))
         for totals in reversed(data.tokens_by_day)
-        for model, tokens in sorted(totals.by_model.items())
-        if tokens
     ]
     first, last = data.tokens_by_day[0].day, data.tokens_by_day[-1].day
     return _panel(
         "tokens-by-day",
         f"Tokens per day and model, {first} to {last}",
         stacked_columns("Tokens per UTC day, stacked by model", columns, empty="No tokens spent in these days."),
-        ("Day", "Model", "Tokens"),
+        ("Day", *models, "Total"),
         rows,
+        wide=True,
     )
 
 
@@ -152,13 +153,19 @@ def _latency(data: Dashboard) -> str:
     return _panel("latency", f"Answer latency on {data.day}", chart, ("Model", "Answers", "p50 (s)", "p95 (s)"), rows)
 
 
-def _panel(anchor: str, heading: str, chart: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A chart and its table under one heading; the section's id is the chart's name."""
-    head = "".join(f'<th scope="col">{escape(cell)}</th>' for cell in header)
+def _panel(
+    anchor: str, heading: str, chart: str, header: Sequence[str], rows: Iterable[Sequence[str]], *, wide: bool = False
+) -> str:
+    """A chart and its table under one heading; the section's id is the chart's name. A `wide` table goes below its chart.
+
+    A model id in the header is shown by its short name, the whole id on hover.
+    """
+    head = "".join(f'<th scope="col" title="{escape(cell)}">{escape(short_model_name(cell))}</th>' for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     if not body:
         body = f'<tr><td colspan="{len(header)}">None.</td></tr>'
-    return f"""<section id="{anchor}" aria-labelledby="{anchor}-heading">
+    layout = ' class="wide"' if wide else ""
+    return f"""<section id="{anchor}"{layout} aria-labelledby="{anchor}-heading">
   <h2 id="{anchor}-heading">{escape(heading)}</h2>
   <div class="pair">
     <figure>{chart}</figure>
