@@ -53,7 +53,9 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class Dashboard:
+class Figures:
+    """Every figure of one page: a UTC day's, and the 13 days before it for the tokens per day."""
+
     day: date
     tokens_by_day: list[DayTotals]  # oldest first
     top_people: list[PersonTotal]  # most first
@@ -62,7 +64,7 @@ class Dashboard:
     latency: list[Latency]  # by model name
 
 
-async def read_dashboard(ledger: Ledger, store: Store, quotas: QuotaTable, day: date) -> Dashboard:
+async def read_dashboard(ledger: Ledger, store: Store, quotas: QuotaTable, day: date) -> Figures:
     """Everything the page shows for `day` (a UTC day): its own figures and the 13 days before it."""
     days = [day - timedelta(days=back) for back in range(HISTORY_DAYS - 1, -1, -1)]
     totals, top_people, refusals, histograms = await asyncio.gather(
@@ -72,7 +74,7 @@ async def read_dashboard(ledger: Ledger, store: Store, quotas: QuotaTable, day: 
         ledger.answer_latencies(day),
     )
     used = totals[-1]
-    return Dashboard(
+    return Figures(
         day=day,
         tokens_by_day=[DayTotals(of_day, by_model) for of_day, by_model in zip(days, totals)],
         top_people=top_people,

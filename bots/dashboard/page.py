@@ -15,7 +15,7 @@ from html import escape
 from core.render import short_model_name
 
 from .charts import Bar, Column, bars, stacked_columns
-from .data import Dashboard
+from .data import Figures
 
 REFRESH_SECONDS = 30
 STYLESHEET = "/dashboard/static/dashboard.css"
@@ -39,7 +39,7 @@ def login_page(*, problem: str = "") -> str:
     return _document("iobot dashboard: sign in", body, refresh=False)
 
 
-def dashboard_page(data: Dashboard, *, today: date, now: datetime) -> str:
+def dashboard_page(data: Figures, *, today: date, now: datetime) -> str:
     """The whole page for `data.day`; `today` bounds the day picker, `now` is when it was read."""
     day = data.day
     earlier = day - timedelta(days=1)
@@ -66,7 +66,7 @@ def dashboard_page(data: Dashboard, *, today: date, now: datetime) -> str:
     return _document(f"iobot dashboard: {day}", body, refresh=True)
 
 
-def _tokens_by_day(data: Dashboard) -> str:
+def _tokens_by_day(data: Figures) -> str:
     columns = [
         Column(f"{totals.day:%m-%d}", [(short_model_name(model), tokens) for model, tokens in sorted(totals.by_model.items())])
         for totals in data.tokens_by_day
@@ -88,7 +88,7 @@ def _tokens_by_day(data: Dashboard) -> str:
     )
 
 
-def _top_people(data: Dashboard) -> str:
+def _top_people(data: Figures) -> str:
     chart = bars(
         "Biggest users against their daily budgets",
         [
@@ -109,7 +109,7 @@ def _top_people(data: Dashboard) -> str:
     return _panel("top-people", f"Biggest users on {data.day}", chart, ("Person", "Tokens", "Budget", "Used"), rows)
 
 
-def _quota_left(data: Dashboard) -> str:
+def _quota_left(data: Figures) -> str:
     chart = bars(
         "Each model's daily quota left",
         [
@@ -128,7 +128,7 @@ def _quota_left(data: Dashboard) -> str:
     return _panel("quota-left", f"Daily quota left on {data.day}", chart, ("Model", "Used", "Quota", "Left"), rows)
 
 
-def _refusals(data: Dashboard) -> str:
+def _refusals(data: Figures) -> str:
     most = max(data.refusals.values(), default=0)
     chart = bars(
         "Refused requests by reason",
@@ -139,7 +139,7 @@ def _refusals(data: Dashboard) -> str:
     return _panel("refusals", f"Refusals on {data.day}", chart, ("Reason", "Requests"), rows)
 
 
-def _latency(data: Dashboard) -> str:
+def _latency(data: Figures) -> str:
     slowest = max((row.p95 for row in data.latency), default=0.0)
     chart = bars(
         "Answer latency per model: p50 over p95",
