@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from http.cookies import SimpleCookie
@@ -26,7 +29,9 @@ from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
 from core.settings import load_settings
 
+from .conftest import piped
 from .dashboard_tables import CHARTS, ledger_tables, page_tables
+from .test_cli import IOBOT, environment
 
 TOKEN = "dash-admin-token-5d2f9c41a7e3b6"  # looks like a real secret, so that a leak would be spotted
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
@@ -98,6 +103,38 @@ async def test_without_an_admin_token_every_dashboard_path_is_a_404(ledger, clie
             response = await http.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
             assert response.status_code == 404, (method, path)
         assert (await http.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("token", [None, TOKEN])
+def test_iobot_run_serves_the_dashboard_only_with_an_admin_token(tmp_path, token):
+    env = {"USER": "ana", "LOGNAME": "ana", **({"IOBOT_ADMIN_TOKEN": token} if token else {})}
+    log_path = tmp_path / "iobot.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*IOBOT, "run", "--emulator"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=tmp_path,
+            env=environment(tmp_path, **env),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", log_path.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        base_url = f"http://127.0.0.1:{found[1]}"
+        page = httpx.get(f"{base_url}/dashboard")
+        usage = httpx.get(f"{base_url}/api/usage", headers={"Authorization": f"Bearer {TOKEN}"})
+        if token is None:
+            assert (page.status_code, usage.status_code) == (404, 404)
+        else:
+            assert page.status_code == 200 and 'name="token"' in page.text and usage.json() == []
+        piped(process.stdin).close()
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    assert TOKEN not in log_path.read_text()
 
 
 def test_the_admin_token_is_a_secret_setting_of_16_characters_or_more(monkeypatch, tmp_path):
