@@ -115,6 +115,7 @@ def test_iobot_run_serves_the_dashboard_only_with_an_admin_token(tmp_path, token
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=log,
+            text=True,
             cwd=tmp_path,
             env=environment(tmp_path, **env),
         )
