@@ -24,7 +24,8 @@ from bots.dashboard.access import MAX_FAILURES, SESSION_COOKIE, SESSION_SECONDS,
 from bots.http import HealthState, make_http_app, start_http_server
 from core.client import IOClient
 from core.errors import Refusal
-from core.ledger import SQLiteLedger
+from core.ledger import Ledger
+from core.ledger.postgres import PostgresLedger
 from core.quotas import load_quota_table
 from core.service import Request, Service, ServiceConfig
 from core.settings import load_settings
@@ -59,7 +60,7 @@ def clock() -> Clock:
     return Clock()
 
 
-async def serve(ledger: SQLiteLedger, client: IOClient, dashboard: Dashboard | None) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(ledger: Ledger, client: IOClient, dashboard: Dashboard | None) -> AsyncIterator[httpx.AsyncClient]:
     runner, port = await start_http_server(
         make_http_app(HealthState(ledger, client, QUOTAS), dashboard=dashboard), "127.0.0.1", 0
     )
@@ -89,7 +90,7 @@ def with_cookie(value: str) -> dict[str, str]:
     return {"Cookie": f"{SESSION_COOKIE}={value}"}
 
 
-async def spend(ledger: SQLiteLedger, user: str, model: str, tokens: int, seconds: float) -> None:
+async def spend(ledger: Ledger, user: str, model: str, tokens: int, seconds: float) -> None:
     reservation = await ledger.reserve(user=user, model=model, tokens=0, model_limit=None)
     await ledger.settle(reservation, prompt_tokens=tokens, completion_tokens=0, estimated=False, seconds=seconds)
 
@@ -270,6 +271,24 @@ async def test_each_tables_numbers_are_the_ledgers(http, ledger, clock):
             page.text.count(f'<section id="{chart}"') == 1
             and "<svg" in page.text.split(f'id="{chart}"')[1].split("</section>")[0]
         )
+
+
+async def test_the_page_shows_the_same_numbers_on_postgresql(postgres_url, client, clock):
+    ledger = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000)
+    try:
+        await spend(ledger, ANN, MODEL, 1_500, 0.3)
+        await spend(ledger, BOB, "Qwen/QwQ-32B", 4_000, 2.0)
+        await ledger.set_user_limit(BOB, 8_000)
+        await ledger.store.record_refusal(clock.now.date(), Refusal.RATE_LIMIT)
+        dashboard = Dashboard(SecretStr(TOKEN), ledger, ledger.store, QUOTAS, user_daily_tokens=50_000, clock=clock)
+        async for http in serve(ledger, client, dashboard):
+            page = await http.get("/dashboard", headers=with_cookie(await sign_in(http)))
+            shown = page_tables(page.text)
+            assert shown == await ledger_tables(ledger, ledger.store, QUOTAS, clock.now.date())
+        assert shown["top-people"] == [(BOB, 4_000, 8_000, "50%"), (ANN, 1_500, 50_000, "3%")]
+        assert shown["refusals"] == [("rate limit", 1)] and len(shown["latency"]) == 2
+    finally:
+        await ledger.close()
 
 
 async def test_a_chosen_day_shows_that_day_and_the_13_before(http, ledger, clock):
