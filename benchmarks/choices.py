@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,12 @@ class SettingsInMemory:
 
     async def set_setting(self, scope: str, name: str, value: str | None) -> None:
         raise NotImplementedError("the benchmark only reads settings")
+
+    async def record_refusal(self, day: date, reason: str) -> None:
+        await self._store.record_refusal(day, reason)
+
+    async def refusals(self, day: date) -> dict[str, int]:
+        return await self._store.refusals(day)
 
 
 def generous_quotas() -> QuotaTable:

@@ -3,7 +3,7 @@
 Run from the project root: `python benchmarks/ledger.py`. Prints one JSON line:
 - pairs_per_s: reserve + settle pairs per second, TASKS concurrent tasks, a file database;
 - raw_pairs_per_s: stdlib sqlite3 in the same run, the same schema, PRAGMAs and statements
-  (core/ledger/sqlite.py's SPENT_KEYS, INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, DELETE_RESERVATION),
+  (core/ledger/sqlite.py's SPENT_KEYS, INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, ADD_MODEL_SPEND, DELETE_RESERVATION),
   batched as the ledger's group commit batches them under that load: one transaction holding TASKS
   reservations, then one holding their TASKS settlements; what SQLite does with no asyncio around it;
 - ratio: pairs_per_s / raw_pairs_per_s;
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.ledger import Ledger, SQLiteLedger
 from core.ledger.sqlite import (
+    ADD_MODEL_SPEND,
     ADD_USAGE,
     DELETE_RESERVATION,
     INSERT_RESERVATION,
@@ -124,6 +125,7 @@ def raw_pairs(path: str, batch: int) -> tuple[int, float]:
             usage.append((day, user, model, prompt, completion, prompt + completion, 0 if n % 10 else prompt + completion))
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(ADD_USAGE, usage)
+        conn.executemany(ADD_MODEL_SPEND, [(day, model, total) for day, _, model, _, _, total, _ in usage])
         conn.executemany(DELETE_RESERVATION, [(n,) for n in ids])
         conn.execute("COMMIT")
         pairs += batch

@@ -121,10 +121,11 @@ async def serving(count: int, server: str, standin: SlackStandIn, emulator: Emul
             IOINTELLIGENCE_BASE_URL=emulator.base_url,
             IOBOT_USER_DAILY_TOKENS="1000000000",
             IOBOT_USER_REQUESTS_PER_MINUTE="100000",
-            IOBOT_LOG_LEVEL="WARNING",
         )
-        replicas = [await SlackReplica(f"replica{n}", workdir).start(standin, **env) for n in range(count)]
+        replicas = [SlackReplica(f"replica{n}", workdir) for n in range(count)]
         try:
+            for replica in replicas:
+                await replica.start(standin, **env)
             yield [replica.url for replica in replicas]
         finally:
             await asyncio.gather(*(replica.stop() for replica in replicas))

@@ -64,6 +64,11 @@ def seed(path: Path) -> None:
                 for model in MODELS
             ),
         )
+        # what the ledger's settles keep beside usage: each model's spend per day (`iobot models` reads it)
+        db.execute(
+            "INSERT INTO model_spend (day, model, tokens) SELECT day, model, SUM(total_tokens + interrupted_tokens)"
+            " FROM usage GROUP BY day, model"
+        )
         db.executemany(
             "INSERT INTO user_limits (user, tokens) VALUES (?, ?)",
             ((f"slack:T0001:U{person:07d}", 100_000 + person) for person in range(0, PEOPLE, PEOPLE // OVERRIDES)),

@@ -171,6 +171,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
     from core.images import ImageLimits
 
     from . import checks
+    from .dashboard import Dashboard
     from .http import HealthState, make_http_app, start_http_server
 
     log.info(checks.env_file_note())
@@ -194,7 +195,12 @@ async def run(settings: Settings, *, emulator: bool) -> int:
         adapters = build_adapters(settings, service)
         for adapter in adapters:
             stack.push_async_callback(adapter.stop)  # once the HTTP server has stopped (a stack unwinds last first)
-        web_app = make_http_app(health, [route for adapter in adapters for route in adapter.routes()])
+        dashboard = None
+        if settings.admin_token is not None:
+            dashboard = Dashboard(
+                settings.admin_token, ledger, ledger.store, quotas, user_daily_tokens=settings.user_daily_tokens
+            )
+        web_app = make_http_app(health, [route for adapter in adapters for route in adapter.routes()], dashboard)
         host = http_host(settings, adapters)
         runner, port = await start_http_server(web_app, host, settings.port)
         stack.push_async_callback(runner.cleanup)

@@ -1,4 +1,5 @@
-"""The service's HTTP server: `GET /healthz`, `GET /metrics`, and the Slack adapter's `POST /slack/events`."""
+"""The service's HTTP server: `GET /healthz`, `GET /metrics`, the Slack adapter's `POST /slack/events`, and the
+operator's dashboard (`GET /dashboard`, `GET /api/usage`) when an admin token is set."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from core.ledger import Ledger
 from core.quotas import QuotaTable
 from core.settings import mask_passwords
 
+from .dashboard import Dashboard
+
 
 class HealthState:
     """What /healthz and /metrics read; `stopping` turns /healthz to 503 so traffic goes elsewhere."""
@@ -29,13 +32,20 @@ class HealthState:
 STATE = web.AppKey("state", HealthState)
 
 
-def make_http_app(state: HealthState, routes: Iterable[web.AbstractRouteDef] = ()) -> web.Application:
-    """/healthz and /metrics, plus the adapters' routes (Slack's `POST /slack/events`)."""
+def make_http_app(
+    state: HealthState, routes: Iterable[web.AbstractRouteDef] = (), dashboard: Dashboard | None = None
+) -> web.Application:
+    """/healthz and /metrics, plus the adapters' routes (Slack's `POST /slack/events`) and the dashboard's, if any.
+
+    Without a dashboard (no IOBOT_ADMIN_TOKEN) its paths are not routes at all: they answer 404 like any unknown path.
+    """
     app = web.Application()
     app[STATE] = state
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_routes(routes)
+    if dashboard is not None:
+        app.router.add_routes(dashboard.routes())
     return app
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import Outcome, UserError
+from .errors import Outcome, Refusal, UserError
 from .render import render_result
 from .workflows import WorkflowResult
 
@@ -73,6 +73,7 @@ class UsageError(UserError):
     """A command's arguments are missing or malformed: `str()` says what was wrong, the usage line and an example."""
 
     outcome = Outcome.USAGE
+    refusal = Refusal.BAD_INPUT
 
     def __init__(self, name: str, problem: str) -> None:
         self.spec = COMMANDS[name]

@@ -27,7 +27,7 @@ from typing import IO
 
 import httpx
 
-from .errors import UserError
+from .errors import Refusal, UserError
 from .images import SPOOL_IN_MEMORY, ImageBudget, ImageError, ImageLimits, ImageSource, download_image
 from .tokens import BYTES_PER_TOKEN
 
@@ -84,6 +84,7 @@ class DocumentError(UserError):
     """
 
     private = False
+    refusal = Refusal.FILE
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -23,10 +23,26 @@ class Outcome(StrEnum):
     ERROR = "error"  # the API or the bot failed
 
 
+class Refusal(StrEnum):
+    """Why a request was refused (or got its usage line): counted per day for the operator's dashboard."""
+
+    BUDGET = "budget"  # the person's daily budget
+    MODEL_QUOTA = "model quota"  # the daily API quota of every model that could answer
+    RATE_LIMIT = "rate limit"  # the person's requests per minute
+    BUSY = "busy"  # no slot came free in time
+    RESTARTING = "restarting"
+    BAD_INPUT = "bad input"  # a command's missing or malformed arguments
+    TOO_LONG = "too long"  # a message too long for the model or for what is left today
+    IMAGE = "image"  # images refused before any was sent
+    FILE = "file"  # attached text files or PDFs that could not be read
+    OTHER = "other"
+
+
 class UserError(Exception):
     """A failure the person reads about. `str(error)` is the whole message they read, unless a subclass says otherwise."""
 
     outcome = Outcome.REFUSED
+    refusal = Refusal.OTHER  # the reason counted when `outcome` is a refusal
     private = True  # shown to the person alone where the platform can
 
     @property

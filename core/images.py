@@ -40,7 +40,7 @@ import httpx
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .chunks import shorten
-from .errors import UserError
+from .errors import Refusal, UserError
 
 __all__ = [
     "ImageBudget",
@@ -69,6 +69,7 @@ class ImageError(UserError):
     """
 
     private = False
+    refusal = Refusal.IMAGE
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

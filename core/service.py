@@ -45,7 +45,7 @@ from .documents import (
     join_documents,
     read_documents,
 )
-from .errors import IOIntelligenceError, Outcome, RateLimitError, UserError
+from .errors import IOIntelligenceError, Outcome, RateLimitError, Refusal, UserError
 from .images import (
     DEFAULT_BUDGET,
     ImageBudget,
@@ -56,7 +56,17 @@ from .images import (
     public_image,
     read_local_image,
 )
-from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, Store, next_reset, time_until
+from .ledger import (
+    DuplicateRequest,
+    Ledger,
+    LedgerError,
+    ModelQuotaExceeded,
+    QuotaExceeded,
+    Reservation,
+    Store,
+    next_reset,
+    time_until,
+)
 from .quotas import DEFAULT_CONTEXT_LENGTH, ModelLimits, QuotaTable
 from .ratelimit import busy_message
 from .render import code_table, render_agents, render_model_choices, render_models, short_model_name
@@ -105,6 +115,7 @@ class NotEnoughLeft(QuotaExceeded):
 
     def __init__(self, refusal: QuotaExceeded, no_room: NoRoom) -> None:
         self.model = refusal.model if isinstance(refusal, ModelQuotaExceeded) else None  # None: the person's budget
+        self.refusal = Refusal.BUDGET if self.model is None else Refusal.MODEL_QUOTA
         left = max(0, refusal.limit - refusal.used)
         if self.model is None:
             limit, whose, resets = (
@@ -168,6 +179,7 @@ class Reply:
     usage: Usage | None = None
     notes: tuple[str, ...] = field(default=())  # remarks for the person, e.g. which model stood in
     attachments: tuple[Attachment, ...] = field(default=())  # files posted after the text
+    refusal: Refusal | None = None  # why it was refused (a `refused` or `usage` outcome), counted per day in the store
 
 
 @dataclass(frozen=True)
@@ -221,6 +233,8 @@ class Service:
         command, reply = "unparsed", None
         try:
             command, reply = await self._answer(request, progress)
+            if reply.refusal is not None:
+                await self._count_refusal(reply.refusal)
             return reply
         finally:
             if task is not None:
@@ -248,18 +262,19 @@ class Service:
         try:
             command = request.command or _parse(request)
             if self._closing:
-                return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True)
+                return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True, refusal=Refusal.RESTARTING)
             if COMMANDS[command.name].call is Call.HELP:
                 return command.name, Reply(help_text(command.topic), private=True)
             per_minute = self.config.user_requests_per_minute
             wait = await self.store.take_request(request.user, per_minute)
             if wait:
-                return command.name, Reply(busy_message(wait, per_minute), outcome=Outcome.REFUSED, private=True)
+                busy = busy_message(wait, per_minute)
+                return command.name, Reply(busy, outcome=Outcome.REFUSED, private=True, refusal=Refusal.RATE_LIMIT)
             try:
                 async with asyncio.timeout(self.config.queue_timeout):
                     await self._slots.acquire()
             except TimeoutError:
-                return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True)
+                return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True, refusal=Refusal.BUSY)
             try:
                 return command.name, await self._dispatch(request, command, progress)
             finally:
@@ -280,9 +295,17 @@ class Service:
             case IOIntelligenceError():
                 log.warning("API call for %s failed: %s", request.user, exc)
         if isinstance(exc, UserError):
-            return Reply(exc.user_message, outcome=exc.outcome, private=exc.private)
+            refusal = exc.refusal if exc.outcome in (Outcome.REFUSED, Outcome.USAGE) else None
+            return Reply(exc.user_message, outcome=exc.outcome, private=exc.private, refusal=refusal)
         log.error("unexpected failure answering %s", request.user, exc_info=exc)
         return Reply(UNEXPECTED_FAILURE, outcome=Outcome.ERROR)
+
+    async def _count_refusal(self, refusal: Refusal) -> None:
+        """Count a refusal in the store, where every replica's are added up; a store that fails costs the person nothing."""
+        try:
+            await self.store.record_refusal(datetime.now(UTC).date(), refusal)
+        except LedgerError as exc:
+            log.warning("could not count a refusal (%s): %s", refusal, exc)
 
     def _record(self, request: Request, command: str, reply: Reply | None, seconds: float) -> None:
         """One log line and the counters for each request; never the message's text, unless debugging."""
@@ -352,7 +375,7 @@ class Service:
         )
         notes = [*map(str, refusals), *(note for document in documents for note in document.notes)]
         if not documents and not request.images:
-            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
+            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED, refusal=Refusal.FILE)
         request = replace(request, documents=())
         if documents:
             request, command, cut = self._joined(request, command, documents)
@@ -430,7 +453,7 @@ class Service:
         for refusal in refusals:
             metrics.IMAGES_REFUSED.labels(refusal.reason).inc()
         if not prepared:
-            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
+            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED, refusal=Refusal.IMAGE)
         log.info(
             "%d image(s) for %s: %d bytes sent, %d saved by normalising",
             len(prepared),
@@ -523,6 +546,7 @@ class Service:
                 passed_over.append(model)
                 continue
             key = None  # the key is spent once a reservation holds it; a fallback reserves without it
+            started = time.perf_counter()
             try:
                 result = await self._complete(model, fitted, progress)
             except RateLimitError as exc:
@@ -534,7 +558,8 @@ class Service:
             except BaseException:
                 await self.ledger.release(reservation)
                 raise
-            usage = await self._settle(reservation, result.usage, fitted.messages, result.content)
+            seconds = time.perf_counter() - started
+            usage = await self._settle(reservation, result.usage, fitted.messages, result.content, seconds)
             if not result.content:
                 return Reply("The model gave an empty answer. Please rephrase and try again.", outcome=Outcome.ERROR, model=model)
             notes = [_stood_in(model, passed_over)] if passed_over else []
@@ -601,17 +626,22 @@ class Service:
         assert stream.result is not None  # set once iteration ends without error
         return stream.result
 
-    async def _settle(self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str) -> Usage:
+    async def _settle(
+        self, reservation: Reservation, usage: Usage | None, messages: list[Message], answer: str, seconds: float
+    ) -> Usage:
         """Charge what the API reported, or an estimate (flagged as such) when it reported nothing."""
         if usage is not None:
-            await self._charge(reservation, usage.prompt_tokens, usage.completion_tokens, estimated=False)
+            await self._charge(reservation, usage.prompt_tokens, usage.completion_tokens, estimated=False, seconds=seconds)
             return usage
         prompt, completion = estimate_message_tokens(messages), estimate_text_tokens(answer)
-        await self._charge(reservation, prompt, completion, estimated=True)
+        await self._charge(reservation, prompt, completion, estimated=True, seconds=seconds)
         return Usage(prompt, completion, prompt + completion, estimated=True)
 
-    async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool) -> None:
-        await self.ledger.settle(reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated)
+    async def _charge(self, reservation: Reservation, prompt: int, completion: int, *, estimated: bool, seconds: float) -> None:
+        """Settle, with the answer's time (from the call's start to its whole answer) for the day's latencies."""
+        await self.ledger.settle(
+            reservation, prompt_tokens=prompt, completion_tokens=completion, estimated=estimated, seconds=seconds
+        )
         metrics.TOKENS.labels(reservation.model, "prompt").inc(prompt)
         metrics.TOKENS.labels(reservation.model, "completion").inc(completion)
 
@@ -649,7 +679,10 @@ class Service:
             else:
                 problem = f"There is no chat model {shown(name)} to pick."
             return Reply(
-                f"{problem}\n{self._model_choices(await self.ledger.model_totals())}", outcome=Outcome.REFUSED, private=True
+                f"{problem}\n{self._model_choices(await self.ledger.model_totals())}",
+                outcome=Outcome.REFUSED,
+                private=True,
+                refusal=Refusal.BAD_INPUT,
             )
         used = await self.ledger.model_totals()
         if self._quota_left(model, used) == 0:
@@ -658,7 +691,9 @@ class Service:
                 f"{short_model_name(model)} has no quota left today; it resets at 00:00 UTC "
                 f"({time_until(next_reset(now) - now)})."
             )
-            return Reply(f"{problem}\n{self._model_choices(used)}", outcome=Outcome.REFUSED, private=True)
+            return Reply(
+                f"{problem}\n{self._model_choices(used)}", outcome=Outcome.REFUSED, private=True, refusal=Refusal.MODEL_QUOTA
+            )
         await self.store.set_setting(user, MODEL_SETTING, model)
         return Reply(
             f"Your chat model is now {short_model_name(model)}. `model {DEFAULT}` goes back to "
@@ -696,7 +731,10 @@ class Service:
         """`instructions`: the channel's standing instructions; an admin changes them, and the channel is told who."""
         if request.channel is None:
             return Reply(
-                "Instructions belong to a channel, and this request came from none.", outcome=Outcome.REFUSED, private=True
+                "Instructions belong to a channel, and this request came from none.",
+                outcome=Outcome.REFUSED,
+                private=True,
+                refusal=Refusal.OTHER,
             )
         if not text:
             current = await self.store.setting(request.channel, INSTRUCTIONS_SETTING)
@@ -708,6 +746,7 @@ class Service:
                 "Only iobot's admins may change this channel's instructions; `instructions` shows them.",
                 outcome=Outcome.REFUSED,
                 private=True,
+                refusal=Refusal.OTHER,
             )
         who = shown(request.display_name or request.user)
         if plain_word(text) == CLEAR:
@@ -738,14 +777,16 @@ class Service:
             model_limit=row.api_daily_tokens if row else None,
             idempotency_key=request.request_id,
         )
+        started = time.perf_counter()
         try:
             result = await self.client.run_workflow(task.task, command.text, **task.arguments(command))
         except BaseException:
             await self.ledger.release(reservation)
             raise
+        seconds = time.perf_counter() - started
         text = task.render(result)
         completion = estimate_text_tokens(text)
-        await self._charge(reservation, prompt, completion, estimated=True)
+        await self._charge(reservation, prompt, completion, estimated=True, seconds=seconds)
         return Reply(text, model=model, usage=Usage(prompt, completion, prompt + completion, estimated=True))
 
     # --- accounting views ------------------------------------------------------------------

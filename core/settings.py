@@ -139,6 +139,8 @@ class Settings(EnvSettings):
     host: str = env("IOBOT_HOST", default="0.0.0.0")
     port: int = env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = env("IOBOT_LOG_LEVEL", default="INFO")
+    # At least 16 characters: wrong guesses are throttled, but a short token falls to patience.
+    admin_token: SecretStr | None = env("IOBOT_ADMIN_TOKEN", default=None, min_length=16)
 
     _split_commas = field_validator("fallback_models", "chat_models", "admins", mode="before")(split_commas)
     _http_url = field_validator("base_url")(http_url)

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from .client import Message
-from .errors import UserError
+from .errors import Refusal, UserError
 
 BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8
@@ -94,6 +94,8 @@ class NoRoom(ValueError):
 
 class InputTooLong(UserError):
     """The newest message cannot fit a limit however the rest is cut: `str()` says so, in words."""
+
+    refusal = Refusal.TOO_LONG
 
     def __init__(self, limit: str, no_room: NoRoom) -> None:
         # `limit` names what the message is too long for: "Llama-3.3-70B-Instruct", "your daily budget".

@@ -94,7 +94,11 @@ class SlackReplica:
         self.process = await asyncio.create_subprocess_exec(
             *IOBOT, "run", stdin=subprocess.DEVNULL, stderr=self.log.open("w"), env=environment
         )
-        port = await standin.wait_for(lambda: logged_port(self.log.read_text()), timeout=30)
+        try:
+            port = await standin.wait_for(lambda: logged_port(self.log.read_text()), timeout=30)
+        except AssertionError:
+            await self.stop()
+            raise
         self.url = f"http://127.0.0.1:{port}/slack/events"
         return self
 

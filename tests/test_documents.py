@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -437,6 +438,7 @@ async def test_a_file_that_cannot_be_read_is_refused_and_costs_nothing(
     assert reply.outcome == "refused" and reply.text.startswith(said) and not reply.private
     assert api_calls(emulator) == []
     assert await ledger.used_today(user="console:ana") == 0 and await ledger.usage(user="console:ana") == []
+    assert await service.store.refusals(datetime.now(UTC).date()) == {"file": 1}, "counted for the dashboard"
 
 
 async def test_a_file_beyond_what_is_left_of_the_budget_is_refused_by_the_budget_at_no_cost(

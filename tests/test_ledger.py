@@ -465,6 +465,45 @@ async def test_migrations_run_forward_from_the_stored_version(open_ledger, tmp_p
     assert query(path, "SELECT total_tokens, cost_cents FROM usage") == [(10, 0)]
 
 
+SPEND_FROM_USAGE = "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage GROUP BY day, model ORDER BY day, model"
+MODEL_SPEND = "SELECT day, model, tokens FROM model_spend ORDER BY day, model"
+
+
+async def test_each_models_daily_spend_is_kept_equal_to_its_usage_rows_through_settles_and_crashes(open_ledger, tmp_path, clock):
+    ledger = await open_ledger()
+    await spend(ledger, ANN, LLAMA, 300)
+    await spend(ledger, BOB, LLAMA, 200)
+    await spend(ledger, BOB, QWQ, 50)
+    clock.advance(days=1)
+    await spend(ledger, ANN, LLAMA, 5)
+    await ledger.reserve(user=ANN, model=QWQ, tokens=700, model_limit=None)  # cut off by the "crash" below
+    await ledger.close()
+    ledger = await open_ledger()  # charges the call left open to its model, as interrupted
+    path = tmp_path / "ledger.sqlite3"
+    assert query(path, MODEL_SPEND) == query(path, SPEND_FROM_USAGE)
+    assert await ledger.model_totals(clock.now.date() - timedelta(days=1)) == {LLAMA: 500, QWQ: 50}
+    assert await ledger.model_totals() == {LLAMA: 5, QWQ: 700}
+    assert await ledger.used_today() == 705 and await ledger.used_today(model=QWQ) == 700
+
+
+async def test_a_ledger_from_before_the_dashboard_gets_its_models_spend_from_its_usage(open_ledger, tmp_path, clock):
+    path = tmp_path / "ledger.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:  # schema version 3, as iobot wrote it then
+        for number, script in enumerate(ledger_module.MIGRATIONS[:3], start=1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        columns = (
+            "day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens, interrupted_tokens"
+        )
+        today = clock.now.date().isoformat()
+        db.execute(
+            f"INSERT INTO usage ({columns}) VALUES (?, ?, ?, 200, 100, 300, 1, 0, 0), (?, ?, ?, 0, 0, 0, 0, 0, 40)",
+            (today, ANN, LLAMA, today, BOB, QWQ),
+        )
+    ledger = await open_ledger()
+    assert query(path, "PRAGMA user_version") == [(len(ledger_module.MIGRATIONS),)]
+    assert query(path, MODEL_SPEND) == query(path, SPEND_FROM_USAGE) and await ledger.model_totals() == {LLAMA: 300, QWQ: 40}
+
+
 async def test_a_file_from_a_newer_iobot_is_refused(tmp_path, open_ledger):
     query(tmp_path / "new.sqlite3", "PRAGMA user_version = 99")
     with pytest.raises(LedgerError, match="schema version 99"):
@@ -487,8 +526,15 @@ async def test_the_queries_use_indexes(ledger, tmp_path):
         ledger_module.SETTLED_SUM + " AND user = ?",
         ledger_module.DELETE_RESERVATION,
         ledger_module.FREE_KEY,
+        ledger_module.ANSWER_LATENCIES,
     ]
     for sql in queries:
         steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))
         plan = " ".join(step[3] for step in steps)
         assert plan.startswith("SEARCH") and "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+
+
+async def test_the_days_top_users_are_read_through_the_primary_key_without_a_scan(ledger, tmp_path):
+    steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + ledger_module.TOP_USERS, (1, "2025-03-14", 10))
+    plan = " ".join(step[3] for step in steps)
+    assert "SEARCH usage USING PRIMARY KEY (day=?)" in plan and "SCAN usage" not in plan, plan

@@ -24,12 +24,14 @@ from core.ledger import (
     Ledger,
     LedgerError,
     ModelQuotaExceeded,
+    PersonTotal,
     QuotaExceeded,
     Reservation,
     SQLiteLedger,
     UsageRow,
     next_reset,
 )
+from core.ledger.latency import bucket_of, percentile
 from core.ledger.postgres import PostgresLedger
 from tests.conftest import postgres_database
 
@@ -379,3 +381,43 @@ async def test_a_closed_ledger_says_so(ledger: Ledger) -> None:
         await ledger.reserve(user=ANN, model=LLAMA, tokens=1, model_limit=None)
     with pytest.raises(LedgerError, match="closed"):
         await ledger.usage()
+
+
+# --- what the operator's dashboard reads ---
+
+
+async def test_each_answer_settled_with_its_time_is_counted_in_its_models_latencies(ledger: Ledger, clock: Clock) -> None:
+    for seconds in (0.2, 0.2, 0.25, 1.0, 9.0):
+        reservation = await ledger.reserve(user=ANN, model=LLAMA, tokens=100, model_limit=None)
+        await ledger.settle(reservation, prompt_tokens=50, completion_tokens=50, estimated=False, seconds=seconds)
+    reservation = await ledger.reserve(user=BOB, model=QWQ, tokens=100, model_limit=None)
+    await ledger.settle(reservation, prompt_tokens=50, completion_tokens=50, estimated=True, seconds=3.0)
+    untimed = await ledger.reserve(user=BOB, model=QWQ, tokens=100, model_limit=None)
+    await ledger.settle(untimed, prompt_tokens=50, completion_tokens=50, estimated=False)  # no time: not counted
+
+    latencies = await ledger.answer_latencies()
+    assert latencies == {
+        LLAMA: {bucket_of(0.2): 2, bucket_of(0.25): 1, bucket_of(1.0): 1, bucket_of(9.0): 1},
+        QWQ: {bucket_of(3.0): 1},
+    }
+    assert 0.2 <= percentile(latencies[LLAMA], 0.5) <= 0.25 * 1.1
+    assert 9.0 <= percentile(latencies[LLAMA], 0.95) <= 9.0 * 1.1
+    assert await ledger.answer_latencies(clock.now.date() - timedelta(days=1)) == {}
+
+
+async def test_top_users_are_the_days_biggest_most_first_with_their_budgets(ledger: Ledger, clock: Clock) -> None:
+    carl = "console:carl"
+    await ledger.set_user_limit(BOB, 9_000)
+    await spend(ledger, ANN, LLAMA, 300)
+    await spend(ledger, ANN, QWQ, 400)  # ann: 700 over two models
+    await spend(ledger, BOB, LLAMA, 2_000)
+    await spend(ledger, carl, R1, 50)
+    await ledger.reserve(user=carl, model=R1, tokens=5_000, model_limit=None)  # reserved, not settled: not counted
+
+    assert await ledger.top_users() == [
+        PersonTotal(BOB, 2_000, 9_000),
+        PersonTotal(ANN, 700, 50_000),
+        PersonTotal(carl, 50, 50_000),
+    ]
+    assert await ledger.top_users(count=2) == [PersonTotal(BOB, 2_000, 9_000), PersonTotal(ANN, 700, 50_000)]
+    assert await ledger.top_users(day=clock.now.date() - timedelta(days=1)) == []

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from core.commands import COMMANDS, AgentTask, Command, CommandSpec, Option, UsageError
-from core.errors import APITimeoutError, IOIntelligenceError, Outcome, ServerError, UserError
+from core.errors import APITimeoutError, IOIntelligenceError, Outcome, Refusal, ServerError, UserError
 from core.images import ImageError
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
@@ -66,6 +66,6 @@ async def test_any_user_error_becomes_its_reply(service, monkeypatch, emulator, 
     )
     monkeypatch.setitem(COMMANDS, "nothing", record)
     reply = await service.handle(Request(user="console:tester", text="nothing at all"))
-    assert reply == Reply("There is nothing to do with 'at all'.", outcome=Outcome.REFUSED, private=True)
+    assert reply == Reply("There is nothing to do with 'at all'.", outcome=Outcome.REFUSED, private=True, refusal=Refusal.OTHER)
     assert not any(request.path.endswith("/workflows/run") for request in emulator.requests)
     assert await ledger.used_today(user="console:tester") == 0, "its reservation was released"

@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, closing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -196,17 +196,32 @@ async def test_unicode_and_long_values_round_trip(store: Store) -> None:
         assert await store.setting("discord:チャンネル", name) == value
 
 
+# --- refusals ---
+
+
+async def test_refusals_are_counted_per_day_and_reason(store: Store) -> None:
+    today, yesterday = date(2025, 3, 14), date(2025, 3, 13)
+    assert await store.refusals(today) == {}
+    await asyncio.gather(*(store.record_refusal(today, "budget") for _ in range(5)))
+    await store.record_refusal(today, "rate limit")
+    await store.record_refusal(yesterday, "budget")
+    assert await store.refusals(today) == {"budget": 5, "rate limit": 1}
+    assert await store.refusals(yesterday) == {"budget": 1}
+    assert await store.refusals(date(2025, 3, 15)) == {}
+
+
 # --- persistence ---
 
 
 @pytest.mark.parametrize("kind", PERSISTENT)
-async def test_claims_threads_and_settings_survive_a_restart(kind: str, tmp_path: Path, clock: Clock) -> None:
+async def test_claims_threads_settings_and_refusals_survive_a_restart(kind: str, tmp_path: Path, clock: Clock) -> None:
     stores = Stores(kind, tmp_path / "store.sqlite3", clock)
     try:
         store = await stores.open()
         assert await store.claim("slack:Ev05", ttl=600) is True
         await store.follow_thread("discord:1234")
         await store.set_setting(ANN, "model", "Qwen/QwQ-32B")
+        await store.record_refusal(clock.now.date(), "busy")
         await stores.close()
 
         clock.advance(seconds=60)
@@ -214,6 +229,7 @@ async def test_claims_threads_and_settings_survive_a_restart(kind: str, tmp_path
         assert await store.claim("slack:Ev05", ttl=600) is False
         assert await store.follows_thread("discord:1234") is True
         assert await store.setting(ANN, "model") == "Qwen/QwQ-32B"
+        assert await store.refusals(clock.now.date()) == {"busy": 1}
         clock.advance(seconds=541)
         assert await store.claim("slack:Ev05", ttl=600) is True  # the claim kept its end across the restart
     finally:
@@ -283,22 +299,22 @@ async def test_a_closed_ledgers_store_says_so(ledger: SQLiteLedger) -> None:
         await ledger.store.take_request(ANN, 10)
 
 
-async def test_a_ledger_from_before_the_store_is_migrated_and_keeps_its_usage(
-    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_ledger_from_before_the_store_is_migrated_and_keeps_its_usage(tmp_path: Path, clock: Clock) -> None:
     path = str(tmp_path / "ledger.sqlite3")
     store_migration = ledger_module.MIGRATIONS.index(sqlite_store.MIGRATION)
-    with monkeypatch.context() as patch:
-        patch.setattr(ledger_module, "MIGRATIONS", ledger_module.MIGRATIONS[:store_migration])
-        old = await SQLiteLedger.open(path, user_daily_tokens=50_000, clock=clock)
-        reservation = await old.reserve(user=ANN, model="m", tokens=10, model_limit=None)
-        await old.settle(reservation, prompt_tokens=7, completion_tokens=3, estimated=False)
-        await old.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as old:  # the schema and a settled call, as iobot wrote them then
+        for number, script in enumerate(ledger_module.MIGRATIONS[:store_migration], start=1):
+            old.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        old.execute(
+            "INSERT INTO usage (day, user, model, prompt_tokens, completion_tokens, total_tokens, requests, estimated_tokens)"
+            " VALUES (?, ?, 'm', 7, 3, 10, 1, 0)",
+            (clock.now.date().isoformat(), ANN),
+        )
     assert query(tmp_path / "ledger.sqlite3", "PRAGMA user_version") == [(store_migration,)]
 
     ledger = await SQLiteLedger.open(path, user_daily_tokens=50_000, clock=clock)
     try:
-        assert await ledger.used_today(user=ANN) == 10
+        assert await ledger.used_today(user=ANN) == 10 and await ledger.model_totals() == {"m": 10}
         assert await ledger.store.claim("slack:Ev08") is True
         await ledger.store.set_setting(ANN, "model", "m")
         assert await ledger.store.setting(ANN, "model") == "m"
@@ -314,6 +330,7 @@ async def test_the_store_queries_use_indexes(ledger: SQLiteLedger, tmp_path: Pat
         sqlite_store.FORGET_THREADS,
         sqlite_store.SETTING,
         sqlite_store.REMOVE_SETTING,
+        sqlite_store.REFUSALS,
     ]
     for sql in queries:
         steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))

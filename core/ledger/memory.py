@@ -8,7 +8,9 @@ the same contract suite (tests/test_store_contract.py).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import date
 
 from ..ratelimit import RateLimit
 from .store import CLAIM_SECONDS
@@ -21,6 +23,7 @@ class MemoryStore:
         self._threads: set[str] = set()
         self._rates: dict[int, RateLimit] = {}
         self._settings: dict[tuple[str, str], str] = {}
+        self._refusals: Counter[tuple[date, str]] = Counter()
 
     async def claim(self, key: str, *, ttl: float = CLAIM_SECONDS) -> bool:
         now = self._clock()
@@ -48,3 +51,9 @@ class MemoryStore:
             self._settings.pop((scope, name), None)
         else:
             self._settings[(scope, name)] = value
+
+    async def record_refusal(self, day: date, reason: str) -> None:
+        self._refusals[day, reason] += 1
+
+    async def refusals(self, day: date) -> dict[str, int]:
+        return {reason: count for (of_day, reason), count in sorted(self._refusals.items()) if of_day == day}

@@ -41,9 +41,19 @@ from typing import Any
 import asyncpg
 
 from ..settings import mask_passwords
+from .latency import Histogram, bucket_of
 from .postgres_store import MIGRATION as STORE_MIGRATION
-from .postgres_store import PostgresStore
-from .protocol import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, UsageRow, as_utc
+from .postgres_store import REFUSALS_MIGRATION, PostgresStore
+from .protocol import (
+    BudgetExceeded,
+    DuplicateRequest,
+    LedgerError,
+    ModelQuotaExceeded,
+    PersonTotal,
+    Reservation,
+    UsageRow,
+    as_utc,
+)
 
 log = logging.getLogger("iobot.ledger")
 
@@ -257,6 +267,12 @@ LEDGER_MIGRATION = """
 MIGRATIONS: tuple[str, ...] = (
     LEDGER_MIGRATION,
     STORE_MIGRATION,  # claims, followed threads, request rates and settings: the `Store` in the same database
+    """
+    -- answers per day, model and latency bucket (latency.py): the dashboard's p50 and p95, from a few rows a day
+    CREATE TABLE answer_latency (day date NOT NULL, model text NOT NULL, bound_ms integer NOT NULL,
+                                 answers bigint NOT NULL, PRIMARY KEY (day, model, bound_ms));
+    """
+    + REFUSALS_MIGRATION,
 )
 
 MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS iobot_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
@@ -266,6 +282,18 @@ RESERVE = (
     "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
 SETTLE = "SELECT iobot_settle($1, $2, $3, $4, $5, $6, $7)"
+COUNT_ANSWER = (
+    "INSERT INTO answer_latency AS counted (day, model, bound_ms, answers) VALUES ($1, $2, $3, 1)"
+    " ON CONFLICT (day, model, bound_ms) DO UPDATE SET answers = counted.answers + 1"
+)
+# The dashboard's: a day's biggest users, with their budgets; a day's latency buckets.
+TOP_USERS = """
+    SELECT top.person, top.tokens, COALESCE(user_limits.tokens, $1) FROM (
+        SELECT person, SUM(total_tokens)::bigint AS tokens FROM usage WHERE day = $2
+        GROUP BY person ORDER BY tokens DESC, person LIMIT $3
+    ) AS top LEFT JOIN user_limits USING (person) ORDER BY top.tokens DESC, top.person
+"""
+ANSWER_LATENCIES = "SELECT model, bound_ms, answers FROM answer_latency WHERE day = $1 ORDER BY model, bound_ms"
 RELEASE = "SELECT iobot_release($1)"
 
 USAGE_KEYS = (  # UsageRow's fields, in order, as the columns that hold them
@@ -443,8 +471,20 @@ class PostgresLedger:
             raise ModelQuotaExceeded(model=model, used=row["used"], limit=row["limit_tokens"], needed=tokens, now=now)
         return Reservation(row["reservation_id"], user, model, day, tokens)
 
-    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
-        """Charge the real use; a reservation that has expired meanwhile is still charged (the call ran)."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool,
+        seconds: float | None = None,
+    ) -> None:
+        """Charge the real use; a reservation that has expired meanwhile is still charged (the call ran).
+
+        The answer's time is counted after the charge, in a statement of its own: a latency lost to a failure
+        between the two costs a figure on the dashboard, never a token.
+        """
         self._check_owner()
         if prompt_tokens < 0 or completion_tokens < 0:
             raise ValueError("token counts must not be negative")
@@ -458,6 +498,8 @@ class PostgresLedger:
             completion_tokens,
             estimated,
         )
+        if seconds is not None:
+            await self._execute(COUNT_ANSWER, reservation.day, reservation.model, bucket_of(seconds))
 
     async def release(self, reservation: Reservation) -> None:
         self._check_owner()
@@ -531,6 +573,16 @@ class PostgresLedger:
             day or self._now().date(),
         )
         return dict(rows)
+
+    async def top_users(self, *, day: date | None = None, count: int = 10) -> list[PersonTotal]:
+        rows = await self._fetch(TOP_USERS, self._default_budget, day or self._now().date(), count)
+        return [PersonTotal(*row) for row in rows]
+
+    async def answer_latencies(self, day: date | None = None) -> dict[str, Histogram]:
+        histograms: dict[str, Histogram] = {}
+        for model, bound_ms, answers in await self._fetch(ANSWER_LATENCIES, day or self._now().date()):
+            histograms.setdefault(model, {})[bound_ms] = answers
+        return histograms
 
     async def set_user_limit(self, user: str, tokens: int | None) -> None:
         if tokens is not None and tokens < 0:

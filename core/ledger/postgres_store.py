@@ -14,7 +14,7 @@ Each operation is one statement (or one function call): one round trip, atomic w
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -66,6 +66,11 @@ MIGRATION = """
     END $$;
 """
 
+# A later migration of the ledger's database: requests refused per day and reason, for the dashboard.
+REFUSALS_MIGRATION = """
+    CREATE TABLE refusals (day date NOT NULL, reason text NOT NULL, requests bigint NOT NULL, PRIMARY KEY (day, reason));
+"""
+
 CLAIM = """
     WITH forgotten AS (
         DELETE FROM claims WHERE key IN (
@@ -90,6 +95,11 @@ SET_SETTING = (
     "INSERT INTO settings (scope, name, value) VALUES ($1, $2, $3) ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
 )
 REMOVE_SETTING = "DELETE FROM settings WHERE scope = $1 AND name = $2"
+COUNT_REFUSAL = (
+    "INSERT INTO refusals AS counted (day, reason, requests) VALUES ($1, $2, 1)"
+    " ON CONFLICT (day, reason) DO UPDATE SET requests = counted.requests + 1"
+)
+REFUSALS = "SELECT reason, requests FROM refusals WHERE day = $1 ORDER BY reason"
 
 
 class PostgresStore:
@@ -124,6 +134,17 @@ class PostgresStore:
             await self._fetchval(REMOVE_SETTING, scope, name)
         else:
             await self._fetchval(SET_SETTING, scope, name, value)
+
+    async def record_refusal(self, day: date, reason: str) -> None:
+        await self._fetchval(COUNT_REFUSAL, day, reason)
+
+    async def refusals(self, day: date) -> dict[str, int]:
+        self._check_open()
+        try:
+            rows = await self._pool.fetch(REFUSALS, day)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LedgerError(mask_passwords(f"the store could not read the database: {type(exc).__name__}: {exc}")) from None
+        return {reason: requests for reason, requests in rows}
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
         """One statement's first value (None without a row); a database error becomes a `LedgerError`."""

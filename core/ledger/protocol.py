@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from ..errors import UserError
+from ..errors import Refusal, UserError
+from .latency import Histogram
 from .store import Store
 
 
@@ -37,6 +38,8 @@ class QuotaExceeded(LedgerError, UserError):
 class ModelQuotaExceeded(QuotaExceeded):
     """The account's daily API quota for this model would be passed; another model may still have room."""
 
+    refusal = Refusal.MODEL_QUOTA
+
     def __init__(self, *, model: str, used: int, limit: int, needed: int, now: datetime) -> None:
         resets_at = next_reset(now)
         name = model.rsplit("/", 1)[-1]
@@ -53,6 +56,8 @@ class ModelQuotaExceeded(QuotaExceeded):
 
 class BudgetExceeded(QuotaExceeded):
     """The person's daily budget (all models together) would be passed."""
+
+    refusal = Refusal.BUDGET
 
     def __init__(self, *, user: str, used: int, limit: int, needed: int, now: datetime) -> None:
         resets_at = next_reset(now)
@@ -116,6 +121,15 @@ class UsageRow:
         }
 
 
+@dataclass(frozen=True)
+class PersonTotal:
+    """What one person settled on one day, all models together, beside their daily budget."""
+
+    user: str
+    tokens: int
+    budget: int
+
+
 class Ledger(Protocol):
     """What the service and the CLI need from a ledger; "today" is the current UTC day."""
 
@@ -136,8 +150,20 @@ class Ledger(Protocol):
         """
         ...
 
-    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
-        """Charge what the call really used (which may exceed the reservation) and free the reservation."""
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool,
+        seconds: float | None = None,
+    ) -> None:
+        """Charge what the call really used (which may exceed the reservation) and free the reservation.
+
+        `seconds`, how long the answer took, is counted in the model's latencies of the reservation's day
+        (`answer_latencies`), in the same write, so every replica's answers are counted together.
+        """
         ...
 
     async def release(self, reservation: Reservation) -> None:
@@ -158,6 +184,14 @@ class Ledger(Protocol):
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
         """Settled, interrupted and reserved tokens per model for one day (today by default)."""
+        ...
+
+    async def top_users(self, *, day: date | None = None, count: int = 10) -> list[PersonTotal]:
+        """The `count` people who settled the most tokens on one day (today by default), most first, with their budgets."""
+        ...
+
+    async def answer_latencies(self, day: date | None = None) -> dict[str, Histogram]:
+        """Per model, how many answers of one day (today by default) took how long (see latency.py)."""
         ...
 
     async def set_user_limit(self, user: str, tokens: int | None) -> None:

@@ -59,9 +59,19 @@ from typing import Any, ClassVar
 
 import aiosqlite
 
-from .protocol import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, UsageRow, as_utc
+from .latency import Histogram, bucket_of
+from .protocol import (
+    BudgetExceeded,
+    DuplicateRequest,
+    LedgerError,
+    ModelQuotaExceeded,
+    PersonTotal,
+    Reservation,
+    UsageRow,
+    as_utc,
+)
 from .sqlite_store import MIGRATION as STORE_MIGRATION
-from .sqlite_store import SQLiteStore
+from .sqlite_store import REFUSALS_MIGRATION, SQLiteStore
 
 log = logging.getLogger("iobot.ledger")
 
@@ -120,6 +130,23 @@ MIGRATIONS: tuple[str, ...] = (
                         started_at REAL NOT NULL);
     """,
     STORE_MIGRATION,  # claims, followed threads and settings: the `Store` in the same file
+    """
+    -- each model's spend per day (settled and interrupted tokens), written in the transactions that write usage:
+    -- what model_totals, used_today, /metrics and the dashboard read, a few rows a day however many people
+    CREATE TABLE model_spend (day TEXT NOT NULL, model TEXT NOT NULL, tokens INTEGER NOT NULL,
+                              PRIMARY KEY (day, model)) WITHOUT ROWID;
+    INSERT INTO model_spend (day, model, tokens)
+        SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage GROUP BY day, model;
+    -- answers per day, model and latency bucket (latency.py): the dashboard's p50 and p95, from a few rows a day
+    CREATE TABLE answer_latency (
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+        bound_ms INTEGER NOT NULL,
+        answers INTEGER NOT NULL,
+        PRIMARY KEY (day, model, bound_ms)
+    ) WITHOUT ROWID;
+    """
+    + REFUSALS_MIGRATION,
 )
 
 # The writes reserve, settle and release queue. A batch runs them in this order, which is safe because
@@ -141,7 +168,15 @@ ADD_USAGE = """
         estimated_tokens = estimated_tokens + excluded.estimated_tokens
 """
 DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
-WRITE_ORDER = (INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, DELETE_RESERVATION)
+ADD_MODEL_SPEND = (
+    "INSERT INTO model_spend (day, model, tokens) VALUES (?, ?, ?)"
+    " ON CONFLICT (day, model) DO UPDATE SET tokens = tokens + excluded.tokens"
+)
+COUNT_ANSWER = """
+    INSERT INTO answer_latency (day, model, bound_ms, answers) VALUES (?, ?, ?, 1)
+    ON CONFLICT (day, model, bound_ms) DO UPDATE SET answers = answers + 1
+"""
+WRITE_ORDER = (INSERT_RESERVATION, REMEMBER_KEY, ADD_USAGE, ADD_MODEL_SPEND, DELETE_RESERVATION, COUNT_ANSWER)
 
 # What a new owner does with the reservations a dead one left open (one transaction).
 LEFT_OPEN = "SELECT user, model, day, tokens, idempotency_key FROM reservations"
@@ -186,15 +221,23 @@ USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage 
 JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
 USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
 # A model's (the account's) spend includes interrupted calls; a person's does not.
-SPENT_BY_MODEL = "SELECT model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day = ? GROUP BY model"
-SPENT_BY_MODEL_SINCE = "SELECT day, model, SUM(total_tokens + interrupted_tokens) FROM usage WHERE day >= ? GROUP BY day, model"
+SPENT_BY_MODEL = "SELECT model, tokens FROM model_spend WHERE day = ?"
+SPENT_BY_MODEL_SINCE = "SELECT day, model, tokens FROM model_spend WHERE day >= ?"
 SETTLED_BY_USER_SINCE = "SELECT day, user, SUM(total_tokens) FROM usage WHERE day >= ? GROUP BY day, user"
 RESERVED_BY_MODEL = "SELECT model, SUM(tokens) FROM reservations WHERE day = ? GROUP BY model"
 SETTLED_SUM = "SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ?"
-SPENT_SUM = "SELECT COALESCE(SUM(total_tokens + interrupted_tokens), 0) FROM usage WHERE day = ?"
+SPENT_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM model_spend WHERE day = ?"
 RESERVED_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE day = ?"
 LIMITS_VERSION = "SELECT version FROM limits_version"
 USER_LIMITS = "SELECT user, tokens FROM user_limits"
+# The dashboard's: a day's biggest users (through the primary key, one day's rows in person order), with their
+# budgets; a day's latency buckets.
+TOP_USERS = f"""
+    SELECT top.user, top.tokens, {WITH_BUDGET} FROM (
+        SELECT user, SUM(total_tokens) AS tokens FROM usage WHERE day = ? GROUP BY user ORDER BY tokens DESC, user LIMIT ?
+    ) AS top LEFT JOIN user_limits USING (user) ORDER BY top.tokens DESC, top.user
+"""
+ANSWER_LATENCIES = "SELECT model, bound_ms, answers FROM answer_latency WHERE day = ? ORDER BY model, bound_ms"
 
 
 class _Batch:
@@ -340,6 +383,7 @@ class SQLiteLedger:
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._db.executemany(ADD_INTERRUPTED, [(day, user, model, tokens) for user, model, day, tokens, _ in left_open])
+            await self._db.executemany(ADD_MODEL_SPEND, [(day, model, tokens) for _, model, day, tokens, _ in left_open])
             await self._db.executemany(FREE_KEY, [(key,) for *_, key in left_open if key is not None])
             await self._db.execute("DELETE FROM reservations")
             await self._db.execute(
@@ -425,7 +469,15 @@ class SQLiteLedger:
         if self._open.pop(reservation.id, None) is not None:
             self._charge(reservation, -reservation.tokens)
 
-    async def settle(self, reservation: Reservation, *, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        estimated: bool,
+        seconds: float | None = None,
+    ) -> None:
         """Charge the real use; a reservation that has expired meanwhile is still charged (the call ran)."""
         self._check_owner()
         if prompt_tokens < 0 or completion_tokens < 0:
@@ -436,8 +488,11 @@ class SQLiteLedger:
         self._charge(reservation, total - held)
         day, user, model = reservation.day.isoformat(), reservation.user, reservation.model
         batch = self._queue(ADD_USAGE, (day, user, model, prompt_tokens, completion_tokens, total, total if estimated else 0))
+        self._queue(ADD_MODEL_SPEND, (day, model, total))
         if opened:
             self._queue(DELETE_RESERVATION, (reservation.id,))
+        if seconds is not None:
+            self._queue(COUNT_ANSWER, (day, model, bucket_of(seconds)))
         try:
             await batch.waiter()
         except asyncio.CancelledError:
@@ -636,6 +691,16 @@ class SQLiteLedger:
         for model, reserved in await self._read(RESERVED_BY_MODEL, (day_text,)):
             totals[model] = totals.get(model, 0) + reserved
         return dict(sorted(totals.items()))
+
+    async def top_users(self, *, day: date | None = None, count: int = 10) -> list[PersonTotal]:
+        day_text = (day or self._now().date()).isoformat()
+        return [PersonTotal(*row) for row in await self._read(TOP_USERS, (self._default_budget, day_text, count))]
+
+    async def answer_latencies(self, day: date | None = None) -> dict[str, Histogram]:
+        histograms: dict[str, Histogram] = {}
+        for model, bound_ms, answers in await self._read(ANSWER_LATENCIES, ((day or self._now().date()).isoformat(),)):
+            histograms.setdefault(model, {})[bound_ms] = answers
+        return histograms
 
     async def set_user_limit(self, user: str, tokens: int | None) -> None:
         if tokens is not None and tokens < 0:

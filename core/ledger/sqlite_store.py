@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import aiosqlite
 
@@ -41,6 +41,12 @@ MIGRATION = """
     CREATE INDEX followed_threads_by_age ON followed_threads (followed_at);
     CREATE TABLE settings (scope TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
                            PRIMARY KEY (scope, name)) WITHOUT ROWID;
+"""
+
+# A later migration of the ledger's file: requests refused per day and reason, for the dashboard.
+REFUSALS_MIGRATION = """
+    CREATE TABLE refusals (day TEXT NOT NULL, reason TEXT NOT NULL, requests INTEGER NOT NULL,
+                           PRIMARY KEY (day, reason)) WITHOUT ROWID;
 """
 
 # Named so that a test can check with EXPLAIN QUERY PLAN that they use the indexes.
@@ -63,6 +69,11 @@ SET_SETTING = (
     "INSERT INTO settings (scope, name, value) VALUES (?, ?, ?) ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
 )
 REMOVE_SETTING = "DELETE FROM settings WHERE scope = ? AND name = ?"
+COUNT_REFUSAL = (
+    "INSERT INTO refusals (day, reason, requests) VALUES (?, ?, 1)"
+    " ON CONFLICT (day, reason) DO UPDATE SET requests = requests + 1"
+)
+REFUSALS = "SELECT reason, requests FROM refusals WHERE day = ? ORDER BY reason"
 
 
 class SQLiteStore:
@@ -122,6 +133,15 @@ class SQLiteStore:
                 await db.execute(REMOVE_SETTING, (scope, name))
             else:
                 await db.execute(SET_SETTING, (scope, name, value))
+
+    async def record_refusal(self, day: date, reason: str) -> None:
+        async with self._turn() as db:
+            await db.execute(COUNT_REFUSAL, (day.isoformat(), reason))
+
+    async def refusals(self, day: date) -> dict[str, int]:
+        async with self._turn() as db:
+            rows = await db.execute_fetchall(REFUSALS, (day.isoformat(),))
+        return {reason: requests for reason, requests in rows}
 
     @asynccontextmanager
     async def _turn(self) -> AsyncIterator[aiosqlite.Connection]:

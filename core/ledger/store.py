@@ -2,12 +2,14 @@
 
 The ledger keeps tokens; the `Store` keeps the rest that must outlive one process or be shared
 by several: which events were already taken (a Slack retry, a Discord replay), which threads the
-bot follows, each person's request rate, and settings kept per person or per channel. Every
+bot follows, each person's request rate, settings kept per person or per channel, and how many
+requests were refused for which reason (the operator's dashboard). Every
 implementation passes the same contract suite (tests/test_store_contract.py).
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Protocol
 
 CLAIM_SECONDS = 24 * 3600.0  # how long a claimed key is remembered: retries and replays come within minutes
@@ -38,4 +40,12 @@ class Store(Protocol):
 
     async def set_setting(self, scope: str, name: str, value: str | None) -> None:
         """Set a setting; None removes it."""
+        ...
+
+    async def record_refusal(self, day: date, reason: str) -> None:
+        """Count one request refused on `day` (UTC) for `reason` (a `core.errors.Refusal`)."""
+        ...
+
+    async def refusals(self, day: date) -> dict[str, int]:
+        """How many requests were refused on `day`, per reason, counted by every replica."""
         ...
