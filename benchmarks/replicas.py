@@ -9,7 +9,9 @@ measurement gets a schema of its own. Prints one JSON line:
   Two replicas take the requests in turn (a round-robin balancer). replicas_ratio = two / one;
 - pg_pairs_per_s / sqlite_pairs_per_s: reserve + settle pairs per second by 64 tasks
   (benchmarks/ledger.py's load), for the PostgreSQL ledger and the SQLite one; pg_vs_sqlite = pg / sqlite;
-- cpus: the cores this machine has, which the replicas, the emulator, PostgreSQL and the load share.
+- cpus: the cores this machine has, which the replicas, the emulator, PostgreSQL and the load share;
+  cpu_idle_one_replica / cpu_idle_two_replicas: the share of them left idle during the rounds (median):
+  near 0, the machine, not iobot, bounds what a second replica adds.
 Every round is bounded in count (REQUESTS) and time (ROUND_TIMEOUT).
 """
 
@@ -87,8 +89,16 @@ class Answers:
         return web.Response(text="ok")
 
 
-async def load(http: httpx.AsyncClient, answers: Answers, urls: list[str], name: str, count: int) -> float:
-    """Send `count` signed commands, CONCURRENCY awaiting their answer at a time; answered requests per second."""
+def cpu_times() -> tuple[int, int]:
+    """The machine's busy and idle CPU time so far, in clock ticks (Linux's /proc/stat)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, idle
+
+
+async def load(http: httpx.AsyncClient, answers: Answers, urls: list[str], name: str, count: int) -> tuple[float, float]:
+    """Send `count` signed commands, CONCURRENCY awaiting their answer at a time: answered requests per second,
+    and the share of the machine's CPU left idle meanwhile (near 0: every core was busy)."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(index: int) -> None:
@@ -105,9 +115,12 @@ async def load(http: httpx.AsyncClient, answers: Answers, urls: list[str], name:
             response.raise_for_status()
             await answered
 
+    busy_before, idle_before = cpu_times()
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(count))), ROUND_TIMEOUT)
-    return count / (time.perf_counter() - started)
+    rate = count / (time.perf_counter() - started)
+    busy, idle = (now - before for now, before in zip(cpu_times(), (busy_before, idle_before)))
+    return rate, idle / (busy + idle)
 
 
 @contextlib.asynccontextmanager
@@ -131,11 +144,12 @@ async def serving(count: int, server: str, standin: SlackStandIn, emulator: Emul
             await asyncio.gather(*(replica.stop() for replica in replicas))
 
 
-async def requests_per_second(server: str) -> dict[int, list[float]]:
+async def requests_per_second(server: str) -> tuple[dict[int, list[float]], dict[int, list[float]]]:
     emulator = Emulator()
     answers = Answers()
     runner = await answers.start()
     rates: dict[int, list[float]] = {1: [], 2: []}
+    idle: dict[int, list[float]] = {1: [], 2: []}
     try:
         limits = httpx.Limits(max_connections=CONCURRENCY * 2)
         async with SlackStandIn(bot_token="xoxb-benchmark") as standin, httpx.AsyncClient(timeout=30, limits=limits) as http:
@@ -143,12 +157,14 @@ async def requests_per_second(server: str) -> dict[int, list[float]]:
                 for count in (1, 2):
                     async with serving(count, server, standin, emulator) as urls:
                         await load(http, answers, urls, f"warm{round_}-{count}", WARMUP)
-                        rates[count].append(await load(http, answers, urls, f"round{round_}-{count}", REQUESTS))
+                        rate, idle_share = await load(http, answers, urls, f"round{round_}-{count}", REQUESTS)
+                        rates[count].append(rate)
+                        idle[count].append(idle_share)
                     answers.waiting.clear()
     finally:
         await runner.cleanup()
         emulator.stop()
-    return rates
+    return rates, idle
 
 
 async def ledger_rates(server: str) -> tuple[float, float]:
@@ -166,7 +182,7 @@ async def ledger_rates(server: str) -> tuple[float, float]:
 
 async def main() -> None:
     with postgres_server() as server:
-        rates = await requests_per_second(server)
+        rates, idle = await requests_per_second(server)
         pg_rate, sqlite_rate = await ledger_rates(server)
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     result = {
@@ -180,6 +196,8 @@ async def main() -> None:
         "two_replicas_rounds": [round(rate, 1) for rate in rates[2]],
         "replicas_ratio": round(two / one, 2),
         "target_ratio": TARGET_RATIO,
+        "cpu_idle_one_replica": round(statistics.median(idle[1]), 3),
+        "cpu_idle_two_replicas": round(statistics.median(idle[2]), 3),
         "pg_pairs_per_s": round(pg_rate),
         "sqlite_pairs_per_s": round(sqlite_rate),
         "pg_vs_sqlite": round(pg_rate / sqlite_rate, 2),
