@@ -80,6 +80,7 @@ def make_service(
         user_requests_per_minute=settings.user_requests_per_minute,
         max_concurrent=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
+        default_language=settings.default_language,
     )
     return Service(client, ledger, quotas, config, http, store=store)
 

@@ -153,6 +153,7 @@ class ServiceConfig:
     user_requests_per_minute: int = 20
     max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
     queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
+    default_language: str = "English"  # what the platforms' Translate shortcut and menu translate into
 
 
 class Service:

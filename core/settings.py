@@ -130,6 +130,8 @@ class Settings(EnvSettings):
     host: str = env("IOBOT_HOST", default="0.0.0.0")
     port: int = env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = env("IOBOT_LOG_LEVEL", default="INFO")
+    # What the Translate shortcut and context menu translate into.
+    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", validate_default=False)
 
     _split_commas = field_validator("fallback_models", mode="before")(split_commas)
     _http_url = field_validator("base_url")(http_url)
@@ -142,6 +144,18 @@ class Settings(EnvSettings):
         if not value.get_secret_value().startswith("sqlite:///"):
             raise ValueError("must be a sqlite:///path URL")
         return value
+
+    @field_validator("default_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        # The grammar's rule for a language, imported here: only a value that is set runs this (not the
+        # default), so the admin commands start without loading the grammar.
+        from .commands import UsageError, parse_language
+
+        try:
+            return parse_language(value)
+        except UsageError as error:
+            raise ValueError(error.problem) from None
 
     @field_validator("log_level")
     @classmethod

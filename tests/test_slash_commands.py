@@ -7,12 +7,13 @@ from typing import Any
 
 import discord
 import pytest
-from discord import app_commands
 
-from adapters.discord import slash_commands
+from adapters.discord import command_tree, slash_commands
 from core.commands import DEFAULT_VISION_QUESTION, Command
 
-# The definitions Discord receives, as they were when each slash command was written by hand.
+# The definitions Discord receives, as they were when each slash command was written by hand; each is
+# global and says so: installable to servers and to people (integration_types), usable in servers, the
+# bot's DMs and other DMs (contexts).
 TODAY = [
     {
         "name": "ask",
@@ -22,8 +23,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "summarize",
@@ -43,8 +44,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "translate",
@@ -57,8 +58,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "sentiment",
@@ -68,8 +69,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "classify",
@@ -82,8 +83,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "moderate",
@@ -93,8 +94,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "entities",
@@ -104,8 +105,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "reason",
@@ -115,8 +116,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "vision",
@@ -130,8 +131,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "agents",
@@ -141,8 +142,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "models",
@@ -152,8 +153,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "usage",
@@ -163,8 +164,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "help",
@@ -196,8 +197,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
 ]
 
@@ -226,7 +227,7 @@ class Interaction:
 
 
 def definitions(answer: Any) -> list[dict[str, Any]]:
-    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    tree = command_tree(discord.Client(intents=discord.Intents.none()))
     return [command.to_dict(tree) for command in slash_commands(answer)]
 
 

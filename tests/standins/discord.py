@@ -2,9 +2,13 @@
 
 Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
 answer them. The world is one server with two text channels (one with a thread), a DM channel, two
-people, another bot and the bot. Every REST call is recorded in `calls`; every message (posted by a
-test or by the bot) is kept in `messages` with its current content. Like Discord, it sends the bot's
-own messages and edits back over the gateway, and keeps events for a disconnected bot until it resumes.
+people, another bot and the bot, plus a channel of another server the bot is not in (where only a
+user install reaches it, through interactions; Discord refuses the bot's REST calls there). Every
+REST call is recorded in `calls`; every message (posted by a test or by the bot) is kept in
+`messages` with its current content. Like Discord, it sends the bot's own messages and edits back
+over the gateway, keeps events for a disconnected bot until it resumes, and, when the bot connected
+without the Message Content intent, blanks the text and files of server messages that do not
+mention it (in events and REST answers; not in a context menu's target message).
 
 A message the bot sends with files comes as discord.py sends it, as multipart/form-data (the JSON in
 `payload_json`, the files in `files[0]`, ...); the files go on the stand-in CDN, listed in the
@@ -31,6 +35,8 @@ BOT_ID = APPLICATION_ID = 1000  # a bot's user id is its application's id
 GUILD_ID = 2000
 GENERAL, RANDOM, DM_CHANNEL = 3000, 3001, 3100
 THREAD = 3002  # a thread in RANDOM
+FOREIGN_GUILD, FOREIGN_CHANNEL = 2001, 3200  # a server the bot is not in, and a channel of it
+REACHABLE = {GENERAL, RANDOM, THREAD, DM_CHANNEL}  # the channels the bot may read and post in
 MEMBER_ROLE = 4000
 ALICE, BOB, OTHER_BOT = 5001, 5002, 5003
 MESSAGE_CONTENT_INTENT = 1 << 15
@@ -77,11 +83,15 @@ def member(user_id: int, roles: Sequence[int] = ()) -> dict[str, Any]:
     }
 
 
+def guild_of(channel_id: int) -> int | None:
+    return None if channel_id == DM_CHANNEL else FOREIGN_GUILD if channel_id == FOREIGN_CHANNEL else GUILD_ID
+
+
 def text_channel(channel_id: int, name: str) -> dict[str, Any]:
     return {
         "id": str(channel_id),
         "type": 0,
-        "guild_id": str(GUILD_ID),
+        "guild_id": str(guild_of(channel_id)),
         "name": name,
         "position": 0,
         "permission_overwrites": [],
@@ -130,6 +140,7 @@ class DiscordStandIn:
         self.calls: list[Call] = []
         self.messages: dict[int, dict[str, Any]] = {}
         self.identifies: list[dict[str, Any]] = []  # IDENTIFY payloads received
+        self.message_content = True  # whether the bot's session has the Message Content intent
         self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
         self.downloads: list[tuple[str, str | None]] = []  # (path, Authorization header) of attachment downloads
         self.ready = asyncio.Event()  # set while a gateway session is live (after GUILD_CREATE or RESUMED)
@@ -230,11 +241,29 @@ class DiscordStandIn:
         resolved: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A slash command used by `author`: an INTERACTION_CREATE."""
-        interaction_id = next(self._ids)
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
+        return await self._interact(data, author=author, channel=channel, user_install=False)
+
+    async def invoke_menu(
+        self, name: str, target: dict[str, Any], *, author: int = ALICE, user_install: bool = False
+    ) -> dict[str, Any]:
+        """A message context menu used by `author` on the message `target`, in its channel.
+
+        `user_install`: through the app installed to `author` (the only way in a server the bot is not in).
+        Discord sends the target message whole, its text included, with or without the Message Content intent.
+        """
+        data = {"id": "950", "name": name, "type": 3, "target_id": target["id"], "resolved": {"messages": {target["id"]: target}}}
+        return await self._interact(data, author=author, channel=int(target["channel_id"]), user_install=user_install)
+
+    async def _interact(self, data: dict[str, Any], *, author: int, channel: int, user_install: bool) -> dict[str, Any]:
+        """An INTERACTION_CREATE with `data`, from `author` in `channel`, authorized by a server or a user install."""
+        interaction_id = next(self._ids)
         token = f"interaction-token-{interaction_id}"
+        guild = guild_of(channel)
+        # Which installs authorized it: "0" the server's (its id; "0" in the bot's DM), "1" the person's.
+        owners = {"1": str(author)} if user_install else {"0": str(guild or 0)}
         interaction = {
             "id": str(interaction_id),
             "application_id": str(APPLICATION_ID),
@@ -246,7 +275,8 @@ class DiscordStandIn:
             "locale": "en-US",
             "entitlements": [],
             "attachment_size_limit": 25 * 1024 * 1024,
-            "context": 0,
+            "context": 0 if guild else 1,  # a server, or the bot's DM
+            "authorizing_integration_owners": owners,
             "channel_id": str(channel),
         }
         self._interaction_channels[token] = channel
@@ -254,10 +284,10 @@ class DiscordStandIn:
             interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
         else:
             interaction.update(
-                guild_id=str(GUILD_ID),
+                guild_id=str(guild),
                 guild_locale="en-US",
                 channel=text_channel(channel, "general"),
-                member={**member(author, [MEMBER_ROLE]), "permissions": "1071698660929"},
+                member={**member(author, [MEMBER_ROLE] if guild == GUILD_ID else []), "permissions": "1071698660929"},
             )
         await self.dispatch("INTERACTION_CREATE", interaction)
         return interaction
@@ -349,15 +379,20 @@ class DiscordStandIn:
                     "version": "1",
                     "default_member_permissions": None,
                     "type": command.get("type", 1),
+                    "description": command.get("description", ""),  # a context menu has none: Discord says ""
                 }
                 for index, command in enumerate(commands)
             ]
         )
 
-    async def _typing(self, _request: web.Request) -> web.Response:
+    async def _typing(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         return web.Response(status=204)
 
     async def _create_message(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         body = request[BODY]
         reference = body.get("message_reference") or {}
         reply_to: int | None = int(reference.get("message_id", 0))
@@ -374,10 +409,12 @@ class DiscordStandIn:
         return _json(message)
 
     async def _get_message(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         message = self.messages.get(int(request.match_info["message"]))
         if message is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
-        return _json(message)
+        return _json(self._as_the_bot_sees(message))
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(int(request.match_info["message"]))
@@ -468,7 +505,7 @@ class DiscordStandIn:
             "flags": flags,
         }
         if channel != DM_CHANNEL:
-            message["guild_id"] = str(GUILD_ID)
+            message["guild_id"] = str(guild_of(channel))
             message["member"] = {k: v for k, v in member(author, [MEMBER_ROLE]).items() if k != "user"}
         if reply_to is not None:
             parent = self.messages[reply_to]
@@ -508,6 +545,7 @@ class DiscordStandIn:
 
     async def _identify(self, socket: web.WebSocketResponse, identify: dict[str, Any]) -> None:
         self.identifies.append(identify)
+        self.message_content = bool(identify.get("intents", 0) & MESSAGE_CONTENT_INTENT)
         if self.refuse_message_content and identify.get("intents", 0) & MESSAGE_CONTENT_INTENT:
             await socket.close(code=4014, message=b"Disallowed intent(s).")
             return
@@ -540,7 +578,23 @@ class DiscordStandIn:
     async def _flush(self) -> None:
         while self._pending and self._socket is not None and not self._socket.closed:
             event, data = self._pending.pop(0)
+            if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
+                data = self._as_the_bot_sees(data)
             await self._send(self._socket, event, data)
+
+    def _as_the_bot_sees(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as Discord shows it to the bot: without the Message Content intent, a server message
+        by someone else that does not mention the bot comes with no text, files or embeds (the message it
+        replies to, nested in it, likewise)."""
+        if self.message_content:
+            return message
+        seen = dict(message)
+        if seen.get("referenced_message"):
+            seen["referenced_message"] = self._as_the_bot_sees(seen["referenced_message"])
+        mentioned = any(mention["id"] == str(BOT_ID) for mention in message["mentions"])
+        if "guild_id" in message and message["author"]["id"] != str(BOT_ID) and not mentioned:
+            seen.update(content="", attachments=[], embeds=[])
+        return seen
 
     async def _send(self, socket: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
         self._sequence += 1
@@ -592,6 +646,11 @@ async def _read_multipart(request: web.Request) -> tuple[Any, list[tuple[str, by
         elif (part.name or "").startswith("files["):
             files.append((part.filename or "", bytes(await part.read())))
     return payload, files
+
+
+def _missing_access() -> web.Response:
+    """Discord's answer to a bot acting in a channel it cannot see (a server it is not in)."""
+    return _json({"message": "Missing Access", "code": 50001}, status=403)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
