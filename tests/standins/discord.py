@@ -239,12 +239,13 @@ class DiscordStandIn:
         author: int = ALICE,
         channel: int = GENERAL,
         resolved: dict[str, Any] | None = None,
+        user_install: bool = False,
     ) -> dict[str, Any]:
-        """A slash command used by `author`: an INTERACTION_CREATE."""
+        """A slash command used by `author`: an INTERACTION_CREATE (`user_install`: see `invoke_menu`)."""
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
-        return await self._interact(data, author=author, channel=channel, user_install=False)
+        return await self._interact(data, author=author, channel=channel, user_install=user_install)
 
     async def invoke_menu(
         self, name: str, target: dict[str, Any], *, author: int = ALICE, user_install: bool = False
