@@ -58,6 +58,7 @@ MIN_PIECE = 160  # characters of a message's text kept whatever notes are added 
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate-limits edits per channel
 HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
+MENTION_NEEDED = "Mention me in your reply so that I can read it."  # said when Discord withheld a reply's text
 # What the bot needs in a channel: see it, read the reply chain, answer (in threads too, a long answer as a file).
 PERMISSIONS = discord.Permissions(
     view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True, attach_files=True
@@ -226,7 +227,7 @@ class DiscordAdapter:
         self.image_limits = image_limits
         self.state_dir = state_dir if state_dir is not None else Path(".")
         self.message_content = message_content
-        self._noted_missing_content = False  # the log says once why some messages come without text
+        self._noted_withheld_text = False  # the log says once why some messages come without text
         self.in_flight = InFlight()
         self._connection: asyncio.Task[None] | None = None  # the gateway session, from start() on
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
@@ -344,7 +345,7 @@ class DiscordAdapter:
             return
         if not await first_delivery(self.store, f"discord:{message.id}"):  # replayed after a resume
             return
-        if self._without_content(message):  # a reply to the bot that does not mention it, without the intent
+        if self._text_withheld(message):  # a reply to the bot that does not mention it, without the intent
             with contextlib.suppress(discord.HTTPException):
                 await message.reply(MENTION_NEEDED, mention_author=False, allowed_mentions=NO_PINGS)
             return
@@ -401,7 +402,7 @@ class DiscordAdapter:
                 break
             if me is not None and message.author.id == me.id:
                 turns.append({"role": "assistant", "content": _without_footer(message.content)})
-            elif not self._without_content(message):  # left out: merge_turns drops empty turns
+            elif not self._text_withheld(message):  # left out: merge_turns drops empty turns
                 turns.append({"role": "user", "content": self._without_mention(message.content)})
             message = await self._parent(message)
         return merge_turns(reversed(turns))
@@ -410,13 +411,13 @@ class DiscordAdapter:
         me = self.client.user
         return re.sub(rf"<@!?{me.id}>", "", text).strip() if me else text.strip()
 
-    def _without_content(self, message: discord.Message) -> bool:
+    def _text_withheld(self, message: discord.Message) -> bool:
         """True for a message Discord sent without its text and files: without the Message Content intent,
         one in a server that does not mention the bot. The first is noted in the log, once."""
         if self.message_content or message.content or message.attachments or message.embeds:
             return False
-        if not self._noted_missing_content:
-            self._noted_missing_content = True
+        if not self._noted_withheld_text:
+            self._noted_withheld_text = True
             log.info(
                 "DISCORD_MESSAGE_CONTENT is false: Discord sends no text for server messages that do not mention the "
                 "bot, so they are left out of reply chains, and a reply to the bot needs a mention to be answered"
@@ -673,8 +674,6 @@ NOTHING_TO_READ = {
     "translate": "That message has no text to translate.",
     "ask": "That message has no text or image to answer.",
 }
-MENTION_NEEDED = "Mention me in your reply so that I can read it."
-
 AnswerMenu = Callable[[discord.Interaction, str, discord.Message], Awaitable[None]]  # DiscordAdapter.answer_menu
 
 
