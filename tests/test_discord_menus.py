@@ -27,6 +27,7 @@ from .standins.discord import (
     FOREIGN_CHANNEL,
     FOREIGN_GUILD,
     GENERAL,
+    GROUP_DM,
     MESSAGE_CONTENT_INTENT,
     TOKEN,
     DiscordStandIn,
@@ -192,6 +193,16 @@ async def test_a_user_install_in_a_server_without_the_bot_answers_only_through_t
     assert channel_calls(standin) == []  # no channel posts, no typing: Discord refuses both there
     [row] = await ledger.usage()
     assert row.user == f"discord:{ALICE}" and row.requests == 2
+
+
+async def test_a_user_install_works_in_a_group_dm_without_the_bot(bot, standin, emulator):
+    target = await standin.post("Bom dia a todos!", author=BOB, channel=GROUP_DM, deliver=False)
+    interaction = await standin.invoke_menu("Translate", target, author=ALICE, user_install=True)
+    assert interaction["context"] == 2  # a DM that is not the bot's
+    await followups(standin, interaction)
+    assert f"**{LANGUAGE}:**" in standin.bot_messages(GROUP_DM)[0]["content"]
+    assert "Bom dia a todos!" in json.dumps(api_calls(emulator)[-1].body)
+    assert channel_calls(standin) == []
 
 
 # --- without the Message Content intent ------------------------------------------------------------

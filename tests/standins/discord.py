@@ -36,6 +36,7 @@ GUILD_ID = 2000
 GENERAL, RANDOM, DM_CHANNEL = 3000, 3001, 3100
 THREAD = 3002  # a thread in RANDOM
 FOREIGN_GUILD, FOREIGN_CHANNEL = 2001, 3200  # a server the bot is not in, and a channel of it
+GROUP_DM = 3300  # a group DM of alice and bob, without the bot
 REACHABLE = {GENERAL, RANDOM, THREAD, DM_CHANNEL}  # the channels the bot may read and post in
 MEMBER_ROLE = 4000
 ALICE, BOB, OTHER_BOT = 5001, 5002, 5003
@@ -84,7 +85,9 @@ def member(user_id: int, roles: Sequence[int] = ()) -> dict[str, Any]:
 
 
 def guild_of(channel_id: int) -> int | None:
-    return None if channel_id == DM_CHANNEL else FOREIGN_GUILD if channel_id == FOREIGN_CHANNEL else GUILD_ID
+    if channel_id in (DM_CHANNEL, GROUP_DM):
+        return None
+    return FOREIGN_GUILD if channel_id == FOREIGN_CHANNEL else GUILD_ID
 
 
 def text_channel(channel_id: int, name: str) -> dict[str, Any]:
@@ -276,13 +279,16 @@ class DiscordStandIn:
             "locale": "en-US",
             "entitlements": [],
             "attachment_size_limit": 25 * 1024 * 1024,
-            "context": 0 if guild else 1,  # a server, or the bot's DM
+            "context": 0 if guild else 1 if channel == DM_CHANNEL else 2,  # a server, the bot's DM, another DM
             "authorizing_integration_owners": owners,
             "channel_id": str(channel),
         }
         self._interaction_channels[token] = channel
         if channel == DM_CHANNEL:
             interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
+        elif channel == GROUP_DM:
+            group = {"id": str(channel), "type": 3, "name": None, "icon": None, "owner_id": str(ALICE)}
+            interaction.update(user=user(author), channel={**group, "recipients": [user(ALICE), user(BOB)]})
         else:
             interaction.update(
                 guild_id=str(guild),
@@ -505,7 +511,7 @@ class DiscordStandIn:
             "type": 0,
             "flags": flags,
         }
-        if channel != DM_CHANNEL:
+        if guild_of(channel) is not None:
             message["guild_id"] = str(guild_of(channel))
             message["member"] = {k: v for k, v in member(author, [MEMBER_ROLE]).items() if k != "user"}
         if reply_to is not None:
