@@ -463,7 +463,8 @@ class DiscordAdapter:
         command is, and charged to the person who used the menu. Discord sends the message's text with
         the interaction, Message Content intent or not."""
         name = MESSAGE_MENUS[menu]
-        text = self._without_mention(message.content)
+        mine = self.client.user is not None and message.author.id == self.client.user.id
+        text = _without_footer(message.content) if mine else self._without_mention(message.content)
         images = [a for a in message.attachments if (a.content_type or "").startswith("image/")] if name == "ask" else []
         if not text and not images:
             await interaction.response.send_message(NOTHING_TO_READ[name], ephemeral=True, allowed_mentions=NO_PINGS)

@@ -128,6 +128,15 @@ async def test_each_menu_answers_the_message_in_a_follow_up_charged_to_whoever_u
     assert channel_calls(standin) == []  # the answer is the interaction's: nothing posted, no typing
 
 
+async def test_a_menu_on_the_bots_own_answer_reads_it_without_its_footer(bot, standin, emulator):
+    question = await standin.post(f"{MENTION} What is io.net?", mention_bot=True)
+    [answer] = await answer_to(standin, question)
+    interaction = await standin.invoke_menu("Summarize", answer)
+    await followups(standin, interaction)
+    summarized = json.dumps(api_calls(emulator)[-1].body)
+    assert "you asked" in summarized and "-# " not in summarized and "tokens" not in summarized
+
+
 async def test_ask_iobot_on_a_message_with_an_image_asks_the_vision_model(bot, standin, emulator):
     image = standin.attachment("cat.png", png_bytes(), "image/png")
     target = await standin.post("What colour is this cat?", author=BOB, attachments=[image])
