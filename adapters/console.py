@@ -20,6 +20,7 @@ from core.render import model_line, to_plain
 from core.service import Reply, Request, Service
 
 HISTORY_MESSAGES = 20  # the earlier turns sent along with each question
+CHANNEL = "console"  # the terminal is one channel, with its own standing instructions
 STOP_GRACE = 5.0  # seconds `stop()` gives the answer being written
 
 
@@ -31,6 +32,7 @@ class ConsoleAdapter:
     def __init__(self, service: Service, user: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
         self.service = service
         self.user = f"console:{user}"
+        self.display_name = user  # how the person is named in a reply
         self.stdin = stdin
         self.stdout = stdout
         self.interactive = stdin.isatty() and stdout.isatty()
@@ -71,7 +73,14 @@ class ConsoleAdapter:
                 break
             if not line.strip():
                 continue
-            request = Request(user=self.user, text=line.strip(), history=tuple(self.history), local_files=True)
+            request = Request(
+                user=self.user,
+                text=line.strip(),
+                history=tuple(self.history),
+                local_files=True,
+                channel=CHANNEL,
+                display_name=self.display_name,
+            )
             # In a task of its own, as on the other platforms: Service.drain waits for it, not for the session.
             reply = await asyncio.create_task(self.service.handle(request))
             if reply.outcome == Outcome.OK and reply.model:  # a conversation turn: remember it

@@ -21,10 +21,10 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import discord
@@ -33,14 +33,14 @@ from aiohttp import web
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from core.adapter import AdapterError
 from core.attachments import AttachedFile, Vetted, refused, vet_attachments
 from core.chunks import FENCE, split_message
 from core.client import Message
-from core.commands import COMMANDS, Command, CommandSpec, Option, OptionKind, UsageError
+from core.commands import COMMANDS, DEFAULT, Command, CommandSpec, Option, OptionKind, UsageError
 from core.delivery import Answer, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
 from core.images import ImageLimits
@@ -66,6 +66,9 @@ PERMISSIONS = discord.Permissions(
 
 
 IdList = Annotated[list[int], NoDecode]  # a comma list of Discord ids (snowflakes)
+ShardCount = int | Literal["auto"]  # how many shards the bot runs in all; `auto` asks Discord
+# Gateway close codes about sharding: the shard sent is not valid; the bot is in too many servers for its shards.
+INVALID_SHARD, SHARDING_REQUIRED = 4010, 4011
 
 
 class DiscordSettings(PlatformSettings):
@@ -87,6 +90,9 @@ class DiscordSettings(PlatformSettings):
     # False: connect without the privileged Message Content intent, which needs Discord's approval for
     # bots in 100 or more servers. Mentions, DMs, slash commands and context menus still carry text.
     message_content: bool = env("DISCORD_MESSAGE_CONTENT", default=True)
+    # Sharding: unset runs one shard; a count (or `auto`) and the ids this process runs split the bot's servers.
+    shard_count: ShardCount | None = env("DISCORD_SHARD_COUNT", default=None)
+    shard_ids: IdList = env("DISCORD_SHARD_IDS", default="")
 
     _http_url = field_validator("api_url")(http_url)
 
@@ -99,6 +105,7 @@ class DiscordSettings(PlatformSettings):
         "blocked_roles",
         "allowed_users",
         "blocked_users",
+        "shard_ids",
         mode="before",
     )
     @classmethod
@@ -118,9 +125,69 @@ class DiscordSettings(PlatformSettings):
             raise ValueError("must start with ws:// or wss://")
         return value
 
+    @field_validator("shard_count", mode="before")
+    @classmethod
+    def _count(cls, value: object) -> object:
+        text = "" if value is None else str(value).strip().lower()
+        if text in ("", "auto"):
+            return text or None
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise ValueError("must be a number of shards (1 or more) or auto")
+        return int(text)
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        ids, count = self.shard_ids, self.shard_count
+        if ids and count is None:
+            raise ValueError("DISCORD_SHARD_IDS is set but DISCORD_SHARD_COUNT is not: shard ids count from a known total")
+        if ids and count == "auto":
+            raise ValueError(
+                "DISCORD_SHARD_IDS needs a number in DISCORD_SHARD_COUNT, not auto: which shards are which depends on the total"
+            )
+        if isinstance(count, int) and (beyond := [str(id_) for id_ in ids if id_ >= count]):
+            raise ValueError(
+                f"DISCORD_SHARD_IDS: with DISCORD_SHARD_COUNT={count} the shard ids are 0 to {count - 1}; "
+                f"not one of them: {', '.join(beyond)}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError("DISCORD_SHARD_IDS: each shard id once")
+        return self
+
     @property
     def enabled(self) -> bool:
         return self.bot_token is not None
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Which of the bot's gateway shards this process runs.
+
+    Discord splits a bot's servers into shards by id, `(guild_id >> 22) % count`, and sends DMs on
+    shard 0 alone. `count` None is one shard on discord.py's plain client; a count (or `auto`, the
+    number Discord recommends) runs discord.py's `AutoShardedClient`, on the shards in `ids` (all of
+    them when empty), so that several processes can share the bot's servers.
+    """
+
+    count: ShardCount | None = None
+    ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: DiscordSettings) -> Shards:
+        return cls(settings.shard_count, tuple(settings.shard_ids))
+
+    @property
+    def gets_dms(self) -> bool:
+        """True when this process runs shard 0, the one Discord sends every DM on."""
+        return self.count is None or not self.ids or 0 in self.ids
+
+    def client(self, intents: discord.Intents) -> discord.Client:
+        """The discord.py client for these shards: the same events and the same handlers either way."""
+        if self.count is None:
+            return discord.Client(intents=intents, allowed_mentions=NO_PINGS)
+        if self.count == "auto":  # no count: discord.py asks Discord (GET /gateway/bot) and runs every shard
+            return discord.AutoShardedClient(intents=intents, allowed_mentions=NO_PINGS)
+        ids = list(self.ids or range(self.count))
+        return discord.AutoShardedClient(intents=intents, allowed_mentions=NO_PINGS, shard_count=self.count, shard_ids=ids)
 
 
 def build(settings: DiscordSettings, service: Service, *, state_dir: Path) -> DiscordAdapter:
@@ -135,6 +202,7 @@ def build(settings: DiscordSettings, service: Service, *, state_dir: Path) -> Di
         state_dir=state_dir,
         store=service.store,
         message_content=settings.message_content,
+        shards=Shards.from_settings(settings),
     )
 
 
@@ -143,7 +211,8 @@ def use_discord_at(api_url: str, gateway_url: str) -> None:
 
     discord.py offers no argument for either: every request is built on the class attribute
     `Route.BASE`, and the gateway is `DiscordWebSocket.DEFAULT_GATEWAY` (only the auto-sharded
-    client asks Discord for it). So they are set here, once, and hold for the whole process.
+    client given no shard count asks Discord for it). So they are set here, once, and hold for the
+    whole process.
     """
     Route.BASE = api_url.rstrip("/")
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
@@ -219,6 +288,7 @@ class DiscordAdapter:
         store: Store,
         state_dir: Path | None = None,
         message_content: bool = True,
+        shards: Shards = Shards(),
     ) -> None:
         self.service = service
         self.store = store  # messages already taken, so that a replayed event is not answered twice
@@ -229,15 +299,17 @@ class DiscordAdapter:
         self.message_content = message_content
         self._noted_withheld_text = False  # the log says once why some messages come without text
         self.in_flight = InFlight()
+        self.shards = shards
+        self._logged_in = False  # an AutoShardedClient can be closed only once login has begun
         self._connection: asyncio.Task[None] | None = None  # the gateway session, from start() on
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
         intents = discord.Intents.default()
         intents.message_content = message_content  # privileged: switched on in the Developer Portal
-        self.client = discord.Client(intents=intents, allowed_mentions=NO_PINGS)
+        self.client = shards.client(intents)
         self.client.event(self.on_ready)
         self.client.event(self.on_message)
         self.tree = command_tree(self.client)
-        for command in slash_commands(self.answer_interaction):
+        for command in slash_commands(self.answer_interaction, models=service.chat_models):
             self.tree.add_command(command)
         for menu in message_menus(self.answer_menu):
             self.tree.add_command(menu)
@@ -248,9 +320,12 @@ class DiscordAdapter:
     async def start(self) -> None:
         """Log in, register the slash commands if they changed, connect; return once Discord says READY.
 
-        A wrong token, or the Message Content intent off in the Developer Portal, raises `AdapterError`
-        saying how to fix it.
+        A wrong token, the Message Content intent off in the Developer Portal, or shard settings
+        Discord refuses, raise `AdapterError` saying how to fix it.
         """
+        if self.shards.count is not None and not self.shards.gets_dms:
+            log.info("this process does not run Discord shard 0: DMs to the bot reach only the process that does")
+        self._logged_in = True
         try:
             await self.client.login(self.token)
         except discord.LoginFailure:
@@ -279,6 +354,18 @@ class DiscordAdapter:
                 "Privileged Gateway Intents at https://discord.com/developers/applications and restart, "
                 "or set DISCORD_MESSAGE_CONTENT=false to run without it"
             ) from None
+        except discord.ConnectionClosed as closed:
+            if closed.code == SHARDING_REQUIRED:
+                raise AdapterError(
+                    "Discord wants this bot split into more shards (it is in too many servers for each one): "
+                    "set DISCORD_SHARD_COUNT=auto, or a larger count, then restart"
+                ) from None
+            if closed.code == INVALID_SHARD:
+                raise AdapterError(
+                    "Discord refused the shard settings: every process of the bot needs the same DISCORD_SHARD_COUNT, "
+                    "and DISCORD_SHARD_IDS below it"
+                ) from None
+            raise
         finally:
             await self.client.close()
 
@@ -293,7 +380,8 @@ class DiscordAdapter:
         Call it after `Service.drain`, so that no API call is still running.
         """
         await self.in_flight.close()
-        await self.client.close()
+        if self._logged_in:
+            await self.client.close()
         if self._connection is not None:
             await asyncio.wait({self._connection})  # its outcome is for wait() to raise
 
@@ -321,12 +409,19 @@ class DiscordAdapter:
             log.warning("could not save %s (%s): the slash commands will be registered again at the next start", path, exc)
 
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s, in %d servers", self.client.user, len(self.client.guilds))
-        if not self.client.guilds and self.client.application_id:
+        log.info("connected to Discord as %s, in %d servers%s", self.client.user, len(self.client.guilds), self._shard_note())
+        if not self.client.guilds and self.client.application_id and self.shards.count is None:  # a shard may have none
             invite = discord.utils.oauth_url(
                 self.client.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
             )
             log.info("the bot is in no server yet; invite it with %s", invite)
+
+    def _shard_note(self) -> str:
+        """The shards this process runs, for the log line that says it is connected (nothing for one shard)."""
+        if not isinstance(self.client, discord.AutoShardedClient):
+            return ""
+        ids = ", ".join(str(shard_id) for shard_id in sorted(self.client.shards))
+        return f", running shard{'s' if len(self.client.shards) > 1 else ''} {ids} of {self.client.shard_count}"
 
     # --- messages ------------------------------------------------------------------------------
 
@@ -373,6 +468,8 @@ class DiscordAdapter:
             history=await self._history(parent),
             request_id=f"discord:{message.id}",
             images=vetted.images,
+            channel=_channel(message.channel.id, message.channel),
+            display_name=message.author.display_name,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
@@ -447,6 +544,8 @@ class DiscordAdapter:
                     command=command,
                     request_id=f"discord:{interaction.id}",
                     images=vetted.images,
+                    channel=_channel(interaction.channel_id, interaction.channel),
+                    display_name=interaction.user.display_name,
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])
@@ -484,6 +583,13 @@ class DiscordAdapter:
         links need no credential."""
         described = [AttachedFile(a.filename, a.content_type or "", a.size, a.url) for a in attachments]
         return vet_attachments(described, self.image_limits, platform="Discord")
+
+
+def _channel(channel_id: int | None, channel: object) -> str | None:
+    """`discord:<channel>` as the store keeps a channel's settings; a thread shares its parent channel's."""
+    parent_id: int | None = getattr(channel, "parent_id", None)
+    found = parent_id or channel_id
+    return None if found is None else f"discord:{found}"
 
 
 Sendable = str | discord.File  # what one message of an answer carries: text, or a file
@@ -624,6 +730,7 @@ def command_tree(client: discord.Client) -> app_commands.CommandTree:
 
 
 AnswerCommand = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
+AUTOCOMPLETE_CHOICES = 25  # the most choices Discord shows while a person types an option
 
 # The Python type a slash command option of each kind is declared with, from which discord.py makes its type.
 OPTION_TYPES: dict[OptionKind, type] = {
@@ -632,21 +739,25 @@ OPTION_TYPES: dict[OptionKind, type] = {
     OptionKind.LABELS: str,
     OptionKind.URL: str,
     OptionKind.COMMAND: str,
+    OptionKind.MODEL: str,
     OptionKind.ATTACHMENT: discord.Attachment,
 }
 
 
-def slash_commands(answer: AnswerCommand) -> list[app_commands.Command]:
-    """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`."""
-    return [slash_command(spec, answer) for spec in COMMANDS.values()]
+def slash_commands(answer: AnswerCommand, models: Sequence[str] = ()) -> list[app_commands.Command]:
+    """Every command of the grammar as a slash command with typed options, handing a `Command` to `answer`.
+
+    `models` are the chat models a person may pick, offered as they type a model option.
+    """
+    return [slash_command(spec, answer, models) for spec in COMMANDS.values()]
 
 
-def slash_command(spec: CommandSpec, answer: AnswerCommand) -> app_commands.Command:
+def slash_command(spec: CommandSpec, answer: AnswerCommand, models: Sequence[str] = ()) -> app_commands.Command:
     """A command's record as a slash command: its options as typed parameters, read into a `Command` by the record.
 
     discord.py reads a command's options from its callback's signature; the signature is built from
-    the record (`__signature__`, which `inspect.signature` honours), with descriptions and choices
-    from discord.py's own decorators.
+    the record (`__signature__`, which `inspect.signature` honours), with descriptions, choices and
+    autocompletion from discord.py's own decorators.
     """
     attachments = [option.name for option in spec.options if option.kind is OptionKind.ATTACHMENT]
 
@@ -665,7 +776,21 @@ def slash_command(spec: CommandSpec, answer: AnswerCommand) -> app_commands.Comm
     app_commands.describe(**{option.name: option.description for option in spec.options})(callback)
     choices = [app_commands.Choice(name=name, value=name) for name in COMMANDS]
     app_commands.choices(**{option.name: choices for option in spec.options if option.kind is OptionKind.COMMAND})(callback)
+    complete = model_completion([DEFAULT, *models])
+    app_commands.autocomplete(**{option.name: complete for option in spec.options if option.kind is OptionKind.MODEL})(callback)
     return app_commands.Command(name=spec.name, description=spec.description, callback=callback)
+
+
+def model_completion(
+    names: Sequence[str],
+) -> Callable[[discord.Interaction, str], Coroutine[Any, Any, list[app_commands.Choice[str]]]]:
+    """Discord's autocompletion of a model option: the names that contain what the person typed so far."""
+
+    async def complete(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        found = [name for name in names if typed.casefold() in name.casefold()]
+        return [app_commands.Choice(name=name, value=name) for name in found[:AUTOCOMPLETE_CHOICES]]
+
+    return complete
 
 
 # The context menus on a message (right-click it, Apps), as Discord shows them, and the command each runs on its text.

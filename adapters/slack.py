@@ -1,4 +1,5 @@
-"""Slack, on slack-bolt's AsyncApp: the `/io` slash command, @mentions, DMs and thread follow-ups.
+"""Slack, on slack-bolt's AsyncApp: the `/io` slash command, @mentions, DMs, thread follow-ups, the
+message shortcuts (Summarize, Translate, Ask iobot) and the App Home tab.
 
 Every listener acks first and works after, as Bolt's own examples do: a slash command is answered
 through its `response_url`, a conversation in the thread of the message that started it (a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from pydantic import SecretStr, field_validator, model_validator
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler, async_default_handlers
@@ -48,14 +51,15 @@ from core.adapter import AdapterError
 from core.attachments import AttachedFile, Vetted, refused, vet_attachments
 from core.chunks import shorten
 from core.client import Message
-from core.commands import is_informational
+from core.commands import Command, is_informational
 from core.delivery import Answer, Delivered, DeliveryFailed, InFlight, first_delivery, merge_turns, with_notes
 from core.errors import Outcome
-from core.images import ImageLimits
+from core.images import ImageInput, ImageLimits
 from core.ledger.store import Store
 from core.service import Attachment, Progress, Reply, Request, Service
 from core.settings import CommaList, PlatformSettings, env, http_url, split_commas
 
+from .slack_home import home_figures, home_view
 from .slack_render import (
     PLACEHOLDER,
     SlackMessage,
@@ -90,6 +94,10 @@ WORKING = "Working on it…"  # the acknowledgement, seen by the asker alone whi
 # Message subtypes a person makes by writing; edits, deletions, joins and bots' messages have others.
 WRITTEN = (None, "file_share", "thread_broadcast")
 MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes; more is refused unread
+# The message shortcuts, by `callback_id` (as slack-manifest.yml declares them): the command each runs on the message.
+SHORTCUTS = {"iobot_summarize": "summarize", "iobot_translate": "translate", "iobot_ask": "ask"}
+# What Slack answers a post in a conversation the bot is not a member of (a private channel, a DM between people).
+NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
 
 
 class SlackSettings(PlatformSettings):
@@ -174,9 +182,17 @@ class SlackAdapter:
             retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
         )
         # The token travels inside the client: Bolt warns when given both. No signing secret means
-        # Socket Mode, where Slack's own connection stands for the signature.
+        # Socket Mode, where Slack's own connection stands for the signature. `authorize` answers with
+        # the identity `start()` checked: left to itself, Bolt would call auth.test for every request
+        # that arrives before its first call returns, hundreds at once under a burst after a deploy.
+        self._identity: AuthorizeResult | None = None
+
+        async def authorize() -> AuthorizeResult:  # Bolt passes arguments by name: a method would be given `self`
+            return await self._authorize()
+
         self.bolt = AsyncApp(
             client=client,
+            authorize=authorize,
             signing_secret=signing_secret or "",
             request_verification_enabled=signing_secret is not None,
             name="iobot",
@@ -184,6 +200,9 @@ class SlackAdapter:
         self.bolt.command("/io")(self._on_command)
         self.bolt.event("app_mention")(self._on_mention)
         self.bolt.event("message")(self._on_message)
+        for callback_id in SHORTCUTS:
+            self.bolt.message_shortcut(callback_id)(self._on_shortcut)
+        self.bolt.event("app_home_opened")(self._on_home_opened)
         self.in_flight = InFlight()
         self._acknowledging = 0  # HTTP requests Bolt is still answering
         self._acknowledged = asyncio.Event()  # set while that count is zero
@@ -201,14 +220,21 @@ class SlackAdapter:
     async def start(self) -> None:
         """Check the bot token (`auth.test`), then connect over Socket Mode if that is the way in."""
         try:
-            await self.bolt.client.auth_test()
+            checked = await self.bolt.client.auth_test()
         except SlackApiError as exc:
             raise AdapterError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AdapterError(f"cannot reach Slack at SLACK_API_URL ({type(exc).__name__})") from None
+        self._identity = AuthorizeResult.from_auth_test_response(bot_token=self._bot_token, auth_test_response=checked)
         if self._app_token:  # no public URL needed; returns once connected
             self._socket = AsyncSocketModeHandler(self.bolt, self._app_token)
             await self._socket.connect_async()
+
+    async def _authorize(self) -> AuthorizeResult:
+        if self._identity is None:  # only a request served before start(), as tests do
+            checked = await self.bolt.client.auth_test()
+            self._identity = AuthorizeResult.from_auth_test_response(bot_token=self._bot_token, auth_test_response=checked)
+        return self._identity
 
     async def wait(self) -> None:
         """Slack ends only with `stop()`: Socket Mode reconnects by itself, HTTP is the server's."""
@@ -271,7 +297,13 @@ class SlackAdapter:
             asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
             port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
             answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
-            request = Request(user=_person(context, user), text=text, request_id=command.get("trigger_id"))
+            request = Request(
+                user=_person(context, user),
+                text=text,
+                request_id=command.get("trigger_id"),
+                channel=_channel(context, command["channel_id"]),
+                display_name=command.get("user_name", ""),
+            )
             # Only the finished reply goes out: a response_url takes five posts and no edits.
             await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
 
@@ -346,6 +378,8 @@ class SlackAdapter:
             history=history,
             request_id=body.get("event_id"),
             images=vetted.images,
+            channel=_channel(context, event["channel"]),
+            display_name=_display_name(event),
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *history_notes, *vetted.refusals])
 
@@ -362,6 +396,104 @@ class SlackAdapter:
         replies = sum(message.get("ts") != event["thread_ts"] for message in messages)
         notes = [f"This thread is long: its first message and the newest {replies} went along."] if cut else []
         return thread_turns(messages, context.bot_user_id, context.bot_id), notes
+
+    # --- message shortcuts: Summarize, Translate, Ask iobot ------------------------------------------
+
+    async def _on_shortcut(self, ack: AsyncAck, shortcut: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        """Answer in the message's thread, charged to the person who used the shortcut.
+
+        The placeholder goes up first: in a conversation the bot is not in, Slack refuses it (and
+        chat.postEphemeral too), so the person is told through the shortcut's response_url, which
+        always reaches them, and nothing is asked or charged. Refusals reach them there too.
+        """
+        await ack()
+        async with self.in_flight.track():
+            await self._after_acknowledgements()
+            channel, message = shortcut["channel"]["id"], shortcut["message"]
+            privately = _ResponseURL(AsyncWebhookClient(shortcut["response_url"], session=self._session), asked="")
+            thread = _Thread(client, channel, message.get("thread_ts") or message["ts"])
+            answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
+            try:
+                await answer.show([placeholder()])
+            except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
+                log.info("could not answer a shortcut in %s (%s); telling its user privately", channel, error.reason)
+                await self._tell_through(privately, Reply(_cannot_post(error.reason), outcome=Outcome.REFUSED, private=True))
+                return
+            reply = await answer.reply(lambda progress: self._shortcut_reply(shortcut, client, context, progress))
+            if reply.private and reply.outcome != Outcome.DUPLICATE:
+                await answer.show([])  # the placeholder goes; the reply is for the person alone
+                await self._tell_through(privately, reply)
+            else:
+                await answer.finish(reply)
+
+    async def _tell_through(self, response_url: _ResponseURL, reply: Reply) -> None:
+        """A private reply through a shortcut's response_url: Slack shows it to that person alone, in any conversation."""
+        await Answer(response_url, "through a shortcut's response_url", interval=EDIT_INTERVAL).finish(reply)
+
+    async def _shortcut_reply(
+        self, shortcut: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
+    ) -> Reply:
+        """The shortcut's command run on its message: on the whole thread for Summarize; with its images for Ask.
+
+        The command is built, not parsed, so a message that starts with a command word is still the text.
+        """
+        name = SHORTCUTS[shortcut["callback_id"]]
+        message = shortcut["message"]
+        text = from_slack(message.get("text", ""), context.bot_user_id)
+        notes: list[str] = []
+        images: Sequence[ImageInput] = ()
+        if name == "summarize" and "thread_ts" in message:
+            text, notes = await self._thread_text(client, shortcut, context)
+        elif name == "ask" and message.get("files"):
+            vetted = await self._attachments(client, message["files"])
+            if (refusal := refused(vetted)) is not None:
+                return refusal
+            images, notes = vetted.images, [*vetted.notes, *vetted.refusals]
+        if not text and not images:
+            return Reply("This message has no text for me to work on.", outcome=Outcome.USAGE, private=True)
+        language = self.service.config.default_language if name == "translate" else ""
+        request = Request(
+            user=_person(context, shortcut["user"]["id"]),
+            text=text,
+            command=Command(name, text=text, language=language),
+            request_id=shortcut.get("trigger_id"),
+            images=images,
+        )
+        return with_notes(await self.service.handle(request, progress), notes)
+
+    async def _thread_text(self, client: AsyncWebClient, shortcut: Payload, context: AsyncBoltContext) -> tuple[str, list[str]]:
+        """The thread the shortcut's message is in, as it was when the shortcut was used, one `author: text`
+        line per message; the message alone, with a note, when the thread cannot be read."""
+        channel, message = shortcut["channel"]["id"], shortcut["message"]
+        until = shortcut.get("action_ts") or f"{time.time():.6f}"
+        try:
+            messages, cut = await thread_before(client, channel, message["thread_ts"], until)
+        except WEB_API_FAILURES as error:
+            said = _said(error)
+            log.warning("could not read thread %s in %s: %s", message["thread_ts"], channel, said)
+            text = from_slack(message.get("text", ""), context.bot_user_id)
+            return text, [f"I could not read this thread (Slack: {said}), so only this message was summarized."]
+        lines = [
+            f"{_author(each, context.bot_user_id)}: {text}"
+            for each in messages
+            if each.get("subtype") in (*WRITTEN, "bot_message")
+            and (text := from_slack(each.get("text", ""), context.bot_user_id))
+            and text != from_slack(PLACEHOLDER)
+        ]
+        notes = [f"This thread is long: its first message and the newest {len(messages) - 1} were summarized."] if cut else []
+        return "\n".join(lines), notes
+
+    # --- App Home ------------------------------------------------------------------------------------
+
+    async def _on_home_opened(self, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        """Publish the person's Home tab each time they open it, so its figures are today's."""
+        if event.get("tab") != "home":  # the Messages tab: the DM with the bot
+            return
+        figures = await home_figures(self.service, _person(context, event["user"]))
+        try:
+            await client.views_publish(user_id=event["user"], view=home_view(figures))
+        except WEB_API_FAILURES as error:
+            log.warning("could not publish the Home tab of %s (%s)", event["user"], _said(error))
 
     # --- files ---------------------------------------------------------------------------------------
 
@@ -593,6 +725,23 @@ def _said(error: BaseException) -> str:
     return "the connection failed"
 
 
+def _cannot_post(reason: str) -> str:
+    """Why a shortcut got no answer in its conversation, for the person who used it."""
+    if reason in NOT_A_MEMBER:
+        return (
+            "I am not a member of this conversation, so I cannot answer there. Add me first (`/invite @iobot` "
+            "in a channel), then use the shortcut again. Nothing was charged."
+        )
+    return f"I could not post in this conversation (Slack: {reason}). Nothing was charged; please try again."
+
+
+def _author(message: Payload, bot_user_id: str | None) -> str:
+    """Who wrote a thread message, as the summary names them: a person's Slack id, iobot, or another bot's name."""
+    if bot_user_id and message.get("user") == bot_user_id:
+        return "iobot"
+    return str(message.get("user") or message.get("username") or message.get("bot_id") or "someone")
+
+
 def _written(event: Payload) -> bool:
     """A message a person wrote: not a bot's (not ours either), not an edit, deletion or join."""
     return "user" in event and not event.get("bot_id") and event.get("subtype") in WRITTEN
@@ -601,6 +750,17 @@ def _written(event: Payload) -> bool:
 def _person(context: AsyncBoltContext, user_id: str) -> str:
     """`slack:<team>:<user>`; an org-wide install on Enterprise Grid may send no team, only the org."""
     return f"slack:{context.team_id or context.enterprise_id}:{user_id}"
+
+
+def _channel(context: AsyncBoltContext, channel_id: str) -> str:
+    """`slack:<team>:<channel>`, as the store keeps a channel's settings."""
+    return f"slack:{context.team_id or context.enterprise_id}:{channel_id}"
+
+
+def _display_name(event: Payload) -> str:
+    """The name a message's author shows under, when Slack sends their profile with the message; else empty."""
+    profile = event.get("user_profile") or {}
+    return str(profile.get("display_name") or profile.get("real_name") or profile.get("name") or "")
 
 
 async def _read_at_most(request: web.Request, limit: int) -> bytes | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.ledger import SQLiteLedger
+from core.ledger import Ledger, SQLiteLedger
 from core.ledger.sqlite import (
     ADD_USAGE,
     DELETE_RESERVATION,
@@ -48,9 +48,9 @@ TARGET_RATIO = 0.5
 TARGET_LATENCY_RATIO = 2.0
 
 
-async def ledger_pairs(path: str, tasks: int) -> tuple[int, float, bool]:
-    """Pairs settled by `tasks` concurrent tasks, the seconds they took, and whether the totals came out exact."""
-    ledger = await SQLiteLedger.open(path, user_daily_tokens=10**12)
+async def ledger_pairs(ledger: Ledger, tasks: int) -> tuple[int, float, bool]:
+    """Pairs settled by `tasks` concurrent tasks on an empty ledger, the seconds they took, and whether the
+    totals came out exact."""
     settled = [0] * tasks
     pairs = [0] * tasks
     deadline = time.perf_counter() + SECONDS
@@ -83,8 +83,15 @@ async def ledger_pairs(path: str, tasks: int) -> tuple[int, float, bool]:
         and await ledger.used_today() == sum(settled)
         and sum((await ledger.model_totals()).values()) == sum(settled)
     )
-    await ledger.close()
     return sum(pairs), elapsed, exact
+
+
+async def sqlite_pairs(path: str, tasks: int) -> tuple[int, float, bool]:
+    ledger = await SQLiteLedger.open(path, user_daily_tokens=10**12)
+    try:
+        return await ledger_pairs(ledger, tasks)
+    finally:
+        await ledger.close()
 
 
 def raw_pairs(path: str, batch: int) -> tuple[int, float]:
@@ -129,9 +136,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         folder = Path(directory)
         raw_count, raw_seconds = raw_pairs(str(folder / "raw.sqlite3"), TASKS)
-        count, seconds, exact = asyncio.run(ledger_pairs(str(folder / "ledger.sqlite3"), TASKS))
+        count, seconds, exact = asyncio.run(sqlite_pairs(str(folder / "ledger.sqlite3"), TASKS))
         raw_one_count, raw_one_seconds = raw_pairs(str(folder / "raw-one.sqlite3"), 1)
-        one_count, one_seconds, one_exact = asyncio.run(ledger_pairs(str(folder / "ledger-one.sqlite3"), 1))
+        one_count, one_seconds, one_exact = asyncio.run(sqlite_pairs(str(folder / "ledger-one.sqlite3"), 1))
     pairs_per_s, raw_pairs_per_s = count / seconds, raw_count / raw_seconds
     latency_ms, raw_latency_ms = 1000 * one_seconds / one_count, 1000 * raw_one_seconds / raw_one_count
     ratio, latency_ratio = pairs_per_s / raw_pairs_per_s, latency_ms / raw_latency_ms

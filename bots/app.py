@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.adapter import Adapter
-from core.ledger import Ledger, SQLiteLedger, Store
+from core.ledger import Ledger, LedgerError, LedgerWithStore, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.settings import PlatformSettings, Settings, SettingsError, load_settings
 
@@ -54,12 +54,23 @@ async def open_client(settings: Settings, quotas: QuotaTable, stack: AsyncExitSt
     return client
 
 
-async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool, create: bool = True) -> SQLiteLedger:
-    """The ledger file; `owner=False` for commands that run beside the service (reads and budgets only),
-    `create=False` for those that must not leave a new file behind (`FileNotFoundError` when there is none)."""
-    ledger = await SQLiteLedger.open(
-        settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner, create=create
-    )
+async def open_ledger(settings: Settings, stack: AsyncExitStack, *, owner: bool, create: bool = True) -> LedgerWithStore:
+    """The ledger at IOBOT_DATABASE_URL, a SQLite file or a PostgreSQL database; `owner=False` for commands that
+    run beside the service (reads and budgets only), `create=False` for those that must not leave a new ledger
+    behind (`FileNotFoundError` when there is none)."""
+    ledger: LedgerWithStore
+    if settings.database_url.kind == "postgresql":
+        from core.ledger.postgres import PostgresLedger  # its driver loads only for the databases that need it
+
+        url = settings.database_url.get_secret_value()
+        try:
+            ledger = await PostgresLedger.open(url, user_daily_tokens=settings.user_daily_tokens, owner=owner, create=create)
+        except LedgerError as exc:  # unreachable, refused: the message masks the password and names the setting
+            raise LedgerError(f"IOBOT_DATABASE_URL: {exc}") from None
+    else:
+        ledger = await SQLiteLedger.open(
+            settings.database_path, user_daily_tokens=settings.user_daily_tokens, owner=owner, create=create
+        )
     stack.push_async_callback(ledger.close)
     return ledger
 
@@ -74,13 +85,15 @@ def make_service(
         model=settings.model,
         vision_model=settings.vision_model,
         fallback_models=tuple(settings.fallback_models),
+        chat_models=tuple(settings.chat_models),
+        admins=frozenset(settings.admins),
         max_tokens=settings.max_tokens,
+        default_language=settings.default_language,
         image_limits=ImageLimits(target_side=settings.image_max_side),
         allow_loopback_images=settings.image_allow_loopback,
         user_requests_per_minute=settings.user_requests_per_minute,
         max_concurrent=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
-        default_language=settings.default_language,
     )
     return Service(client, ledger, quotas, config, http, store=store)
 
@@ -99,7 +112,8 @@ def build_adapters(settings: Settings, service: Service) -> list[Adapter]:
     """The adapters of the platforms whose credentials are set; the console when there is none."""
     from adapters.console import ConsoleAdapter
 
-    state_dir = Path(settings.database_path).resolve().parent  # small files an adapter keeps between runs
+    # Small files an adapter keeps between runs: beside the SQLite ledger, else in the working directory.
+    state_dir = Path(settings.database_path).resolve().parent if settings.database_url.kind == "sqlite" else Path.cwd()
     adapters: list[Adapter] = []
     for settings_class, build in platforms():
         platform_settings = load_settings(settings_class)

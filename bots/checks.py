@@ -28,8 +28,10 @@ from . import app
 if TYPE_CHECKING:
     from core.client import IOClient, ModelInfo
 
-# The variables of these prefixes belong to iobot: one it does not know is most likely a typo.
+# The variables of these prefixes belong to iobot: one it does not know is most likely a typo. Those of the
+# test suite (IOBOT_TEST_POSTGRES_URL, set by `.ci/postgres start`) are not settings and need no warning.
 OWN_PREFIXES = ("IOBOT_", "SLACK_", "DISCORD_")
+TEST_PREFIX = "IOBOT_TEST_"
 ENV_FILE = Path(".env")  # where `EnvSettings` reads it: the working directory
 
 
@@ -77,7 +79,7 @@ def unknown_variables(names: list[str], known: set[str]) -> list[Finding]:
     """A warning for each of iobot's variables that no setting reads, with the closest known name."""
     findings = []
     for name in sorted({name.upper() for name in names}):
-        if not name.startswith(OWN_PREFIXES) or name in known:
+        if not name.startswith(OWN_PREFIXES) or name.startswith(TEST_PREFIX) or name in known:
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1)
         hint = f": did you mean {close[0]}?" if close else ""
@@ -120,10 +122,24 @@ def model_findings(
             findings.append(error(f"{variable}: model {name} is not in the quota table: its daily quota would not be enforced"))
         else:
             findings.append(warning(f"{variable}: model {name} is not in the quota table: its daily quota is not enforced"))
+    findings += chat_model_findings(settings, quotas)
     row = quotas.get(settings.vision_model)
     api_row = api_models.get(settings.vision_model) if api_models is not None else None
     if (row is not None and not row.images) or (row is None and api_row is not None and api_row.supports_images is False):
         findings.append(error(f"IOBOT_VISION_MODEL: model {settings.vision_model} takes no images"))
+    return findings
+
+
+def chat_model_findings(settings: Settings, quotas: QuotaTable) -> list[Finding]:
+    """`IOBOT_CHAT_MODELS`: each one a text model of the quota table, since picking one must respect its quota."""
+    findings = []
+    for name in settings.chat_models:
+        row = quotas.get(name)
+        if row is None:
+            findings.append(error(f"IOBOT_CHAT_MODELS: model {name} is not in the quota table"))
+        elif row.kind != "chat" or row.images:
+            what = "an embedding model" if row.kind != "chat" else "a vision model"
+            findings.append(error(f"IOBOT_CHAT_MODELS: model {name} is {what}, not a text chat model"))
     return findings
 
 
@@ -154,16 +170,20 @@ def missing_ledger(path: Path) -> Finding | None:
 
 
 async def ledger_findings(settings: Settings) -> list[Finding]:
-    """The ledger opens (beside a running service too), or can be created."""
-    path = Path(settings.database_path)
-    missing = missing_ledger(path)
-    if missing is not None:
-        return [missing]
+    """The ledger opens (beside a running service too), or can be created: a SQLite file, or a PostgreSQL
+    database that answers (one with no iobot schema yet is created by `iobot run`, not here)."""
+    postgres = settings.database_url.kind == "postgresql"
+    if not postgres:
+        missing = missing_ledger(Path(settings.database_path))
+        if missing is not None:
+            return [missing]
     try:
         async with AsyncExitStack() as stack:
-            await app.open_ledger(settings, stack, owner=False)
+            await app.open_ledger(settings, stack, owner=False, create=not postgres)
+    except FileNotFoundError:
+        return [warning(f"no iobot ledger in the PostgreSQL database {settings.database_url} yet: iobot run creates it")]
     except (LedgerError, OSError) as exc:
-        return [error(f"IOBOT_DATABASE_URL: {exc}")]
+        return [error(str(exc) if postgres else f"IOBOT_DATABASE_URL: {exc}")]  # PostgreSQL's names the setting already
     return []
 
 

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import sys
 from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime
@@ -19,10 +18,10 @@ from typing import Any
 
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
-from core.ledger import LedgerError, SQLiteLedger
+from core.ledger import LedgerError, LedgerWithStore
 from core.quotas import QuotaFileError, load_quota_table
 from core.render import render_agents, render_models, to_plain
-from core.settings import Settings, SettingsError, load_settings, mask_passwords
+from core.settings import PERSON_ID, PERSON_ID_FORMS, Settings, SettingsError, load_settings, mask_passwords
 
 from . import app
 from .logs import configure_logging
@@ -89,22 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# A person as the adapters write them: Slack's team and user ids, Discord's numeric user id, a login name.
-PERSON_ID = re.compile(r"slack:[A-Z0-9]+:[A-Z0-9]+|discord:[0-9]+|console:\S+")
-
-
 def _person(text: str) -> str:
     """An argparse type: a mistyped person would silently match no row, or get a budget no one uses."""
     if not PERSON_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a person id: use slack:<team>:<user> (slack:T123:U456), discord:<user id> "
-            "(discord:123456789) or console:<login> (console:ana)"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r} is not a person id: use {PERSON_ID_FORMS}")
     return text
 
 
-async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> SQLiteLedger | None:
-    """The service's ledger, opened beside it to read and set budgets; None when there is no file.
+async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> LedgerWithStore | None:
+    """The service's ledger, opened beside it to read and set budgets; None when there is no file (or no
+    iobot schema in the PostgreSQL database).
 
     Never created here: an empty ledger at a mistyped path would show no use and keep budgets the
     service never reads.
@@ -116,6 +109,11 @@ async def _open_ledger(settings: Settings, stack: AsyncExitStack) -> SQLiteLedge
 
 
 def _no_ledger(settings: Settings) -> LedgerError:
+    if settings.database_url.kind == "postgresql":
+        return LedgerError(
+            f"there is no iobot ledger in the PostgreSQL database {settings.database_url}: set IOBOT_DATABASE_URL "
+            "to the database `iobot run` uses (nothing was created)"
+        )
     return LedgerError(
         f"there is no ledger at {os.path.abspath(settings.database_path)}: set IOBOT_DATABASE_URL to the "
         "sqlite:///path of the file `iobot run` keeps (nothing was created)"

@@ -40,13 +40,18 @@ def make_http_app(state: HealthState, routes: Iterable[web.AbstractRouteDef] = (
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    """Process up, ledger reachable, and the last API error, if any (an API outage is not our ill health)."""
+    """Process up, database reachable, and the last API error, if any (an API outage is not our ill health).
+
+    503 when the database does not answer: this replica could charge no one, so traffic should go elsewhere.
+    """
     state = request.app[STATE]
-    body: dict[str, Any] = {"status": "ok", "ledger": "ok", "last_api_error": None}
+    database = {"kind": state.ledger.kind, "ok": True}
+    body: dict[str, Any] = {"status": "ok", "ledger": "ok", "database": database, "last_api_error": None}
     try:
-        await state.ledger.used_today()
-    except Exception as exc:  # any failure to read the ledger means we cannot charge anyone
+        await state.ledger.ping()
+    except Exception as exc:  # any failure to reach the ledger means we cannot charge anyone
         body.update(status="failing", ledger=f"unreachable: {type(exc).__name__}")
+        database["ok"] = False
     if state.client.last_error is not None:
         when, what = state.client.last_error
         body["last_api_error"] = {"seconds_ago": round(time.time() - when), "error": mask_passwords(what)}

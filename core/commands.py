@@ -47,6 +47,9 @@ URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(?=\S)")  # two letters at l
 QUOTES = ('"\u201c\u201d\u201e\u00ab\u00bb', "'\u2018\u2019")  # double quotes of any style, and single ones
 ALIASES = {"/help": "help", "?": "help"}
 MAX_SHOWN = 40  # characters of a person's word repeated in a usage message
+MAX_INSTRUCTIONS_CHARS = 4000  # a channel's standing instructions go with every question asked there
+CLEAR = "clear"  # `instructions clear`
+DEFAULT = "default"  # `model default`
 MODERATION_THRESHOLD = 0.5
 # The agents answer in a few hundred tokens at most; a workflow answer carries no usage, so this makes
 # the answer's part of its (high) estimate.
@@ -87,6 +90,7 @@ class OptionKind(StrEnum):
     URL = "url"  # an image's address, read by `parse_image`
     ATTACHMENT = "attachment"  # a file attached to a slash command: no word of the grammar; its value is whether one was
     COMMAND = "command"  # a command's name, offered as a choice of every command
+    MODEL = "model"  # a chat model's name, offered as the person types from the models they may pick
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class Call(StrEnum):
     AGENTS = "agents"  # the API's list of agents
     MODELS = "models"  # the quota table with today's use
     USAGE = "usage"  # the person's use today
+    MODEL = "model"  # show or pick the person's chat model, without the API
+    INSTRUCTIONS = "instructions"  # show or change the channel's standing instructions, without the API
 
 
 def _no_arguments(command: Command) -> dict[str, Any]:
@@ -153,7 +159,7 @@ class CommandSpec:
     options: tuple[Option, ...] = ()
     grammar: Callable[[str], Command] | None = field(default=None, repr=False)  # None: the options in order
     build: Callable[[Mapping[str, Any]], Command] | None = field(default=None, repr=False)  # None: each option sets its field
-    takes_text: bool = True  # False: the command takes no arguments, so extra words make a question
+    words: int | None = None  # the most words its arguments take; a line with more is a question (None: no limit)
     private: bool = False  # answered at once, to the asker alone (help and the bot's own views)
     details: str = ""  # more for `help <command>`
 
@@ -356,6 +362,18 @@ def _help(rest: str) -> Command:
     return Command("help", topic=_topic(split_word(rest)[0]))
 
 
+def _model(rest: str) -> Command:
+    return Command("model", text=split_word(rest)[0])
+
+
+def _instructions(rest: str) -> Command:
+    if len(rest) > MAX_INSTRUCTIONS_CHARS:
+        raise UsageError(
+            "instructions", f"Instructions are at most {MAX_INSTRUCTIONS_CHARS:,} characters; these have {len(rest):,}."
+        )
+    return Command("instructions", text=rest)
+
+
 def _topic(word: str) -> str:
     """The command `help <word>` asks about: its name when it is one, else the word as written."""
     name = command_name(word.removeprefix("/"))
@@ -485,20 +503,41 @@ COMMANDS: dict[str, CommandSpec] = {
             build=_vision_options,
             details="The link must be http or https. In the terminal a file path works too; quote a path with spaces.",
         ),
-        CommandSpec(
-            "agents", "", "List the AI agents the service offers.", "agents", Call.AGENTS, takes_text=False, private=True
-        ),
+        CommandSpec("agents", "", "List the AI agents the service offers.", "agents", Call.AGENTS, words=0, private=True),
         CommandSpec(
             "models",
             "",
             "List the models with their daily quota and today's use.",
             "models",
             Call.MODELS,
-            takes_text=False,
+            words=0,
             private=True,
         ),
+        CommandSpec("usage", "", "Show your own use today and what is left.", "usage", Call.USAGE, words=0, private=True),
         CommandSpec(
-            "usage", "", "Show your own use today and what is left.", "usage", Call.USAGE, takes_text=False, private=True
+            "model",
+            "[name|default]",
+            "Show your chat model and the choices, or pick the model that answers your questions.",
+            "model Qwen3-235B-A22B-FP8",
+            Call.MODEL,
+            options=(Option("name", "The model to pick, or default", OptionKind.MODEL, required=False),),
+            grammar=_model,
+            words=1,
+            private=True,
+            details=f"`model {DEFAULT}` goes back to the default model. Your choice is kept until you change it; "
+            "when its daily quota is spent, another model answers. Agents and images keep their own models.",
+        ),
+        CommandSpec(
+            "instructions",
+            f"[text|{CLEAR}]",
+            "Show this channel's standing instructions for the model; admins set or clear them.",
+            "instructions Answer in French, in three sentences at most.",
+            Call.INSTRUCTIONS,
+            options=(Option("text", f"The new instructions, or {CLEAR}", required=False),),
+            grammar=_instructions,
+            build=lambda values: _instructions(values["text"] or ""),
+            details="The instructions go with every question asked in the channel (mentions, DMs, thread answers), "
+            f"as a system prompt. `instructions {CLEAR}` removes them. Only iobot's admins may change them.",
         ),
         CommandSpec(
             "help",
@@ -508,7 +547,7 @@ COMMANDS: dict[str, CommandSpec] = {
             Call.HELP,
             options=(Option("command", "A command to explain", OptionKind.COMMAND, "topic", required=False),),
             grammar=_help,
-            takes_text=False,
+            words=1,
             private=True,
         ),
     )
@@ -524,10 +563,8 @@ def parse_command(text: str) -> Command:
     spec = COMMANDS.get(command_name(first))
     if spec is None:
         return Command("ask", text=line)
-    if not spec.takes_text and rest:
-        if spec.name == "help" and not split_word(rest)[1]:  # "help translate", "help nonsense": one word
-            return spec.parse(rest)
-        return Command("ask", text=line)  # "help me write a poem", "usage of semicolons?"
+    if spec.words is not None and rest and len(SEPARATOR.split(rest, maxsplit=spec.words)) > spec.words:
+        return Command("ask", text=line)  # "help me write a poem", "usage of semicolons?", "model trains are fun"
     return spec.parse(rest)
 
 

@@ -72,6 +72,10 @@ class QuotaTable:
     def chat_models(self) -> list[ModelLimits]:
         return [row for row in self if row.kind == "chat"]
 
+    def text_models(self) -> list[ModelLimits]:
+        """The chat models that take no images: what a person may pick unless `IOBOT_CHAT_MODELS` says otherwise."""
+        return [row for row in self if row.kind == "chat" and not row.images]
+
 
 def parse_quota_table(text: str, source: str = "quota table") -> QuotaTable:
     try:

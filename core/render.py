@@ -110,6 +110,25 @@ def render_models(quotas: QuotaTable, used: Mapping[str, int]) -> str:
     return "**Models** (quotas reset at 00:00 UTC)\n" + code_table(header, rows)
 
 
+def render_model_choices(choices: Sequence[tuple[str, int | None]], *, default: str) -> str:
+    """The models a person may pick, with what is left of each one's daily quota today (None: no quota known).
+
+    Each is named as `model <name>` takes it: without its maker, unless another model has the same name.
+    """
+    short = [short_model_name(model) for model, _ in choices]
+    rows = [
+        (
+            (name if short.count(name) == 1 else model) + (" (default)" if model == default else ""),
+            "n/a" if left is None else f"{left:,}",
+        )
+        for name, (model, left) in zip(short, choices)
+    ]
+    return (
+        "`model <name>` picks one of these, `model default` goes back to the default "
+        "(quotas reset at 00:00 UTC):\n" + code_table(("model", "left today"), rows)
+    )
+
+
 # A code span or block as Discord reads one: a run of backticks up to the next run of the same length.
 # The run is taken whole (atomic) and only from its start, so that a long run cannot make this slow.
 CODE = r"(?<!`)(?P<ticks>(?>`+))[\s\S]*?[^`](?P=ticks)(?!`)"

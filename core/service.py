@@ -19,7 +19,20 @@ import httpx
 
 from . import metrics
 from .client import ChatResult, IOClient, Message, Usage, vision_message
-from .commands import COMMANDS, DEFAULT_VISION_QUESTION, AgentTask, Call, Command, UsageError, help_text, parse_command
+from .commands import (
+    CLEAR,
+    COMMANDS,
+    DEFAULT,
+    DEFAULT_VISION_QUESTION,
+    AgentTask,
+    Call,
+    Command,
+    UsageError,
+    help_text,
+    parse_command,
+    plain_word,
+    shown,
+)
 from .commands import INFORMATIONAL as INFORMATIONAL  # adapters read it from here
 from .errors import IOIntelligenceError, Outcome, RateLimitError, UserError
 from .images import (
@@ -33,9 +46,9 @@ from .images import (
     read_local_image,
 )
 from .ledger import DuplicateRequest, Ledger, ModelQuotaExceeded, QuotaExceeded, Reservation, Store, next_reset, time_until
-from .quotas import DEFAULT_CONTEXT_LENGTH, QuotaTable
+from .quotas import DEFAULT_CONTEXT_LENGTH, ModelLimits, QuotaTable
 from .ratelimit import busy_message
-from .render import code_table, render_agents, render_models, short_model_name
+from .render import code_table, render_agents, render_model_choices, render_models, short_model_name
 from .tokens import (
     Fitted,
     InputTooLong,
@@ -71,6 +84,9 @@ SHUTTING_DOWN = "The bot is restarting. Please try again in a minute."
 IMAGES_WAITING = "_Your images are queued: other images are being read. They are next._"
 # Images are never scaled below one Llama 3.2 Vision tile to make room: detail would be lost.
 SMALLEST_IMAGE_SIDE = 560
+# Names of the settings kept in the store: a person's chat model, a channel's standing instructions.
+MODEL_SETTING = "model"
+INSTRUCTIONS_SETTING = "instructions"
 
 
 class NotEnoughLeft(QuotaExceeded):
@@ -118,6 +134,8 @@ class Request:
     request_id: str | None = None  # the platform's event or interaction id: a retry is not run twice
     images: Sequence[ImageInput] = ()  # attached images: where to download them, or (file name, bytes)
     local_files: bool = False  # `vision <path>` may read a local file (the console only)
+    channel: str | None = None  # where it was asked, as the store keeps channels: "slack:<team>:<channel>", "discord:<channel>"
+    display_name: str = ""  # how the channel knows the person, for replies that name them; their id when empty
 
 
 @dataclass(frozen=True)
@@ -145,7 +163,10 @@ class ServiceConfig:
     model: str
     vision_model: str
     fallback_models: tuple[str, ...] = ()
+    chat_models: tuple[str, ...] = ()  # what a person may pick with `model`; empty: the text models of the quota table
+    admins: frozenset[str] = frozenset()  # the people who may change a channel's instructions
     max_tokens: int = 1024
+    default_language: str = "English"  # what a platform's Translate shortcut or menu translates into
     system_prompt: str = SYSTEM_PROMPT
     image_limits: ImageLimits = ImageLimits()
     allow_loopback_images: bool = False  # tests serve images from 127.0.0.1
@@ -153,7 +174,6 @@ class ServiceConfig:
     user_requests_per_minute: int = 20
     max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
     queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
-    default_language: str = "English"  # what the platforms' Translate shortcut and menu translate into
 
 
 class Service:
@@ -172,6 +192,7 @@ class Service:
         self.store = store  # per-person request rates, counted by every process that shares the store
         self.quotas = quotas
         self.config = config
+        self.chat_models = config.chat_models or tuple(row.name for row in quotas.text_models())
         self.http = http  # for images at public URLs: never carries a credential
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._image_budget = ImageBudget(config.image_budget_bytes)
@@ -277,6 +298,10 @@ class Service:
             case Call.CHAT:
                 message: Message = {"role": "user", "content": command.text}
                 return await self._chat(request, message, images=False, progress=progress)
+            case Call.MODEL:
+                return await self._model(request.user, command.text)
+            case Call.INSTRUCTIONS:
+                return await self._instructions(request, command.text)
             case Call.AGENTS:
                 return Reply(render_agents(await self.client.agents()), private=True)
             case Call.MODELS:
@@ -301,7 +326,8 @@ class Service:
                 items.insert(0, read_local_image(command.image, self.config.image_limits))
         else:
             question = request.text.strip() or DEFAULT_VISION_QUESTION  # the whole message is the question
-        limits = self._image_limits_for(min(len(items), self.config.image_limits.max_images), question)
+        system = await self._system_messages(request)
+        limits = self._image_limits_for(min(len(items), self.config.image_limits.max_images), question, system)
         waiting_since: float | None = None
 
         async def on_wait() -> None:
@@ -331,25 +357,25 @@ class Service:
             sum(image.saved_bytes for image in prepared),
         )
         message = vision_message(question, [image.data_url for image in prepared])
-        reply = await self._chat(request, message, images=True, progress=progress)
+        reply = await self._chat(request, message, images=True, progress=progress, system=system)
         metrics.IMAGE_BYTES_SAVED.inc(max(0, sum(image.saved_bytes for image in prepared)))
         notes = [*map(str, refusals), *(note for image in prepared for note in image.notes)]
         if waiting_since is not None:
             notes.append(f"Your images waited {time.monotonic() - waiting_since:.0f} s for room: other images were being read.")
         return replace(reply, notes=(*notes, *reply.notes))
 
-    def _image_limits_for(self, count: int, question: str) -> ImageLimits:
+    def _image_limits_for(self, count: int, question: str, system: list[Message]) -> ImageLimits:
         """The image limits for `count` images: sides small enough that all of them fit the vision model.
 
         Each image is counted at its largest (a square at the side bound), with the question, the
-        system prompt and room for the answer; the side is the largest that fits, up to the
+        `system` messages and room for the answer; the side is the largest that fits, up to the
         configured one. Refused, before anything is downloaded, when even small images cannot fit.
         """
         limits = self.config.image_limits
         model = self.config.vision_model
         row = self.quotas.get(model)
         context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
-        text = estimate_message_tokens([{"role": "system", "content": self.config.system_prompt}, vision_message(question, [])])
+        text = estimate_message_tokens([*system, vision_message(question, [])])
         room = context - self.config.max_tokens - text
         side = min(limits.target_side, image_side_within(room // max(count, 1)))
         if side < SMALLEST_IMAGE_SIDE:
@@ -364,10 +390,16 @@ class Service:
 
     # --- chat, with fallback ---------------------------------------------------------------
 
-    def candidates(self, images: bool) -> list[str]:
-        """The configured model first, then the fallbacks that can take the request."""
-        first = self.config.vision_model if images else self.config.model
+    def candidates(self, images: bool, chosen: str | None = None) -> list[str]:
+        """The model for the request first, then the fallbacks that can take it.
+
+        Images go to the vision model. Text goes to the person's `chosen` model when they picked one,
+        with the default model the first to stand in for it; else to the default model.
+        """
+        first = self.config.vision_model if images else chosen or self.config.model
         models = [first]
+        if not images and first != self.config.model:
+            models.append(self.config.model)
         for name in self.config.fallback_models:
             row = self.quotas.get(name)
             capable = row is not None and row.kind == "chat" and (row.images or not images)
@@ -375,13 +407,27 @@ class Service:
                 models.append(name)
         return models
 
-    async def _chat(self, request: Request, message: Message, *, images: bool, progress: Progress | None) -> Reply:
-        """Answer with the first model that has quota, moving on when one is spent or rate limited."""
-        messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}, *request.history, message]
+    async def _chat(
+        self,
+        request: Request,
+        message: Message,
+        *,
+        images: bool,
+        progress: Progress | None,
+        system: list[Message] | None = None,
+    ) -> Reply:
+        """Answer with the first model that has quota, moving on when one is spent or rate limited.
+
+        `system` is what `_system_messages` gives for the request (read here when not given).
+        """
+        if system is None:
+            system = await self._system_messages(request)
+        messages: list[Message] = [*system, *request.history, message]
+        chosen = None if images else await self.chat_model(request.user)
         key = request.request_id
         passed_over: list[str] = []
         failures: list[Exception] = []
-        for model in self.candidates(images):
+        for model in self.candidates(images, chosen):
             try:
                 reservation, fitted, limited_by = await self._reserve(request.user, model, messages, key)
             except (ModelQuotaExceeded, InputTooLong) as exc:
@@ -487,6 +533,107 @@ class Service:
         metrics.TOKENS.labels(reservation.model, "prompt").inc(prompt)
         metrics.TOKENS.labels(reservation.model, "completion").inc(completion)
 
+    async def _system_messages(self, request: Request) -> list[Message]:
+        """The system prompt, then the channel's standing instructions when it has some."""
+        messages: list[Message] = [{"role": "system", "content": self.config.system_prompt}]
+        if request.channel is not None:
+            instructions = await self.store.setting(request.channel, INSTRUCTIONS_SETTING)
+            if instructions:
+                messages.append({"role": "system", "content": instructions})
+        return messages
+
+    # --- a person's model, a channel's instructions: kept in the store, no API call ------------
+
+    async def chat_model(self, user: str) -> str:
+        """The model that answers the person's questions: the one they picked while it is offered, else the default."""
+        chosen = await self.store.setting(user, MODEL_SETTING)
+        return chosen if chosen is not None and chosen in self.chat_models else self.config.model
+
+    async def _model(self, user: str, name: str) -> Reply:
+        """`model`: the person's model and the choices; `model <name>` picks one; `model default` goes back."""
+        if not name:
+            current = await self.chat_model(user)
+            which = "the default" if current == self.config.model else "your choice"
+            text = f"**Your chat model:** {short_model_name(current)} ({which})."
+            return Reply(f"{text}\n{self._model_choices(await self.ledger.model_totals())}", private=True)
+        if plain_word(name) == DEFAULT:
+            await self.store.set_setting(user, MODEL_SETTING, None)
+            return Reply(f"Your chat model is the default again: {short_model_name(self.config.model)}.", private=True)
+        model = self._chat_model_named(name)
+        if model is None:
+            row = self._quota_row_named(name)
+            if row is not None and row.kind == "chat" and row.images:
+                problem = f"{short_model_name(row.name)} is a vision model: it answers images attached to a message."
+            else:
+                problem = f"There is no chat model {shown(name)} to pick."
+            return Reply(
+                f"{problem}\n{self._model_choices(await self.ledger.model_totals())}", outcome=Outcome.REFUSED, private=True
+            )
+        used = await self.ledger.model_totals()
+        if self._quota_left(model, used) == 0:
+            now = datetime.now(UTC)
+            problem = (
+                f"{short_model_name(model)} has no quota left today; it resets at 00:00 UTC "
+                f"({time_until(next_reset(now) - now)})."
+            )
+            return Reply(f"{problem}\n{self._model_choices(used)}", outcome=Outcome.REFUSED, private=True)
+        await self.store.set_setting(user, MODEL_SETTING, model)
+        return Reply(
+            f"Your chat model is now {short_model_name(model)}. `model {DEFAULT}` goes back to "
+            f"{short_model_name(self.config.model)}.",
+            private=True,
+        )
+
+    def _chat_model_named(self, name: str) -> str | None:
+        """The offered model a person means: its full name or, when no other shares it, the part after the `/`."""
+        wanted = name.casefold()
+        for model in self.chat_models:
+            if model.casefold() == wanted:
+                return model
+        matches = [model for model in self.chat_models if short_model_name(model).casefold() == wanted]
+        return matches[0] if len(matches) == 1 else None
+
+    def _quota_row_named(self, name: str) -> ModelLimits | None:
+        """Any model of the quota table by its full or short name: to say why one not offered cannot be picked."""
+        wanted = name.casefold()
+        return next((row for row in self.quotas if wanted in (row.name.casefold(), short_model_name(row.name).casefold())), None)
+
+    def _quota_left(self, model: str, used: dict[str, int]) -> int | None:
+        """What is left today of the model's daily quota (None: the table gives it none)."""
+        row = self.quotas.get(model)
+        if row is None or row.api_daily_tokens is None:
+            return None
+        return max(0, row.api_daily_tokens - used.get(model, 0))
+
+    def _model_choices(self, used: dict[str, int]) -> str:
+        """The models a person may pick, with their quota left given today's `used` tokens by model."""
+        choices = [(model, self._quota_left(model, used)) for model in self.chat_models]
+        return render_model_choices(choices, default=self.config.model)
+
+    async def _instructions(self, request: Request, text: str) -> Reply:
+        """`instructions`: the channel's standing instructions; an admin changes them, and the channel is told who."""
+        if request.channel is None:
+            return Reply(
+                "Instructions belong to a channel, and this request came from none.", outcome=Outcome.REFUSED, private=True
+            )
+        if not text:
+            current = await self.store.setting(request.channel, INSTRUCTIONS_SETTING)
+            if not current:
+                return Reply("This channel has no standing instructions.", private=True)
+            return Reply(f"**This channel's standing instructions:**\n{_quoted(current)}", private=True)
+        if request.user not in self.config.admins:
+            return Reply(
+                "Only iobot's admins may change this channel's instructions; `instructions` shows them.",
+                outcome=Outcome.REFUSED,
+                private=True,
+            )
+        who = shown(request.display_name or request.user)
+        if plain_word(text) == CLEAR:
+            await self.store.set_setting(request.channel, INSTRUCTIONS_SETTING, None)
+            return Reply(f"{who} cleared this channel's standing instructions.")
+        await self.store.set_setting(request.channel, INSTRUCTIONS_SETTING, text)
+        return Reply(f"{who} changed this channel's standing instructions. From now on, answers here follow:\n{_quoted(text)}")
+
     # --- agents ----------------------------------------------------------------------------
 
     async def _workflow(self, request: Request, command: Command, task: AgentTask) -> Reply:
@@ -535,6 +682,11 @@ class Service:
             f"Used {used:,} of your {limit:,} tokens; {left:,} left. Resets at 00:00 UTC ({time_until(next_reset(now) - now)})."
         )
         return "\n".join(lines)
+
+
+def _quoted(text: str) -> str:
+    """Text a person wrote shown as a quote, every line of it."""
+    return "\n".join(f"> {line}" for line in text.split("\n"))
 
 
 def _stood_in(model: str, passed_over: list[str]) -> str:

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, overload
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +25,10 @@ DEFAULT_FALLBACK_MODELS = (
 )
 
 CommaList = Annotated[list[str], NoDecode]
+
+# A person as the adapters write them: Slack's team and user ids, Discord's numeric user id, a login name.
+PERSON_ID = re.compile(r"slack:[A-Z0-9]+:[A-Z0-9]+|discord:[0-9]+|console:\S+")
+PERSON_ID_FORMS = "slack:<team>:<user> (slack:T123:U456), discord:<user id> (discord:123456789) or console:<login> (console:ana)"
 
 
 # What `mask_passwords` hides: the password of `scheme://user:password@host`, taken up to the last @
@@ -114,10 +119,15 @@ class Settings(EnvSettings):
     model: str = env("IOBOT_MODEL", default="meta-llama/Llama-3.3-70B-Instruct", min_length=1)
     vision_model: str = env("IOBOT_VISION_MODEL", default="meta-llama/Llama-3.2-90B-Vision-Instruct", min_length=1)
     fallback_models: CommaList = env("IOBOT_FALLBACK_MODELS", default=DEFAULT_FALLBACK_MODELS)
+    # Empty: the text models of the quota table, which is read later (IOBOT_QUOTA_FILE); checked against it at start.
+    chat_models: CommaList = env("IOBOT_CHAT_MODELS", default="")
+    admins: CommaList = env("IOBOT_ADMINS", default="")
     database_url: DatabaseURL = env("IOBOT_DATABASE_URL", default=DatabaseURL("sqlite:///iobot.sqlite3"))
     user_daily_tokens: int = env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
     quota_file: Path | None = env("IOBOT_QUOTA_FILE", default=None)
     max_tokens: int = env("IOBOT_MAX_TOKENS", default=1024, gt=0)
+    # What the Translate shortcut and context menu translate into; a set value is checked as a language.
+    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", min_length=1, validate_default=False)
     api_timeout: float = env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
     max_retries: int = env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
     image_max_side: int = env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
@@ -130,19 +140,29 @@ class Settings(EnvSettings):
     host: str = env("IOBOT_HOST", default="0.0.0.0")
     port: int = env("IOBOT_PORT", default=3000, ge=0, le=65535)
     log_level: str = env("IOBOT_LOG_LEVEL", default="INFO")
-    # What the Translate shortcut and context menu translate into.
-    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", validate_default=False)
 
-    _split_commas = field_validator("fallback_models", mode="before")(split_commas)
+    _split_commas = field_validator("fallback_models", "chat_models", "admins", mode="before")(split_commas)
     _http_url = field_validator("base_url")(http_url)
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, value: DatabaseURL) -> DatabaseURL:
+    def _database_url(cls, value: DatabaseURL) -> DatabaseURL:
+        url = value.get_secret_value()
         if value.kind == "postgresql":
-            raise ValueError("PostgreSQL is not supported yet: use a sqlite:///path URL")
-        if not value.get_secret_value().startswith("sqlite:///"):
-            raise ValueError("must be a sqlite:///path URL")
+            parts = urlsplit(url)
+            if not parts.hostname or not parts.path.strip("/"):
+                raise ValueError("a PostgreSQL URL names its host and database: postgresql://user:pass@host:port/db")
+            return value
+        if not url.startswith("sqlite:///"):
+            raise ValueError("must be a sqlite:///path or a postgresql://user:pass@host:port/db URL")
+        return value
+
+    @field_validator("admins")
+    @classmethod
+    def _person_ids(cls, value: list[str]) -> list[str]:
+        wrong = [item for item in value if not PERSON_ID.fullmatch(item)]
+        if wrong:
+            raise ValueError(f"not person ids: {', '.join(wrong)}; use {PERSON_ID_FORMS}")
         return value
 
     @field_validator("default_language")
@@ -167,6 +187,9 @@ class Settings(EnvSettings):
 
     @property
     def database_path(self) -> str:
+        """The SQLite ledger's file (a PostgreSQL URL has none: check `database_url.kind` first)."""
+        if self.database_url.kind != "sqlite":
+            raise ValueError("IOBOT_DATABASE_URL is not a SQLite file")
         return self.database_url.get_secret_value().removeprefix("sqlite:///")
 
 

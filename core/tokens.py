@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,11 +123,12 @@ class Fitted:
 def fit(messages: Sequence[Message], room: int, max_tokens: int, min_answer: int) -> Fitted:
     """Cut a conversation to `room` tokens, its answer included.
 
-    The system prompt (when first) and the newest message always stay. The answer gets up to
+    The system messages at the start (the prompt, a channel's instructions) and the newest message
+    always stay. The answer gets up to
     `max_tokens` of what is left, and never less than `min_answer` (else `NoRoom`); the history gets
     the rest, newest turns first. Raises `NoRoom` when even that minimum does not fit.
     """
-    system = [m for m in messages[:1] if m.get("role") == "system"]
+    system = list(itertools.takewhile(lambda m: m.get("role") == "system", messages[:-1]))
     history = list(messages[len(system) : -1])
     newest = list(messages[-1:])
     fixed = estimate_message_tokens(system + newest)

@@ -111,6 +111,7 @@ class Emulator:
         self._keep_body_bytes = keep_body_bytes
         self.base_url = ""  # set by start()
         self._faults: list[Fault] = []
+        self._reported: dict[str, dict[str, int]] = {}  # model -> tokens reported in answers, for accounting tests
         self._runner: web.AppRunner | None = None
         self._routes: dict[str, dict[str, Handler]] = {
             "/chat/completions": {"POST": self._chat},
@@ -136,6 +137,22 @@ class Emulator:
         self._recent.clear()
         self._recent_body_bytes = 0
 
+    @property
+    def reported_usage(self) -> dict[str, dict[str, int]]:
+        """Per model, the answers that reported usage and the tokens they reported since the start."""
+        return {model: dict(counts) for model, counts in self._reported.items()}
+
+    def _count_usage(self, model: Any, reply: Reply, cut: bool) -> None:
+        """Add the usage an answer reports (a cut stream never sends its usage chunk)."""
+        last = reply[-1] if isinstance(reply, list) else reply
+        usage = last.get("usage") if last and not cut else None
+        if not isinstance(usage, dict) or not isinstance(model, str):
+            return
+        counts = self._reported.setdefault(model, {"answers": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        counts["answers"] += 1
+        counts["prompt_tokens"] += usage["prompt_tokens"]
+        counts["completion_tokens"] += usage["completion_tokens"]
+
     def _record(self, recorded: RecordedRequest, body_bytes: int) -> None:
         if len(self._recent) == self._recent.maxlen:
             self._recent_body_bytes -= self._recent[0][1]  # the deque drops the oldest on append
@@ -151,6 +168,7 @@ class Emulator:
         app.router.add_delete("/_emulator/faults", self._delete_faults)
         app.router.add_get("/_emulator/requests", self._list_requests)
         app.router.add_delete("/_emulator/requests", self._delete_requests)
+        app.router.add_get("/_emulator/usage", self._list_usage)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -197,6 +215,8 @@ class Emulator:
         except ApiError as error:
             return error.response()
         cut = fault is not None and fault.kind == "cut_stream"
+        if path == "/chat/completions":
+            self._count_usage(body.get("model"), reply, cut)
         if isinstance(reply, list):
             return await _send_events(request, reply, cut)
         if cut:
@@ -283,6 +303,9 @@ class Emulator:
 
     async def _list_requests(self, _request: web.Request) -> web.Response:
         return web.json_response([dataclasses.asdict(recorded) for recorded in self.requests])
+
+    async def _list_usage(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.reported_usage)
 
     async def _delete_requests(self, _request: web.Request) -> web.Response:
         self.clear_requests()

@@ -1,13 +1,19 @@
-"""Shared fixtures: the IO Intelligence emulator on 127.0.0.1 and a client pointed at it."""
+"""Shared fixtures: the IO Intelligence emulator on 127.0.0.1 and a client pointed at it, and a clean
+PostgreSQL database per test on the server that `.ci/postgres start` runs."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO
 
 import pytest
 
 from core.client import IOClient
 from emulator import Emulator
+
+from .postgres import fresh_schema
 
 API_KEY = "io-v2-test-7f3c9a1e5b2d4c6f8a0e"  # looks like a real key so a leak would be spotted
 
@@ -28,6 +34,31 @@ async def emulator():
 async def client(emulator):
     async with IOClient(emulator.base_url, API_KEY, timeout=5, backoff_base=0.01, backoff_max=0.05) as io:
         yield io
+
+
+POSTGRES_SKIP_REASON = "set IOBOT_TEST_POSTGRES_URL (.ci/postgres start) to run the PostgreSQL tests"
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A URL of an empty PostgreSQL database of its own (a fresh schema), dropped on leaving.
+
+    Without IOBOT_TEST_POSTGRES_URL the test is skipped, or fails under CI, where the server must be running.
+    """
+    server = os.environ.get("IOBOT_TEST_POSTGRES_URL")
+    if not server:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but IOBOT_TEST_POSTGRES_URL is not: {POSTGRES_SKIP_REASON}")
+        pytest.skip(POSTGRES_SKIP_REASON)
+    async with fresh_schema(server) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """See `postgres_database`: a clean database for the test."""
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -282,7 +282,7 @@ async def test_dms_can_be_turned_off(make_adapter, standin):
 
 
 async def test_a_dropped_gateway_resumes_without_losing_the_next_message(bot, standin):
-    session = standin.session_id
+    session = standin.sessions[0].session_id
     await standin.disconnect()
     question = await standin.post(f"{MENTION} still there?", mention_bot=True)  # sent while the bot is away
     await answer_to(standin, question)

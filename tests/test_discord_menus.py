@@ -275,3 +275,6 @@ def test_the_settings_read_the_message_content_intent_and_the_default_language(m
     monkeypatch.setenv("IOBOT_DEFAULT_LANGUAGE", "42")
     with pytest.raises(SettingsError, match=re.escape("IOBOT_DEFAULT_LANGUAGE: `42` is not a language name.")):
         load_settings(Settings)
+    monkeypatch.setenv("IOBOT_DEFAULT_LANGUAGE", "")
+    with pytest.raises(SettingsError, match=re.escape("IOBOT_DEFAULT_LANGUAGE: String should have at least 1 character")):
+        load_settings(Settings)

@@ -55,3 +55,19 @@ def test_the_image_copies_everything_the_package_needs():
     assert "emulator" in packages, "iobot run --emulator ships with the product"
     for package in packages:
         assert f"COPY {package} ./{package}" in DOCKERFILE, package
+
+
+def test_the_replicas_example_runs_two_replicas_on_one_postgresql_behind_a_balancer():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "examples" / "replicas" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    replicas = [name for name, service in services.items() if service.get("image") == "iobot:latest"]
+    assert replicas == ["iobot-1", "iobot-2"]
+    urls = {services[name]["environment"]["IOBOT_DATABASE_URL"] for name in replicas}
+    assert len(urls) == 1 and urls.pop().startswith("postgresql://iobot:${POSTGRES_PASSWORD")
+    assert all(services[name]["depends_on"]["postgres"]["condition"] == "service_healthy" for name in replicas)
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    balancer = compose["configs"]["balancer"]["content"]
+    assert all(f"server {name}:3000" in balancer for name in replicas) and "proxy_pass http://iobot;" in balancer
+    assert services["balancer"]["ports"] == ["3000:3000"]

@@ -792,3 +792,22 @@ async def test_openai_client_reads_a_validation_error(openai_client: openai.Asyn
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         await openai_client.chat.completions.create(model=CHAT_MODEL, messages=[])
     assert "body.messages: List should have at least 1 item" in str(caught.value)
+
+
+async def test_reported_usage_adds_up_what_answers_reported(emu: Emulator, client: httpx.AsyncClient) -> None:
+    """`/_emulator/usage` is what accounting tests compare a ledger with: every answer's usage, and no cut stream's."""
+    plain = (await client.post("/chat/completions", json=chat_body("Hello"))).json()["usage"]
+    streamed = await client.post(
+        "/chat/completions", json=chat_body("Hello there", stream=True, stream_options={"include_usage": True})
+    )
+    [usage_chunk] = [json.loads(line[6:]) for line in streamed.text.splitlines() if '"usage"' in line]
+    emu.inject(Fault("cut_stream"))
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post("/chat/completions", json=chat_body("Cut me off", stream=True, stream_options={"include_usage": True}))
+    reported = (await client.get(emu.base_url.removesuffix("/api/v1") + "/_emulator/usage")).json()
+    expected = {
+        "answers": 2,
+        "prompt_tokens": plain["prompt_tokens"] + usage_chunk["usage"]["prompt_tokens"],
+        "completion_tokens": plain["completion_tokens"] + usage_chunk["usage"]["completion_tokens"],
+    }
+    assert reported == {CHAT_MODEL: expected} == emu.reported_usage

@@ -130,8 +130,9 @@ def check(line: str, reply: Reply) -> None:
     assert reply.text != UNEXPECTED_FAILURE and "something went wrong" not in reply.text.lower()
     if reply.outcome == "usage":
         assert "Usage: " in reply.text
-    elif reply.outcome == "refused":  # an image that cannot be used, or a text too long for the model
-        assert parse_command(line).name == "vision" or "Please shorten it" in reply.text, reply.text
+    elif reply.outcome == "refused":  # an image that cannot be used, a text too long for the model, a model or
+        # instructions the person may not pick or change
+        assert parse_command(line).name in ("vision", "model", "instructions") or "Please shorten it" in reply.text, reply.text
     else:
         assert reply.outcome == "ok", (line, reply)
         assert reply.text.strip()

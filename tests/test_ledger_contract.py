@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ from core.ledger import (
     UsageRow,
     next_reset,
 )
+from core.ledger.postgres import PostgresLedger
+from tests.conftest import postgres_database
 
-IMPLEMENTATIONS = ["sqlite"]
+IMPLEMENTATIONS = ["sqlite", "postgresql"]
 LLAMA = "meta-llama/Llama-3.3-70B-Instruct"
 QWQ = "Qwen/QwQ-32B"
 R1 = "deepseek-ai/DeepSeek-R1"
@@ -66,17 +69,23 @@ async def open_ledger(request: pytest.FixtureRequest, tmp_path: Path, clock: Clo
     and `clock` (the test clock unless told).
     """
     opened: list[Ledger] = []
+    async with AsyncExitStack() as stack:
+        postgres_url = await stack.enter_async_context(postgres_database()) if request.param == "postgresql" else ""
 
-    async def _open(**options: Any) -> Ledger:
-        options.setdefault("user_daily_tokens", 50_000)
-        options.setdefault("clock", clock)
-        ledger = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), **options)
-        opened.append(ledger)
-        return ledger
+        async def _open(**options: Any) -> Ledger:
+            options.setdefault("user_daily_tokens", 50_000)
+            options.setdefault("clock", clock)
+            ledger: Ledger
+            if request.param == "postgresql":
+                ledger = await PostgresLedger.open(postgres_url, **options)
+            else:
+                ledger = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), **options)
+            opened.append(ledger)
+            return ledger
 
-    yield _open
-    for ledger in opened:
-        await ledger.close()
+        yield _open
+        for ledger in opened:
+            await ledger.close()
 
 
 @pytest.fixture

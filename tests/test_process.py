@@ -7,12 +7,10 @@ answering the next request. SIGTERM must let work in flight finish (or release i
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,57 +18,7 @@ import httpx
 import pytest
 
 from .conftest import piped
-
-IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
-
-
-def clean_environment(workdir: Path, **extra: str) -> dict:
-    """No settings from the machine; the ledger in `workdir`; the HTTP server on a free loopback port."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOBOT_", "IOINTELLIGENCE_", "SLACK_", "DISCORD_"))}
-    env.update(IOBOT_DATABASE_URL=f"sqlite:///{workdir / 'ledger.sqlite3'}", IOBOT_HOST="127.0.0.1", IOBOT_PORT="0")
-    env.update(extra)
-    return env
-
-
-def discord_environment(workdir: Path, standin, **extra: str) -> dict:
-    from tests.standins.discord import TOKEN
-
-    return clean_environment(
-        workdir, DISCORD_BOT_TOKEN=TOKEN, DISCORD_API_URL=standin.api_url, DISCORD_GATEWAY_URL=standin.gateway_url, **extra
-    )
-
-
-def logged_port(log: str) -> int | None:
-    """The HTTP server's port, once the service's log says where it listens."""
-    found = re.search(r"HTTP server on 127\.0\.0\.1:(\d+)", log)
-    return int(found.group(1)) if found else None
-
-
-class Emulator:
-    """`iobot emulator` in its own process, driven through its control endpoints."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.process = subprocess.Popen(
-            [*IOBOT, "emulator", "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE, text=True
-        )
-        found = re.search(r"http://\S+", piped(self.process.stdout).readline())
-        assert found is not None, "the emulator did not say where it listens"
-        self.base_url = found.group(0)
-        self.control = self.base_url.removesuffix("/api/v1") + "/_emulator"
-
-    def inject(self, **fault: object) -> None:
-        httpx.post(f"{self.control}/faults", json=fault, timeout=5).raise_for_status()
-
-    def clear(self) -> None:
-        httpx.delete(f"{self.control}/faults", timeout=5).raise_for_status()
-
-    def chat_requests(self) -> int:
-        requests = httpx.get(f"{self.control}/requests", timeout=5).json()
-        return sum(1 for r in requests if r["path"] == "/chat/completions")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+from .processes import IOBOT, Emulator, clean_environment, discord_environment, logged_port, slack_environment
 
 
 class Bot:
@@ -189,7 +137,12 @@ def test_healthz_and_metrics(bot, emulator):
     port = bot.port()
     base = f"http://127.0.0.1:{port}"
     health = httpx.get(f"{base}/healthz", timeout=5)
-    assert health.status_code == 200 and health.json() == {"status": "ok", "ledger": "ok", "last_api_error": None}
+    assert health.status_code == 200 and health.json() == {
+        "status": "ok",
+        "ledger": "ok",
+        "database": {"kind": "sqlite", "ok": True},
+        "last_api_error": None,
+    }
     bot.ask("ask hello")
     emulator.inject(kind="status", status=503, times=5)
     bot.ask("ask fails")
@@ -358,13 +311,6 @@ def test_sigterm_with_50_requests_in_flight(tmp_path, delay, grace, settled):
     assert charged == settled and answers == settled
     if not settled:
         assert "cancelled 50 request(s)" in (tmp_path / "stderr.log").read_text()
-
-
-def slack_environment(tmp_path: Path, standin, **extra: str) -> dict:
-    settings = dict(
-        SLACK_BOT_TOKEN=standin.bot_token, SLACK_SIGNING_SECRET="process-signing-secret", SLACK_API_URL=standin.api_url
-    )
-    return clean_environment(tmp_path, **{**settings, **extra})
 
 
 async def test_iobot_run_serves_slack_over_http_from_its_settings(tmp_path):

@@ -810,16 +810,16 @@ def test_the_manifest_asks_for_what_the_adapter_uses():
         "app_mentions:read",
         "chat:write",
         "im:history",
-        "im:read",
         "channels:history",
         "groups:history",
+        "mpim:history",
         "files:read",
         "files:write",
     }
     assert scopes | {"app_mention", "message.im", "message.channels"} <= listed
     assert "- command: /io" in manifest
-    assert len(re.findall(r"^\s+(?:url|request_url): https://YOUR-HOST/slack/events$", manifest, re.MULTILINE)) == 2
-    assert re.search(r"interactivity:\n\s+is_enabled: false", manifest)
+    # The slash command, the events and the interactions (the message shortcuts) all come to one URL.
+    assert len(re.findall(r"^\s+(?:url|request_url): https://YOUR-HOST/slack/events$", manifest, re.MULTILINE)) == 3
     assert "socket_mode_enabled: false" in manifest and "Socket Mode instead" in manifest
 
 

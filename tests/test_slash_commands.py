@@ -11,9 +11,10 @@ import pytest
 from adapters.discord import command_tree, slash_commands
 from core.commands import DEFAULT_VISION_QUESTION, Command
 
-# The definitions Discord receives, as they were when each slash command was written by hand; each is
-# global and says so: installable to servers and to people (integration_types), usable in servers, the
-# bot's DMs and other DMs (contexts).
+# The definitions Discord receives: as they were when each slash command was written by hand, then
+# /model (its name completed from the models a person may pick) and /instructions. Each is global and
+# says so: installable to servers and to people (integration_types), usable in servers, the bot's DMs
+# and other DMs (contexts).
 TODAY = [
     {
         "name": "ask",
@@ -168,6 +169,30 @@ TODAY = [
         "integration_types": [0, 1],
     },
     {
+        "name": "model",
+        "description": "Show your chat model and the choices, or pick the model that answers your questions.",
+        "type": 1,
+        "options": [
+            {"type": 3, "name": "name", "description": "The model to pick, or default", "required": False, "autocomplete": True}
+        ],
+        "nsfw": False,
+        "dm_permission": True,
+        "default_member_permissions": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
+    },
+    {
+        "name": "instructions",
+        "description": "Show this channel's standing instructions for the model; admins set or clear them.",
+        "type": 1,
+        "options": [{"type": 3, "name": "text", "description": "The new instructions, or clear", "required": False}],
+        "nsfw": False,
+        "dm_permission": True,
+        "default_member_permissions": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
+    },
+    {
         "name": "help",
         "description": "Show this help, or one command's. `/help` and `?` are help too.",
         "type": 1,
@@ -190,6 +215,8 @@ TODAY = [
                     {"name": "agents", "value": "agents"},
                     {"name": "models", "value": "models"},
                     {"name": "usage", "value": "usage"},
+                    {"name": "model", "value": "model"},
+                    {"name": "instructions", "value": "instructions"},
                     {"name": "help", "value": "help"},
                 ],
             }
@@ -235,7 +262,7 @@ def test_the_generated_definitions_are_those_discord_has():
     assert definitions(Answered()) == TODAY
 
 
-async def invoke(answer: Answered, name: str, interaction: Interaction, **options: Any) -> None:
+async def invoke(answer: Answered, name: str, interaction: Interaction, /, **options: Any) -> None:
     """Call a slash command's callback as discord.py does once it has read the options."""
     [command] = [command for command in slash_commands(answer) if command.name == name]
     callback: Any = command.callback  # takes the stand-in interaction
@@ -263,6 +290,10 @@ async def invoke(answer: Answered, name: str, interaction: Interaction, **option
         ("usage", {}, Command("usage")),
         ("help", {}, Command("help")),
         ("help", {"command": "translate"}, Command("help", topic="translate")),
+        ("model", {}, Command("model")),
+        ("model", {"name": "Qwen/Qwen3-235B-A22B-FP8"}, Command("model", text="Qwen/Qwen3-235B-A22B-FP8")),
+        ("instructions", {"text": "Be brief."}, Command("instructions", text="Be brief.")),
+        ("instructions", {}, Command("instructions")),
     ],
 )
 async def test_options_become_the_command_the_grammar_makes(name, options, expected):
@@ -286,6 +317,7 @@ async def test_an_attached_image_is_asked_about_as_the_requests_images():
         ("classify", {"labels": "bug", "text": "It crashes"}, "Give two or more labels"),
         ("vision", {}, "Give a link to the image"),
         ("vision", {"url": "ftp://example.com/cat.png"}, "`ftp:` links are not supported"),
+        ("instructions", {"text": "x" * 4001}, "Instructions are at most 4,000 characters"),
     ],
 )
 async def test_malformed_options_get_the_usage_error_privately(name, options, problem):

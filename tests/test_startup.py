@@ -17,7 +17,7 @@ import pytest
 from core.ledger import SQLiteLedger
 
 # What takes most of a second to load and none of these commands needs.
-HEAVY = ["aiohttp", "discord", "slack_bolt", "slack_sdk", "emulator", "adapters", "httpx", "PIL"]
+HEAVY = ["aiohttp", "discord", "slack_bolt", "slack_sdk", "emulator", "adapters", "httpx", "PIL", "asyncpg"]
 RUN_AND_REPORT = """
 import json, sys
 from bots.cli import main

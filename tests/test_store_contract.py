@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import AsyncExitStack, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,9 +17,11 @@ import pytest
 
 from core.ledger import CLAIM_SECONDS, LedgerError, MemoryStore, SQLiteLedger, Store, sqlite_store
 from core.ledger import sqlite as ledger_module
+from core.ledger.postgres import PostgresLedger
+from tests.conftest import postgres_database
 
-IMPLEMENTATIONS = ["memory", "sqlite"]
-PERSISTENT = ["sqlite"]  # those whose state outlives a close and an open
+IMPLEMENTATIONS = ["memory", "sqlite", "postgresql"]
+PERSISTENT = ["sqlite", "postgresql"]  # those whose state outlives a close and an open
 ANN = "slack:T1:U1"
 BOB = "discord:42"
 
@@ -41,25 +43,41 @@ class Clock:
 
 
 class Stores:
-    """Opens stores of one implementation, all on one database and the test clock; closes them all."""
+    """Opens stores of one implementation, all on one database and the test clock; closes them all.
+
+    The database is the SQLite file at `path`, or, for PostgreSQL, a clean database of the test's own.
+    """
 
     def __init__(self, kind: str, path: Path, clock: Clock) -> None:
         self.kind = kind
         self.path = path
         self.clock = clock
-        self._ledgers: list[SQLiteLedger] = []
+        self._ledgers: list[SQLiteLedger | PostgresLedger] = []
+        self._database = AsyncExitStack()
+        self._postgres_url: str | None = None
 
     async def open(self) -> Store:
         if self.kind == "memory":
             return MemoryStore(clock=self.clock.seconds)
-        ledger = await SQLiteLedger.open(str(self.path), user_daily_tokens=50_000, clock=self.clock)
+        ledger: SQLiteLedger | PostgresLedger
+        if self.kind == "postgresql":
+            if self._postgres_url is None:
+                self._postgres_url = await self._database.enter_async_context(postgres_database())
+            ledger = await PostgresLedger.open(self._postgres_url, user_daily_tokens=50_000, clock=self.clock)
+        else:
+            ledger = await SQLiteLedger.open(str(self.path), user_daily_tokens=50_000, clock=self.clock)
         self._ledgers.append(ledger)
         return ledger.store
 
     async def close(self) -> None:
+        """Close the stores opened so far; the database stays until `drop`."""
         for ledger in self._ledgers:
             await ledger.close()
         self._ledgers.clear()
+
+    async def drop(self) -> None:
+        await self.close()
+        await self._database.aclose()
 
 
 @pytest.fixture
@@ -71,7 +89,7 @@ def clock() -> Clock:
 async def stores(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> AsyncIterator[Stores]:
     opened = Stores(request.param, tmp_path / "store.sqlite3", clock)
     yield opened
-    await opened.close()
+    await opened.drop()
 
 
 @pytest.fixture
@@ -199,7 +217,7 @@ async def test_claims_threads_and_settings_survive_a_restart(kind: str, tmp_path
         clock.advance(seconds=541)
         assert await store.claim("slack:Ev05", ttl=600) is True  # the claim kept its end across the restart
     finally:
-        await stores.close()
+        await stores.drop()
 
 
 # --- the SQLite file ---

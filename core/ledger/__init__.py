@@ -1,5 +1,8 @@
 """Money and shared state: the `Ledger` (tokens reserved and settled per person and model) and the
-`Store` (everything else replicas share), each a protocol with its implementations beside it."""
+`Store` (everything else replicas share), each a protocol with its implementations beside it.
+
+The PostgreSQL ones are imported from their modules (`core.ledger.postgres`), not from here: their
+driver takes a tenth of a second to load, which the admin commands on a SQLite ledger need not pay."""
 
 from .memory import MemoryStore
 from .protocol import (
@@ -7,6 +10,7 @@ from .protocol import (
     DuplicateRequest,
     Ledger,
     LedgerError,
+    LedgerWithStore,
     ModelQuotaExceeded,
     QuotaExceeded,
     Reservation,
@@ -24,6 +28,7 @@ __all__ = [
     "DuplicateRequest",
     "Ledger",
     "LedgerError",
+    "LedgerWithStore",
     "MemoryStore",
     "ModelQuotaExceeded",
     "QuotaExceeded",

@@ -4,7 +4,8 @@ The service reserves before every API call (estimated prompt tokens plus `max_to
 it with the tokens the API reports, and releases the reservation when the call fails. A reservation
 is refused when it would pass the account's daily quota for the model (all people together) or the
 person's daily budget. Nothing here assumes a database: `SQLiteLedger` (sqlite.py) is the one every
-deployment of one process uses, and every implementation passes tests/test_ledger_contract.py.
+deployment of one process uses, `PostgresLedger` (postgres.py) the one several replicas share, and
+every implementation passes tests/test_ledger_contract.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from ..errors import UserError
+from .store import Store
 
 
 class LedgerError(Exception):
@@ -117,6 +119,8 @@ class UsageRow:
 class Ledger(Protocol):
     """What the service and the CLI need from a ledger; "today" is the current UTC day."""
 
+    kind: str  # the database: "sqlite" or "postgresql" (GET /healthz says which)
+
     async def reserve(
         self, *, user: str, model: str, tokens: int, model_limit: int | None, idempotency_key: str | None = None
     ) -> Reservation:
@@ -177,7 +181,27 @@ class Ledger(Protocol):
         """Free reservations older than the reservation TTL (their caller died or forgot); return how many."""
         ...
 
+    async def ping(self) -> None:
+        """Raise `LedgerError` unless the database answers now: a cheap look for /healthz."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class LedgerWithStore(Ledger, Protocol):
+    """A ledger as iobot opens it (`SQLiteLedger`, `PostgresLedger`): with the rest of the shared state in
+    the same database, and the bulk reads of `iobot usage`."""
+
+    @property
+    def store(self) -> Store: ...
+
+    async def usage_with_budgets(self, *, day: date | None = None, user: str | None = None) -> list[tuple[Any, ...]]:
+        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget."""
+        ...
+
+    async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
+        """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", as JSON text."""
+        ...
 
 
 def next_reset(now: datetime) -> datetime:

@@ -231,6 +231,8 @@ class _Batch:
 class SQLiteLedger:
     """The ledger in one SQLite file (see the module docstring for how it works)."""
 
+    kind = "sqlite"
+
     def __init__(
         self,
         db: aiosqlite.Connection,
@@ -667,6 +669,13 @@ class SQLiteLedger:
 
     async def user_limits(self) -> dict[str, int]:
         return dict(await self._read("SELECT user, tokens FROM user_limits ORDER BY user", ()))
+
+    async def ping(self) -> None:
+        """Raise `LedgerError` unless the file answers a query."""
+        try:
+            await self._read("SELECT 1", ())
+        except sqlite3.Error as exc:
+            raise LedgerError(f"the ledger file does not answer: {exc}") from exc
 
     async def close(self) -> None:
         """Wait for queued writes, close the file and give up ownership."""

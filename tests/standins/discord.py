@@ -1,14 +1,21 @@
 """A stand-in Discord on 127.0.0.1: the REST API, the gateway WebSocket and the attachment CDN.
 
 Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
-answer them. The world is one server with two text channels (one with a thread), a DM channel, two
-people, another bot and the bot, plus a channel of another server the bot is not in (where only a
-user install reaches it, through interactions; Discord refuses the bot's REST calls there). Every
-REST call is recorded in `calls`; every message (posted by a test or by the bot) is kept in
-`messages` with its current content. Like Discord, it sends the bot's own messages and edits back
-over the gateway, keeps events for a disconnected bot until it resumes, and, when the bot connected
-without the Message Content intent, blanks the text and files of server messages that do not
-mention it (in events and REST answers; not in a context menu's target message).
+answer them. The world is two servers the bot is in (the first with two text channels, one with a
+thread; the second with one channel), a DM channel, two people, another bot and the bot, plus a
+channel of a third server the bot is not in and a group DM without the bot (where only a user
+install reaches it, through interactions; Discord refuses the bot's REST calls there). Every REST
+call is recorded in `calls`; every message (posted by a test or by the bot) is kept in `messages`
+with its current content. Like Discord, it sends the bot's own messages and edits back over the
+gateway, keeps events for a disconnected bot until it resumes, and, when the bot connected without
+the Message Content intent, blanks the text and files of server messages that do not mention it (in
+events and REST answers; not in a context menu's target message).
+
+Like Discord, it shards: the world is split into `shard_count` shards, each a gateway session of its
+own that IDENTIFYs with `"shard": [id, count]`; a server's events go to shard
+`(guild_id >> 22) % count` and DMs to shard 0. `GET /gateway/bot` recommends `shard_count`. A
+session with another count is refused: 4011 (sharding required) when it has fewer, 4010 (invalid
+shard) otherwise. With one shard, a client that sends no `shard` (discord.py's plain client) has it.
 
 A message the bot sends with files comes as discord.py sends it, as multipart/form-data (the JSON in
 `payload_json`, the files in `files[0]`, ...); the files go on the stand-in CDN, listed in the
@@ -23,6 +30,7 @@ import json
 import mimetypes
 import re
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,19 +40,25 @@ from aiohttp import BodyPartReader, WSMsgType, web
 API_PREFIX = "/api/v10"
 TOKEN = "stand-in-bot-token"
 BOT_ID = APPLICATION_ID = 1000  # a bot's user id is its application's id
-GUILD_ID = 2000
+GUILD_ID = 2000  # on shard 0 whatever the count: 2000 >> 22 is 0
+SECOND_GUILD = 1 << 22  # on shard 1 of 2
 GENERAL, RANDOM, DM_CHANNEL = 3000, 3001, 3100
 THREAD = 3002  # a thread in RANDOM
-FOREIGN_GUILD, FOREIGN_CHANNEL = 2001, 3200  # a server the bot is not in, and a channel of it
+SECOND_GENERAL = 3200  # the second server's channel
 GROUP_DM = 3300  # a group DM of alice and bob, without the bot
-REACHABLE = {GENERAL, RANDOM, THREAD, DM_CHANNEL}  # the channels the bot may read and post in
-MEMBER_ROLE = 4000
+FOREIGN_GUILD, FOREIGN_CHANNEL = 2001, 3400  # a server the bot is not in, and a channel of it
+MEMBER_ROLE, SECOND_MEMBER_ROLE = 4000, 4001  # everyone's role in each server the bot is in
 ALICE, BOB, OTHER_BOT = 5001, 5002, 5003
 MESSAGE_CONTENT_INTENT = 1 << 15
 EPHEMERAL = 64
+INVALID_SHARD, SHARDING_REQUIRED = 4010, 4011  # gateway close codes
 TIMESTAMP = "2025-01-01T00:00:00.000000+00:00"
 
 NAMES = {BOT_ID: "iobot", ALICE: "alice", BOB: "bob", OTHER_BOT: "otherbot"}
+GUILDS = {GUILD_ID: ("Stand-in server", MEMBER_ROLE), SECOND_GUILD: ("Second server", SECOND_MEMBER_ROLE)}
+CHANNELS = {GENERAL: (GUILD_ID, "general"), RANDOM: (GUILD_ID, "random"), SECOND_GENERAL: (SECOND_GUILD, "general")}
+THREADS = {THREAD: RANDOM}  # thread -> its parent channel
+REACHABLE = {*CHANNELS, *THREADS, DM_CHANNEL}  # the channels the bot may read and post in
 # A REST request's JSON payload and files, read once as it is recorded and kept on it for its handler.
 BODY: web.RequestKey[Any] = web.RequestKey("body", object)
 FILES: web.RequestKey[list[tuple[str, bytes]]] = web.RequestKey("files", list)
@@ -60,6 +74,24 @@ class Call:
     query: dict[str, str]
     body: Any  # the JSON payload (of a multipart request too), else the raw bytes
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, bytes) of a multipart request
+
+
+def guild_of(channel: int) -> int | None:
+    """The server a channel or thread is in (the foreign channel's too); None for the DM and the group DM."""
+    if channel == FOREIGN_CHANNEL:
+        return FOREIGN_GUILD
+    parent = THREADS.get(channel, channel)
+    return CHANNELS[parent][0] if parent in CHANNELS else None
+
+
+def roles_in(guild: int) -> list[int]:
+    """Everyone's roles in a server: its member role where the bot is in it, none in the foreign one."""
+    return [GUILDS[guild][1]] if guild in GUILDS else []
+
+
+def shard_of(guild: int | None, shard_count: int) -> int:
+    """The shard Discord sends a server's events on; DMs go to shard 0."""
+    return 0 if guild is None else (guild >> 22) % shard_count
 
 
 def user(user_id: int) -> dict[str, Any]:
@@ -84,12 +116,6 @@ def member(user_id: int, roles: Sequence[int] = ()) -> dict[str, Any]:
     }
 
 
-def guild_of(channel_id: int) -> int | None:
-    if channel_id in (DM_CHANNEL, GROUP_DM):
-        return None
-    return FOREIGN_GUILD if channel_id == FOREIGN_CHANNEL else GUILD_ID
-
-
 def text_channel(channel_id: int, name: str) -> dict[str, Any]:
     return {
         "id": str(channel_id),
@@ -110,7 +136,7 @@ def thread(thread_id: int, parent: int) -> dict[str, Any]:
     return {
         "id": str(thread_id),
         "type": 11,
-        "guild_id": str(GUILD_ID),
+        "guild_id": str(guild_of(parent)),
         "parent_id": str(parent),
         "name": "a thread",
         "owner_id": str(ALICE),
@@ -128,7 +154,7 @@ def role(role_id: int, name: str) -> dict[str, Any]:
         "id": str(role_id),
         "name": name,
         "permissions": "1071698660929",
-        "position": 0 if role_id == GUILD_ID else 1,
+        "position": 0 if role_id in GUILDS else 1,
         "color": 0,
         "hoist": False,
         "managed": False,
@@ -137,23 +163,35 @@ def role(role_id: int, name: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Session:
+    """One shard's gateway session: opened by an IDENTIFY, kept across drops so that a RESUME continues it."""
+
+    shard: int
+    session_id: str
+    socket: web.WebSocketResponse
+    sequence: int = 0
+    live: bool = False  # READY and its servers sent, and the connection up: events flow
+
+
 class DiscordStandIn:
-    def __init__(self, *, refuse_message_content: bool = False) -> None:
+    def __init__(self, *, refuse_message_content: bool = False, shard_count: int = 1) -> None:
         self.refuse_message_content = refuse_message_content  # close with 4014, as Discord does
+        self.shard_count = shard_count
         self.calls: list[Call] = []
         self.messages: dict[int, dict[str, Any]] = {}
         self.identifies: list[dict[str, Any]] = []  # IDENTIFY payloads received
         self.message_content = True  # whether the bot's session has the Message Content intent
         self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
         self.downloads: list[tuple[str, str | None]] = []  # (path, Authorization header) of attachment downloads
-        self.ready = asyncio.Event()  # set while a gateway session is live (after GUILD_CREATE or RESUMED)
-        self.session_id: str | None = None
+        self.ready = asyncio.Event()  # set while every shard has a live session (after GUILD_CREATE or RESUMED)
+        self.sessions: dict[int, Session] = {}  # each shard's latest session
+        self.sent: list[tuple[int, str, dict[str, Any]]] = []  # (shard, event, data) of every gateway event sent
         self._ids = itertools.count(10_000)
         self._files: dict[str, tuple[bytes, str]] = {}
         self._interaction_channels: dict[str, int] = {}  # interaction token -> channel, for follow-ups
-        self._socket: web.WebSocketResponse | None = None
-        self._sequence = 0
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._pending: defaultdict[int, list[tuple[str, dict[str, Any]]]] = defaultdict(list)  # by shard
         self._runner: web.AppRunner | None = None
         self.base = ""
 
@@ -165,6 +203,7 @@ class DiscordStandIn:
         app.router.add_get(api + "/users/@me", self._me)
         app.router.add_get(api + "/oauth2/applications/@me", self._application)
         app.router.add_put(api + "/applications/{app}/commands", self._put_commands)
+        app.router.add_get(api + "/gateway/bot", self._gateway_bot)
         app.router.add_post(api + "/channels/{channel}/typing", self._typing)
         app.router.add_post(api + "/channels/{channel}/messages", self._create_message)
         app.router.add_get(api + "/channels/{channel}/messages/{message}", self._get_message)
@@ -185,8 +224,8 @@ class DiscordStandIn:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._socket is not None:
-            await self._socket.close()
+        for socket in list(self._sockets):
+            await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -243,12 +282,14 @@ class DiscordStandIn:
         channel: int = GENERAL,
         resolved: dict[str, Any] | None = None,
         user_install: bool = False,
+        kind: int = 2,
     ) -> dict[str, Any]:
-        """A slash command used by `author`: an INTERACTION_CREATE (`user_install`: see `invoke_menu`)."""
+        """A slash command used by `author`: an INTERACTION_CREATE (`user_install`: see `invoke_menu`; `kind` 4:
+        an option being typed, to complete)."""
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
-        return await self._interact(data, author=author, channel=channel, user_install=user_install)
+        return await self._interact(data, author=author, channel=channel, user_install=user_install, kind=kind)
 
     async def invoke_menu(
         self, name: str, target: dict[str, Any], *, author: int = ALICE, user_install: bool = False
@@ -261,8 +302,11 @@ class DiscordStandIn:
         data = {"id": "950", "name": name, "type": 3, "target_id": target["id"], "resolved": {"messages": {target["id"]: target}}}
         return await self._interact(data, author=author, channel=int(target["channel_id"]), user_install=user_install)
 
-    async def _interact(self, data: dict[str, Any], *, author: int, channel: int, user_install: bool) -> dict[str, Any]:
-        """An INTERACTION_CREATE with `data`, from `author` in `channel`, authorized by a server or a user install."""
+    async def _interact(
+        self, data: dict[str, Any], *, author: int, channel: int, user_install: bool, kind: int = 2
+    ) -> dict[str, Any]:
+        """An INTERACTION_CREATE of type `kind` (2: a command or menu used) with `data`, from `author` in
+        `channel`, authorized by a server or a user install."""
         interaction_id = next(self._ids)
         token = f"interaction-token-{interaction_id}"
         guild = guild_of(channel)
@@ -271,7 +315,7 @@ class DiscordStandIn:
         interaction = {
             "id": str(interaction_id),
             "application_id": str(APPLICATION_ID),
-            "type": 2,
+            "type": kind,
             "data": data,
             "token": token,
             "version": 1,
@@ -284,32 +328,35 @@ class DiscordStandIn:
             "channel_id": str(channel),
         }
         self._interaction_channels[token] = channel
-        if channel == DM_CHANNEL:
-            interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
-        elif channel == GROUP_DM:
-            group = {"id": str(channel), "type": 3, "name": None, "icon": None, "owner_id": str(ALICE)}
-            interaction.update(user=user(author), channel={**group, "recipients": [user(ALICE), user(BOB)]})
-        else:
+        if guild is not None:
             interaction.update(
                 guild_id=str(guild),
                 guild_locale="en-US",
                 channel=text_channel(channel, "general"),
-                member={**member(author, [MEMBER_ROLE] if guild == GUILD_ID else []), "permissions": "1071698660929"},
+                member={**member(author, roles_in(guild)), "permissions": "1071698660929"},
             )
+        elif channel == GROUP_DM:
+            group = {"id": str(channel), "type": 3, "name": None, "icon": None, "owner_id": str(ALICE)}
+            interaction.update(user=user(author), channel={**group, "recipients": [user(ALICE), user(BOB)]})
+        else:
+            interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
         await self.dispatch("INTERACTION_CREATE", interaction)
         return interaction
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway event now, or once the bot is back (Discord replays missed events on RESUME)."""
-        self._pending.append((event, data))
-        if self.ready.is_set():
-            await self._flush()
+        """Send a gateway event on its shard (its server's, shard 0 for a DM) now, or once that shard is
+        back (Discord replays missed events on RESUME)."""
+        guild = data.get("guild_id")
+        shard = shard_of(int(guild) if guild else None, self.shard_count)
+        self._pending[shard].append((event, data))
+        await self._flush(shard)
 
     async def disconnect(self) -> None:
-        """Drop the gateway connection as Discord does now and then (close code 4000: reconnect and resume)."""
+        """Drop every gateway connection as Discord does now and then (close code 4000: reconnect and resume)."""
         self.ready.clear()
-        if self._socket is not None:
-            await self._socket.close(code=4000, message=b"stand-in: please reconnect")
+        for session in self.sessions.values():
+            session.live = False
+            await session.socket.close(code=4000, message=b"stand-in: please reconnect")
 
     async def wait_for(self, condition: Callable[[], T | None], timeout: float = 10.0) -> T:
         """Poll until `condition()` is truthy, and return it; fail after `timeout` seconds."""
@@ -331,6 +378,10 @@ class DiscordStandIn:
     def attachment_bytes(self, attachment: dict[str, Any]) -> bytes:
         """The bytes of a file a message carries, as the CDN serves them."""
         return self._files[f"{attachment['id']}/{attachment['filename']}"][0]
+
+    def shards_sent(self, event: str, message: dict[str, Any]) -> list[int]:
+        """The shards a gateway event about `message` (by id) was sent on, in order."""
+        return [shard for shard, name, data in self.sent if name == event and data.get("id") == message["id"]]
 
     def replies_to(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         return [m for m in self.messages.values() if (m.get("message_reference") or {}).get("message_id") == message["id"]]
@@ -391,6 +442,10 @@ class DiscordStandIn:
                 for index, command in enumerate(commands)
             ]
         )
+
+    async def _gateway_bot(self, _request: web.Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}
+        return _json({"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": limit})
 
     async def _typing(self, request: web.Request) -> web.Response:
         if int(request.match_info["channel"]) not in REACHABLE:
@@ -511,9 +566,10 @@ class DiscordStandIn:
             "type": 0,
             "flags": flags,
         }
-        if guild_of(channel) is not None:
-            message["guild_id"] = str(guild_of(channel))
-            message["member"] = {k: v for k, v in member(author, [MEMBER_ROLE]).items() if k != "user"}
+        guild = guild_of(channel)
+        if guild is not None:
+            message["guild_id"] = str(guild)
+            message["member"] = {k: v for k, v in member(author, roles_in(guild)).items() if k != "user"}
         if reply_to is not None:
             parent = self.messages[reply_to]
             message["type"] = 19
@@ -533,7 +589,8 @@ class DiscordStandIn:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._socket = socket
+        self._sockets.add(socket)
+        session: Session | None = None  # the one this connection carries, once it IDENTIFYs or RESUMEs
         await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41_250}})
         async for frame in socket:
             if frame.type is not WSMsgType.TEXT:
@@ -543,51 +600,80 @@ class DiscordStandIn:
                 case 1:  # heartbeat
                     await socket.send_json({"op": 11})
                 case 2:
-                    await self._identify(socket, payload["d"])
+                    session = await self._identify(socket, payload["d"])
                 case 6:
-                    await self._resume(socket, payload["d"])
-        if self._socket is socket:
-            self.ready.clear()
+                    session = await self._resume(socket, payload["d"])
+        self._sockets.discard(socket)
+        if session is not None and session.socket is socket:
+            session.live = False
+            self._update_ready()
         return socket
 
-    async def _identify(self, socket: web.WebSocketResponse, identify: dict[str, Any]) -> None:
+    async def _identify(self, socket: web.WebSocketResponse, identify: dict[str, Any]) -> Session | None:
         self.identifies.append(identify)
         self.message_content = bool(identify.get("intents", 0) & MESSAGE_CONTENT_INTENT)
         if self.refuse_message_content and identify.get("intents", 0) & MESSAGE_CONTENT_INTENT:
             await socket.close(code=4014, message=b"Disallowed intent(s).")
-            return
-        self.session_id = uuid.uuid4().hex
-        self._sequence = 0
+            return None
+        shard, count = identify.get("shard", [0, 1])
+        if count != self.shard_count or not 0 <= shard < count:
+            too_few = count < self.shard_count
+            await socket.close(
+                code=SHARDING_REQUIRED if too_few else INVALID_SHARD,
+                message=b"Sharding required." if too_few else b"Invalid shard.",
+            )
+            return None
+        session = Session(shard, uuid.uuid4().hex, socket)
+        self.sessions[shard] = session
+        guilds = [guild for guild in GUILDS if shard_of(guild, count) == shard]
         ready = {
             "v": 10,
             "user": {**user(BOT_ID), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-            "session_id": self.session_id,
+            "guilds": [{"id": str(guild), "unavailable": True} for guild in guilds],
+            "session_id": session.session_id,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(APPLICATION_ID), "flags": 0},
             "private_channels": [],
             "relationships": [],
         }
-        await self._send(socket, "READY", ready)
-        await self._send(socket, "GUILD_CREATE", self._guild())
-        self.ready.set()
-        await self._flush()
+        if "shard" in identify:
+            ready["shard"] = [shard, count]
+        await self._send(session, "READY", ready)
+        for guild in guilds:
+            await self._send(session, "GUILD_CREATE", self._guild(guild))
+        await self._go_live(session)
+        return session
 
-    async def _resume(self, socket: web.WebSocketResponse, resume: dict[str, Any]) -> None:
+    async def _resume(self, socket: web.WebSocketResponse, resume: dict[str, Any]) -> Session | None:
         self.resumes.append(resume)
-        if resume.get("session_id") != self.session_id:
+        session = next((s for s in self.sessions.values() if s.session_id == resume.get("session_id")), None)
+        if session is None:
             await socket.send_json({"op": 9, "d": False})  # invalid session: identify afresh
-            return
-        await self._send(socket, "RESUMED", {})
-        self.ready.set()
-        await self._flush()
+            return None
+        session.socket = socket
+        await self._send(session, "RESUMED", {})
+        await self._go_live(session)
+        return session
 
-    async def _flush(self) -> None:
-        while self._pending and self._socket is not None and not self._socket.closed:
-            event, data = self._pending.pop(0)
+    async def _go_live(self, session: Session) -> None:
+        session.live = True
+        self._update_ready()
+        await self._flush(session.shard)
+
+    def _update_ready(self) -> None:
+        every_shard = set(self.sessions) == set(range(self.shard_count))
+        if every_shard and all(session.live for session in self.sessions.values()):
+            self.ready.set()
+        else:
+            self.ready.clear()
+
+    async def _flush(self, shard: int) -> None:
+        session = self.sessions.get(shard)
+        while self._pending[shard] and session is not None and session.live and not session.socket.closed:
+            event, data = self._pending[shard].pop(0)
             if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
                 data = self._as_the_bot_sees(data)
-            await self._send(self._socket, event, data)
+            await self._send(session, event, data)
 
     def _as_the_bot_sees(self, message: dict[str, Any]) -> dict[str, Any]:
         """A message as Discord shows it to the bot: without the Message Content intent, a server message
@@ -603,21 +689,23 @@ class DiscordStandIn:
             seen.update(content="", attachments=[], embeds=[])
         return seen
 
-    async def _send(self, socket: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
-        self._sequence += 1
-        await socket.send_json({"op": 0, "t": event, "s": self._sequence, "d": data})
+    async def _send(self, session: Session, event: str, data: dict[str, Any]) -> None:
+        session.sequence += 1
+        self.sent.append((session.shard, event, data))
+        await session.socket.send_json({"op": 0, "t": event, "s": session.sequence, "d": data})
 
-    def _guild(self) -> dict[str, Any]:
+    def _guild(self, guild: int) -> dict[str, Any]:
+        name, member_role = GUILDS[guild]
         return {
-            "id": str(GUILD_ID),
-            "name": "Stand-in server",
+            "id": str(guild),
+            "name": name,
             "icon": None,
             "owner_id": str(ALICE),
             "afk_timeout": 300,
             "verification_level": 0,
             "default_message_notifications": 0,
             "explicit_content_filter": 0,
-            "roles": [role(GUILD_ID, "@everyone"), role(MEMBER_ROLE, "member")],
+            "roles": [role(guild, "@everyone"), role(member_role, "member")],
             "emojis": [],
             "stickers": [],
             "features": [],
@@ -630,8 +718,8 @@ class DiscordStandIn:
             "large": False,
             "unavailable": False,
             "joined_at": TIMESTAMP,
-            "channels": [text_channel(GENERAL, "general"), text_channel(RANDOM, "random")],
-            "threads": [thread(THREAD, RANDOM)],
+            "channels": [text_channel(channel, name) for channel, (in_guild, name) in CHANNELS.items() if in_guild == guild],
+            "threads": [thread(thread_id, parent) for thread_id, parent in THREADS.items() if guild_of(parent) == guild],
             "members": [member(BOT_ID)],
             "voice_states": [],
             "presences": [],

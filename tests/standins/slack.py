@@ -9,6 +9,12 @@ under test are signed here with slack_sdk's own `SignatureVerifier`, as Slack si
 
 slack_sdk sends some methods as JSON, others as form data or query parameters: all are accepted.
 
+Message shortcuts arrive as Slack posts interactions (`interaction_body`: a form whose `payload` field
+is the JSON), with a `response_url` served here. `lock_out(channel)` makes a conversation one the bot
+is not in: every method that names it answers `channel_not_found` (or `not_in_channel`), as Slack does
+for a private channel or a DM between people, `chat.postEphemeral` included. `views.publish` keeps
+each person's Home tab (`home_views`).
+
 `fail(method, kind)` makes a Web API method, the file host ("download"), the upload URL ("upload")
 or `response_url` ("response") misbehave as Slack and the proxies in front of it do: a JSON error,
 a plain-text or HTML error page, no answer in time, or a dropped connection.
@@ -87,6 +93,8 @@ class SlackStandIn:
     files: dict[str, StoredFile] = field(default_factory=dict)
     uploads: dict[str, Upload] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    locked: dict[str, str] = field(default_factory=dict)  # channel -> the error every method naming it gets
+    home_views: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> their published Home tab
     base_url: str = ""  # http://127.0.0.1:PORT, set by start()
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
     _runner: web.AppRunner | None = None
@@ -103,7 +111,7 @@ class SlackStandIn:
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)  # Slack takes bursts of connections
         await site.start()
         self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self
@@ -166,6 +174,10 @@ class SlackStandIn:
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}")
         self.faults.append(Fault(method, kind, times, after))
+
+    def lock_out(self, channel: str, error: str = "channel_not_found") -> None:
+        """Make `channel` one the bot is not a member of: `channel_not_found` (private) or `not_in_channel` (public)."""
+        self.locked[channel] = error
 
     def response_url(self, key: str) -> str:
         return f"{self.base_url}/response/{key}"
@@ -276,6 +288,8 @@ class SlackStandIn:
             return await self._serve_fault(request, fault)
         if token not in (self.bot_token, self.app_token) or token is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if (locked := self.locked.get(str(args.get("channel") or args.get("channel_id")))) is not None:
+            return web.json_response({"ok": False, "error": locked})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
@@ -410,6 +424,15 @@ class SlackStandIn:
             self.messages.setdefault(args["channel_id"], []).append(message)
         return {"files": [{"id": file["id"], "title": file["title"]} for file in shared]}
 
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not isinstance(view, dict) or view.get("type") != "home" or not args.get("user_id"):
+            return {"error": "invalid_arguments"}
+        self.home_views[args["user_id"]] = view
+        return {"view": {"id": "V" + uuid.uuid4().hex[:10].upper(), **view}}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": self.base_url.replace("http://", "ws://") + "/socket"}
 
@@ -511,3 +534,34 @@ def event_fields(event: dict[str, Any], *, event_id: str | None = None) -> dict[
 def event_body(event: dict[str, Any], *, event_id: str | None = None) -> str:
     """An Events API delivery, as JSON as Slack posts it over HTTP."""
     return json.dumps(event_fields(event, event_id=event_id))
+
+
+def shortcut_fields(
+    callback_id: str, message: dict[str, Any], *, user: str, channel: str, response_url: str, trigger_id: str
+) -> dict[str, Any]:
+    """A message shortcut's payload (`message_action`), used on `message` in `channel` by `user`."""
+    return {
+        "type": "message_action",
+        "token": "deprecated-verification-token",
+        "action_ts": f"{time.time():.6f}",
+        "team": {"id": TEAM_ID, "domain": "stand-in"},
+        "user": {"id": user, "username": user.lower(), "team_id": TEAM_ID, "name": user.lower()},
+        "channel": {"id": channel, "name": "general"},
+        "is_enterprise_install": False,
+        "enterprise": None,
+        "callback_id": callback_id,
+        "trigger_id": trigger_id,
+        "response_url": response_url,
+        "message_ts": message["ts"],
+        "message": {key: value for key, value in message.items() if key not in ("channel", "channel_type", "event_ts")},
+    }
+
+
+def interaction_body(payload: dict[str, Any]) -> str:
+    """An interaction (a shortcut, a button), form-encoded with its JSON in `payload`, as Slack posts it over HTTP."""
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def home_opened_event(user: str, *, tab: str = "home") -> dict[str, Any]:
+    """`app_home_opened`: `user` opened iobot's Home tab (or its Messages tab)."""
+    return {"type": "app_home_opened", "user": user, "channel": "D0" + user[1:], "tab": tab, "event_ts": f"{time.time():.6f}"}
