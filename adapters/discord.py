@@ -470,6 +470,7 @@ class DiscordAdapter:
             images=vetted.images,
             channel=_channel(message.channel.id, message.channel),
             display_name=message.author.display_name,
+            documents=vetted.documents,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *vetted.refusals])
 
@@ -535,7 +536,7 @@ class DiscordAdapter:
             await interaction.response.defer(thinking=True, ephemeral=private)
             answer = _followups(interaction, ephemeral=private)
             vetted = self._attachments(attachments)
-            if attachments and not vetted.images:  # an image was the point of the command
+            if attachments and not vetted.images and not vetted.documents:  # a file was the point of the command
                 reply = Reply("\n".join([*vetted.refusals, *vetted.notes]), outcome=Outcome.REFUSED)
             else:
                 request = Request(
@@ -546,6 +547,7 @@ class DiscordAdapter:
                     images=vetted.images,
                     channel=_channel(interaction.channel_id, interaction.channel),
                     display_name=interaction.user.display_name,
+                    documents=vetted.documents,
                 )
                 reply = await answer.reply(lambda progress: self.service.handle(request, progress))
                 reply = with_notes(reply, [*vetted.notes, *vetted.refusals])

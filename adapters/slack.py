@@ -380,6 +380,7 @@ class SlackAdapter:
             images=vetted.images,
             channel=_channel(context, event["channel"]),
             display_name=_display_name(event),
+            documents=vetted.documents,
         )
         return with_notes(await self.service.handle(request, progress), [*vetted.notes, *history_notes, *vetted.refusals])
 
@@ -498,10 +499,10 @@ class SlackAdapter:
     # --- files ---------------------------------------------------------------------------------------
 
     async def _attachments(self, client: AsyncWebClient, files: Sequence[Payload]) -> Vetted:
-        """A message's files sorted into images to download, notes and refusals (see core/attachments.py).
+        """A message's files sorted into images and documents to download, notes and refusals (see core/attachments.py).
 
-        Nothing is downloaded here: the service checks the count against the vision model first,
-        then downloads each within the process's image budget.
+        Nothing is downloaded here: the service checks the images' count against the vision model
+        first, then downloads each file within the process's budget for files in flight.
         """
         described: list[AttachedFile] = []
         unreadable: list[str] = []

@@ -19,8 +19,6 @@ from core.service import MIN_ANSWER_TOKENS, Service
 
 from .slack_render import SECTION_LIMIT, context_block, to_mrkdwn
 
-MODEL_SETTING = "model"  # the store setting, per person, that holds the chat model they picked
-
 
 @dataclass(frozen=True)
 class HomeFigures:
@@ -48,8 +46,7 @@ async def home_figures(service: Service, person: str) -> HomeFigures:
     can answer the person: their chat model, the vision model and the fallbacks.
     """
     ledger, config = service.ledger, service.config
-    chosen = await service.store.setting(person, MODEL_SETTING)
-    model = chosen or config.model
+    model = await service.chat_model(person)
     used = await ledger.used_today(user=person)
     budget = await ledger.user_limit(person)
     reached = []
@@ -69,7 +66,7 @@ async def home_figures(service: Service, person: str) -> HomeFigures:
         used=used,
         budget=budget,
         model=model,
-        model_chosen=chosen is not None,
+        model_chosen=model != config.model,
         limits_reached=reached,
         resets_in=time_until(next_reset(now) - now),
     )

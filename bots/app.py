@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import signal
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -21,6 +22,8 @@ from core.adapter import Adapter
 from core.ledger import Ledger, LedgerError, LedgerWithStore, SQLiteLedger, Store
 from core.quotas import QuotaTable, load_quota_table
 from core.settings import PlatformSettings, Settings, SettingsError, load_settings
+
+from . import logs
 
 if TYPE_CHECKING:
     import httpx
@@ -119,7 +122,18 @@ def build_adapters(settings: Settings, service: Service) -> list[Adapter]:
         platform_settings = load_settings(settings_class)
         if platform_settings.enabled:
             adapters.append(build(platform_settings, service, state_dir=state_dir))
-    return adapters or [ConsoleAdapter(service, user=getpass.getuser())]
+    if adapters:
+        return adapters
+    console = ConsoleAdapter(service, user=getpass.getuser(), history_file=console_history_file())
+    if console.interactive:
+        logs.warnings_only()  # the chat is on screen: a log line per request would cut through it
+    return [console]
+
+
+def console_history_file() -> Path:
+    """Where the terminal chat keeps the messages typed (Up recalls them): the user's state directory."""
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "iobot" / "console-history"
 
 
 async def start_adapters(adapters: Sequence[Adapter], stop: asyncio.Event) -> None:

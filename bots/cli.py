@@ -19,12 +19,13 @@ from typing import Any
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError, LedgerWithStore
-from core.quotas import QuotaFileError, load_quota_table
-from core.render import render_agents, render_models, to_plain
+from core.quotas import QuotaFileError, QuotaTable, load_quota_table
+from core.render import render_agents, short_model_name, to_plain
 from core.settings import PERSON_ID, PERSON_ID_FORMS, Settings, SettingsError, load_settings, mask_passwords
 
 from . import app
 from .logs import configure_logging
+from .output import Column, draw_table, drawn, print_json, print_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="the start-up checks alone: settings, models, ledger (exit 1 on an error)")
     check.add_argument("--emulator", action="store_true", help="ask the built-in emulator for its models")
+    check.add_argument("--json", action="store_true", help="one JSON array of findings {level, message}, for scripts")
     check.set_defaults(handler=_check)
 
     emulator = commands.add_parser("emulator", help="serve the built-in API emulator")
@@ -77,9 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("user", nargs="?", type=_person, help="the person (without it: list every override; alone: show theirs)")
     limits.add_argument("tokens", nargs="?", type=int, help="their daily budget in tokens")
     limits.add_argument("--clear", action="store_true", help="go back to IOBOT_USER_DAILY_TOKENS")
+    limits.add_argument("--json", action="store_true", help="the budgets as JSON, for scripts")
     limits.set_defaults(handler=_limits)
 
-    models = commands.add_parser("models", help="the per-model daily quota table, with today's use")
+    models = commands.add_parser("models", help="the per-model daily quota table, with today's use (UTC)")
+    models.add_argument("--json", action="store_true", help="one JSON array of models, for scripts")
     models.set_defaults(handler=_models)
 
     agents = commands.add_parser("agents", help="the API's predefined agents")
@@ -128,10 +132,13 @@ def _check(args: argparse.Namespace) -> int:
     from .checks import check
 
     findings = asyncio.run(check(emulator=args.emulator))
-    for finding in findings:
-        print(finding)
     errors = sum(finding.level == "error" for finding in findings)
-    print(f"{errors} error(s), {len(findings) - errors} warning(s)")
+    if args.json:
+        print_json([{"level": finding.level, "message": finding.message} for finding in findings])
+    else:
+        for finding in findings:
+            print(finding)
+        print(f"{errors} error(s), {len(findings) - errors} warning(s)")
     return 1 if errors else 0
 
 
@@ -163,7 +170,12 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
     if not rows:
         print(f"No usage recorded on {day.isoformat()} (UTC).")
         return
-    print(_usage_table(rows))
+    if drawn(len(rows)):
+        columns = [Column(header, numeric) for header, _, numeric in USAGE_TABLE]
+        cells = [[f"{row[index]:,}" if numeric else str(row[index]) for _, index, numeric in USAGE_TABLE] for row in rows]
+        draw_table(f"Usage on {day.isoformat()} (UTC days)", columns, cells)
+    else:
+        print(_usage_table(rows))
     interrupted = sum(row[9] for row in rows)
     if interrupted:
         print(
@@ -210,10 +222,7 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
         if ledger is None:
             raise _no_ledger(settings)
         if args.user is None:
-            overrides = await ledger.user_limits()
-            print(f"Default daily budget: {settings.user_daily_tokens:,} tokens (IOBOT_USER_DAILY_TOKENS).")
-            if overrides:  # one write for them all: there may be thousands
-                print("\n".join(f"{user}: {tokens:,}" for user, tokens in overrides.items()))
+            _print_limits(settings.user_daily_tokens, await ledger.user_limits(), as_json=args.json)
             return 0
         if args.clear and args.tokens is not None:
             print("iobot: give either a number of tokens or --clear, not both", file=sys.stderr)
@@ -221,20 +230,94 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> int:
         if args.tokens is not None and args.tokens < 0:
             print("iobot: a budget cannot be negative", file=sys.stderr)
             return 2
-        if not args.clear and args.tokens is None:
-            print(f"{args.user}: {await ledger.user_limit(args.user):,} tokens a day")
-            return 0
-        await ledger.set_user_limit(args.user, None if args.clear else args.tokens)
-        print(f"{args.user}: {await ledger.user_limit(args.user):,} tokens a day")
-        return 0
+        if args.clear or args.tokens is not None:
+            await ledger.set_user_limit(args.user, None if args.clear else args.tokens)
+        tokens = await ledger.user_limit(args.user)
+    if args.json:
+        print_json({"user": args.user, "daily_tokens": tokens})
+    else:
+        print(f"{args.user}: {tokens:,} tokens a day")
+    return 0
+
+
+def _print_limits(default: int, overrides: dict[str, int], *, as_json: bool) -> None:
+    """The default daily budget, then each person's own."""
+    if as_json:
+        print_json(
+            {
+                "default_daily_tokens": default,
+                "overrides": [{"user": user, "daily_tokens": tokens} for user, tokens in overrides.items()],
+            }
+        )
+        return
+    print(f"Default daily budget: {default:,} tokens (IOBOT_USER_DAILY_TOKENS).")
+    if overrides and drawn(len(overrides)):
+        draw_table(
+            None,
+            [Column("user"), Column("tokens/day", numeric=True)],
+            [[user, f"{tokens:,}"] for user, tokens in overrides.items()],
+        )
+    elif overrides:  # one write for them all: there may be thousands
+        print("\n".join(f"{user}: {tokens:,}" for user, tokens in overrides.items()))
 
 
 async def _models(args: argparse.Namespace, settings: Settings) -> None:
     quotas = load_quota_table(settings.quota_file)
+    day = datetime.now(UTC).date()  # the ledger counts UTC days
     async with AsyncExitStack() as stack:
         ledger = await _open_ledger(settings, stack)
-        used = {} if ledger is None else await ledger.model_totals()  # no ledger yet: nothing used
-    print(to_plain(render_models(quotas, used)))
+        used = {} if ledger is None else await ledger.model_totals(day)  # no ledger yet: nothing used
+    models = _model_rows(quotas, used)
+    if args.json:
+        print_json([{"day": day.isoformat(), **model} for model in models])
+        return
+    columns = [Column(header, numeric) for header, numeric in MODELS_TABLE]
+    print_table(
+        f"Models on {day.isoformat()} (UTC; quotas reset at 00:00 UTC)", columns, [_model_cells(model) for model in models]
+    )
+
+
+# `iobot models`' columns: header, and whether it is a number.
+MODELS_TABLE = (
+    ("model", False),
+    ("API tokens/day", True),
+    ("used today", True),
+    ("left", True),
+    ("context", True),
+    ("images", False),
+)
+
+
+def _model_rows(quotas: QuotaTable, used: dict[str, int]) -> list[dict[str, Any]]:
+    """Each chat model's daily quota, what was used (or is reserved) of it today and what is left; None where the table has no number."""
+    rows = []
+    for row in quotas.chat_models():
+        spent, limit = used.get(row.name, 0), row.api_daily_tokens
+        rows.append(
+            {
+                "model": row.name,
+                "api_daily_tokens": limit,
+                "used_tokens": spent,
+                "left_tokens": None if limit is None else max(0, limit - spent),
+                "context_length": row.context_length,
+                "images": row.images,
+            }
+        )
+    return rows
+
+
+def _model_cells(model: dict[str, Any]) -> list[str]:
+    def number(value: int | None) -> str:
+        return "n/a" if value is None else f"{value:,}"
+
+    return [
+        short_model_name(model["model"]),
+        number(model["api_daily_tokens"]),
+        number(model["used_tokens"]),
+        number(model["left_tokens"]),
+        number(model["context_length"]),
+        "yes" if model["images"] else "",
+    ]
 
 
 async def _agents(args: argparse.Namespace, settings: Settings) -> None:

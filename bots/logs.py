@@ -48,3 +48,9 @@ def configure_logging(level: str, format: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def warnings_only() -> None:
+    """Let only warnings and errors through to stderr, as while a person chats on the terminal."""
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))

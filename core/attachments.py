@@ -1,10 +1,10 @@
-"""A message's attached files, sorted before anything is downloaded: which are images to read.
+"""A message's attached files, sorted before anything is downloaded: images to look at, documents to read.
 
 Every platform describes its files the same way (a name, a declared type and size, a link and the
 headers the link needs), so the adapter maps its payload to `AttachedFile` and `vet_attachments`
-decides, from that description alone, which files go to the vision model and what the person is
-told about the others. Nothing refused here is downloaded; the service then downloads the images
-and checks their bytes.
+decides, from that description alone, which files go to the vision model, which are text files or
+PDFs whose text the command works on (see core/documents.py), and what the person is told about the
+others. Nothing refused here is downloaded; the service then downloads the rest and checks their bytes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .documents import DocumentKind, DocumentLimits, DocumentSource, document_kind, too_large
 from .errors import Outcome
 from .images import ImageLimits, ImageSource
 from .service import Reply
 
 # The image types the vision models take; another image type is refused without a download.
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+DEFAULT_DOCUMENT_LIMITS = DocumentLimits()
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,12 @@ class AttachedFile:
 
 
 class Vetted(NamedTuple):
-    """A message's files sorted: images to download, notes on files left out, images refused."""
+    """A message's files sorted: images to download, notes on files left out, files refused, documents to read."""
 
     images: list[ImageSource]
     notes: list[str]
     refusals: list[str]
+    documents: Sequence[DocumentSource] = ()
 
 
 def vet_attachments(
@@ -57,21 +60,31 @@ def vet_attachments(
     *,
     platform: str,
     may_download: Callable[[str], bool] = lambda url: True,
+    document_limits: DocumentLimits = DEFAULT_DOCUMENT_LIMITS,
 ) -> Vetted:
     """Sort `files` by what their platform (`platform`, as people know it: "Slack") says of them.
 
-    A file that is not an image gets a note. An image is refused when its type is one the vision
-    model does not take, when it has no link or one `may_download` refuses, or when it is declared
-    over `max_bytes`; images beyond `max_images` are skipped with a note.
+    A file that is neither an image nor a document (a text file or a PDF) gets a note. An image is
+    refused when its type is one the vision model does not take, a file when it has no link or one
+    `may_download` refuses, or when it is declared over its kind's byte limit; images beyond
+    `max_images` and documents beyond `max_documents` are skipped with a note.
     """
-    notes = [f"{file.name} is not an image, so it was not read." for file in files if not _is_image(file)]
-    wanted = [file for file in files if _is_image(file)]
+    wanted: list[AttachedFile] = []
+    to_read: list[tuple[AttachedFile, DocumentKind]] = []
+    notes: list[str] = []
+    for file in files:
+        if _is_image(file):
+            wanted.append(file)
+        elif (kind := document_kind(file.name, file.media_type)) is not None:
+            to_read.append((file, kind))
+        else:
+            notes.append(f"{file.name} is not an image, a text file or a PDF, so it was not read.")
+    documents, refusals = _vet_documents(to_read, document_limits, platform, may_download, notes)
     if len(wanted) > limits.max_images:
         names = ", ".join(file.name for file in wanted[limits.max_images :])
         notes.append(f"At most {limits.max_images} images are taken per request, so these were skipped: {names}.")
         wanted = wanted[: limits.max_images]
     images: list[ImageSource] = []
-    refusals: list[str] = []
     for file in wanted:
         refusal = _refusal(file, limits, platform, may_download)
         if refusal is not None:
@@ -80,13 +93,38 @@ def vet_attachments(
             images.append(
                 ImageSource(file.name, file.url, headers=file.headers, size=file.size or None, html_refusal=file.html_refusal)
             )
-    return Vetted(images, notes, refusals)
+    return Vetted(images, notes, refusals, documents)
+
+
+def _vet_documents(
+    files: list[tuple[AttachedFile, DocumentKind]],
+    limits: DocumentLimits,
+    platform: str,
+    may_download: Callable[[str], bool],
+    notes: list[str],
+) -> tuple[list[DocumentSource], list[str]]:
+    """The documents to read and the refusals among `files`; a note on those beyond `max_documents` goes to `notes`."""
+    if len(files) > limits.max_documents:
+        names = ", ".join(file.name for file, _ in files[limits.max_documents :])
+        notes.append(f"At most {limits.max_documents} text files or PDFs are read per request, so these were skipped: {names}.")
+        files = files[: limits.max_documents]
+    documents: list[DocumentSource] = []
+    refusals: list[str] = []
+    for file, kind in files:
+        refusal = _link_refusal(file, platform, may_download)
+        if refusal is None and file.size is not None and file.size > limits.max_bytes(kind):
+            refusal = str(too_large(file.name, kind, limits.max_bytes(kind)))
+        if refusal is not None:
+            refusals.append(refusal)
+        elif file.url is not None:
+            documents.append(DocumentSource(file.name, file.url, kind, file.headers, file.size or None, file.html_refusal))
+    return documents, refusals
 
 
 def refused(vetted: Vetted) -> Reply | None:
-    """The reply when images were attached and none can be read: the question was about them, so
+    """The reply when files were attached and none can be read: the question was about them, so
     the API is not asked. None when there is something to answer."""
-    if vetted.images or not vetted.refusals:
+    if vetted.images or vetted.documents or not vetted.refusals:
         return None
     return Reply("\n".join(vetted.refusals), outcome=Outcome.REFUSED, notes=tuple(vetted.notes))
 
@@ -98,10 +136,16 @@ def _is_image(file: AttachedFile) -> bool:
 def _refusal(file: AttachedFile, limits: ImageLimits, platform: str, may_download: Callable[[str], bool]) -> str | None:
     if file.media_type not in IMAGE_TYPES:
         return f"{file.name} is not a JPEG, PNG, WEBP or GIF image."  # as the bytes would say, once downloaded
+    if (refusal := _link_refusal(file, platform, may_download)) is not None:
+        return refusal
+    if file.size is not None and file.size > limits.max_bytes:
+        return f"{file.name} is over the {limits.max_bytes / (1024 * 1024):g} MB limit for images."
+    return None
+
+
+def _link_refusal(file: AttachedFile, platform: str, may_download: Callable[[str], bool]) -> str | None:
     if not file.url:
         return f"Could not download {file.name}: {platform} gave no link to it."
     if not may_download(file.url):
         return f"Could not download {file.name}: its link is not on {platform}'s file hosts, so it was not followed."
-    if file.size is not None and file.size > limits.max_bytes:
-        return f"{file.name} is over the {limits.max_bytes / (1024 * 1024):g} MB limit for images."
     return None

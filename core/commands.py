@@ -80,6 +80,14 @@ class UsageError(UserError):
         super().__init__(f"{problem}\nUsage: {self.spec.usage}\nExample: {self.spec.example}")
 
 
+class NoText(UsageError):
+    """A command's text is missing; `command` is the rest of it, as parsed (files attached to the message can be its text)."""
+
+    def __init__(self, command: Command, problem: str) -> None:
+        super().__init__(command.name, problem)
+        self.command = command
+
+
 class OptionKind(StrEnum):
     """What an option holds, and so how a slash command offers it and how its value is read."""
 
@@ -313,6 +321,8 @@ def _parse_options(spec: CommandSpec, rest: str) -> Command:
         values[options[-1].name] = rest
     for option in options:
         if option.required and not values[option.name]:
+            if option.field == "text" and option is options[-1]:
+                raise NoText(spec.command({name: value for name, value in values.items() if value}), option.missing_problem)
             raise UsageError(spec.name, option.missing_problem)
     return spec.command({name: value for name, value in values.items() if value})
 
@@ -328,10 +338,10 @@ def _summarize(rest: str) -> Command:
                 "Text that starts with a number needs a word count before it.",
             )
         if not text:
-            raise UsageError("summarize", "Give the text to summarize after the word count.")
+            raise NoText(Command("summarize", max_words=words), "Give the text to summarize after the word count.")
         return Command("summarize", text=text, max_words=words)
     if not rest:
-        raise UsageError("summarize", "Give the text to summarize.")
+        raise NoText(Command("summarize"), "Give the text to summarize.")
     return Command("summarize", text=rest)
 
 
@@ -339,7 +349,7 @@ def _translate(rest: str) -> Command:
     language, text = first_argument("translate", rest)
     language = parse_language(language)
     if not text:
-        raise UsageError("translate", f"Give the text to translate into {language} after the language.")
+        raise NoText(Command("translate", language=language), f"Give the text to translate into {language} after the language.")
     return Command("translate", text=text, language=language)
 
 
@@ -349,7 +359,7 @@ def _classify(rest: str) -> Command:
         raise UsageError("classify", "Give two or more labels separated by commas, then the text.")
     found = parse_labels(labels)
     if not text:
-        raise UsageError("classify", "Give the text to classify after the labels.")
+        raise NoText(Command("classify", labels=found), "Give the text to classify after the labels.")
     return Command("classify", text=text, labels=found)
 
 
@@ -591,5 +601,6 @@ def help_text(topic: str = "") -> str:
     lines = ["**Commands**"]
     lines += [f"• `{spec.usage}`: {spec.description}" for spec in COMMANDS.values()]
     lines.append("Images attached to a message are analysed by a vision model, with the message as the question.")
+    lines.append("Text files and PDFs attached to a message are what its command works on: `summarize` with a PDF summarizes it.")
     lines.append("`help <command>` explains one command, with an example.")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ API_LATENCY = Histogram(
 API_RETRIES = Counter("iobot_api_retries", "API requests retried after a 429, 5xx or connection failure", ["endpoint"])
 TOKENS = Counter("iobot_tokens", "Tokens charged, by model and kind (prompt or completion)", ["model", "kind"])
 IMAGES_REFUSED = Counter("iobot_images_refused", "Images refused, by reason", ["reason"])
+DOCUMENTS_REFUSED = Counter("iobot_documents_refused", "Text files and PDFs refused, by reason", ["reason"])
 IMAGE_BYTES_SAVED = Counter("iobot_image_bytes_saved", "Bytes saved by normalising images before upload")
 
 # Set from the ledger when /metrics is scraped (prometheus_client collectors cannot await).

@@ -27,13 +27,24 @@ from .commands import (
     AgentTask,
     Call,
     Command,
+    NoText,
     UsageError,
     help_text,
     parse_command,
     plain_word,
     shown,
+    trim,
 )
 from .commands import INFORMATIONAL as INFORMATIONAL  # adapters read it from here
+from .documents import (
+    DEFAULT_DOCUMENT_QUESTION,
+    Document,
+    DocumentError,
+    DocumentLimits,
+    DocumentSource,
+    join_documents,
+    read_documents,
+)
 from .errors import IOIntelligenceError, Outcome, RateLimitError, UserError
 from .images import (
     DEFAULT_BUDGET,
@@ -133,6 +144,7 @@ class Request:
     history: Sequence[Message] = ()  # earlier turns of the conversation, oldest first
     request_id: str | None = None  # the platform's event or interaction id: a retry is not run twice
     images: Sequence[ImageInput] = ()  # attached images: where to download them, or (file name, bytes)
+    documents: Sequence[DocumentSource] = ()  # attached text files and PDFs: their text is what the command works on
     local_files: bool = False  # `vision <path>` may read a local file (the console only)
     channel: str | None = None  # where it was asked, as the store keeps channels: "slack:<team>:<channel>", "discord:<channel>"
     display_name: str = ""  # how the channel knows the person, for replies that name them; their id when empty
@@ -170,7 +182,8 @@ class ServiceConfig:
     system_prompt: str = SYSTEM_PROMPT
     image_limits: ImageLimits = ImageLimits()
     allow_loopback_images: bool = False  # tests serve images from 127.0.0.1
-    image_budget_bytes: int = DEFAULT_BUDGET  # images in flight, all requests together (see ImageBudget)
+    image_budget_bytes: int = DEFAULT_BUDGET  # images and documents in flight, all requests together (see ImageBudget)
+    document_limits: DocumentLimits = DocumentLimits()
     user_requests_per_minute: int = 20
     max_concurrent: int = 64  # requests being worked on at once; the rest wait for a slot
     queue_timeout: float = 60.0  # how long a request may wait for a slot before "busy"
@@ -233,7 +246,7 @@ class Service:
         """The command's name and its reply, every failure turned into a short message."""
         command: Command | None = None
         try:
-            command = request.command or parse_command(request.text)
+            command = request.command or _parse(request)
             if self._closing:
                 return command.name, Reply(SHUTTING_DOWN, outcome=Outcome.REFUSED, private=True)
             if COMMANDS[command.name].call is Call.HELP:
@@ -262,6 +275,8 @@ class Service:
                 return Reply(ALREADY_ANSWERING, outcome=Outcome.DUPLICATE, private=True)
             case ImageError():
                 metrics.IMAGES_REFUSED.labels(exc.reason).inc()
+            case DocumentError():
+                metrics.DOCUMENTS_REFUSED.labels(exc.reason).inc()
             case IOIntelligenceError():
                 log.warning("API call for %s failed: %s", request.user, exc)
         if isinstance(exc, UserError):
@@ -290,6 +305,8 @@ class Service:
     async def _dispatch(self, request: Request, command: Command, progress: Progress | None) -> Reply:
         """Answer as the command's record says; images attached to anything but the bot's own views go to vision."""
         spec = COMMANDS[command.name]
+        if request.documents and not spec.private:
+            return await self._with_documents(request, command, progress)
         if spec.call is Call.VISION or (request.images and not spec.private):
             return await self._vision(request, command, progress)
         match spec.call:
@@ -309,6 +326,71 @@ class Service:
             case Call.USAGE:
                 return Reply(await self._usage(request.user), private=True)
         raise ValueError(f"{command.name!r} is answered before dispatch")
+
+    async def _with_documents(self, request: Request, command: Command, progress: Progress | None) -> Reply:
+        """Read the attached documents, put their text after the person's words, and answer that.
+
+        Nothing is reserved before the files are read: a file that cannot be read costs nothing, and
+        when none of them (nor an image) can be, the refusals are the reply. The text is cut to what
+        the answering model's context leaves beside the rest of the request, with a note.
+        """
+        documents, refusals = await read_documents(
+            request.documents,
+            self.config.document_limits,
+            http=self.http,
+            budget=self._image_budget,
+            allow_loopback=self.config.allow_loopback_images,
+        )
+        for refusal in refusals:
+            metrics.DOCUMENTS_REFUSED.labels(refusal.reason).inc()
+        log.info(
+            "%d document(s) for %s: %d characters read, %d refused",
+            len(documents),
+            request.user,
+            sum(len(document.text) for document in documents),
+            len(refusals),
+        )
+        notes = [*map(str, refusals), *(note for document in documents for note in document.notes)]
+        if not documents and not request.images:
+            return Reply("\n".join(map(str, refusals)), outcome=Outcome.REFUSED)
+        request = replace(request, documents=())
+        if documents:
+            request, command, cut = self._joined(request, command, documents)
+            notes += cut
+        reply = await self._dispatch(request, command, progress)
+        return replace(reply, notes=(*notes, *reply.notes))
+
+    def _joined(self, request: Request, command: Command, documents: list[Document]) -> tuple[Request, Command, list[str]]:
+        """The request with the documents' text after the words the command works on, and notes on what was cut.
+
+        The room is the answering model's context less what the rest of the call takes: for a
+        chat, the system prompt and the whole answer room (older turns are cut first, as always);
+        for an agent, its instructions and answer; for images, the smallest size each may be sent at.
+        """
+        spec = COMMANDS[command.name]
+        system = estimate_message_tokens([{"role": "system", "content": self.config.system_prompt}])
+        if spec.call is Call.VISION or request.images:
+            model = self.config.vision_model
+            images = len(request.images) + (1 if spec.call is Call.VISION else 0)  # `vision <url>` adds its own
+            taken = system + self.config.max_tokens + images * image_tokens(SMALLEST_IMAGE_SIDE, SMALLEST_IMAGE_SIDE)
+        elif isinstance(spec.call, AgentTask):
+            model = self.config.model
+            taken = WORKFLOW_PROMPT_OVERHEAD + spec.call.answer_tokens(command)
+        else:
+            model = self.config.model
+            taken = system + self.config.max_tokens
+        room = self._context(model) - taken - estimate_message_tokens([{"role": "user", "content": ""}])
+        limit = f"{short_model_name(model)}'s context"
+        if spec.call is not Call.VISION and request.images:  # the whole message is the question about the images
+            text, notes = join_documents(trim(request.text) or DEFAULT_VISION_QUESTION, documents, room, limit)
+            return replace(request, text=text), command, notes
+        words = command.text or (DEFAULT_DOCUMENT_QUESTION if spec.call is Call.CHAT else "")
+        text, notes = join_documents(words, documents, room, limit)
+        return request, replace(command, text=text), notes
+
+    def _context(self, model: str) -> int:
+        row = self.quotas.get(model)
+        return row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
 
     async def _vision(self, request: Request, command: Command, progress: Progress | None) -> Reply:
         """Images (attached, at a URL or, in the console, in a file) checked, normalised, then asked about.
@@ -687,6 +769,19 @@ class Service:
 def _quoted(text: str) -> str:
     """Text a person wrote shown as a quote, every line of it."""
     return "\n".join(f"> {line}" for line in text.split("\n"))
+
+
+def _parse(request: Request) -> Command:
+    """The person's command. Files attached stand in for its text: `summarize` with a PDF summarizes the
+    PDF, and files with no words at all are a question about them."""
+    if not trim(request.text) and (request.images or request.documents):
+        return Command("ask")
+    try:
+        return parse_command(request.text)
+    except NoText as missing:
+        if not request.documents:
+            raise
+        return missing.command
 
 
 def _stood_in(model: str, passed_over: list[str]) -> str:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.ledger import SQLiteLedger
+from emulator.process import start_emulator_process
 
 from .conftest import piped
 
@@ -122,6 +132,54 @@ def test_models_prints_the_quota_table_with_todays_use(console_run, workdir):
     assert "500,000" in line
     used = json.loads(iobot(workdir, "usage", "--json").stdout)[0]["total_tokens"]
     assert f"{used:,}" in line
+
+
+def test_models_json_matches_the_ledger(console_run, workdir):
+    result = iobot(workdir, "models", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {row["model"]: row for row in json.loads(result.stdout)}
+    [spent] = json.loads(iobot(workdir, "usage", "--json").stdout)
+    chat = models[spent["model"]]
+    assert chat["used_tokens"] == spent["total_tokens"] > 0
+    assert chat["left_tokens"] == chat["api_daily_tokens"] - spent["total_tokens"]
+    assert chat["day"] == spent["day"] == datetime.now(UTC).date().isoformat()
+    assert {"context_length", "images"} <= set(chat) and models["meta-llama/Llama-3.2-90B-Vision-Instruct"]["images"] is True
+    assert all(row["used_tokens"] == 0 for name, row in models.items() if name != spent["model"])
+
+
+def test_limits_json_matches_the_ledger(tmp_path):
+    asyncio.run(make_ledger(tmp_path))
+    assert json.loads(iobot(tmp_path, "limits", "--json").stdout) == {"default_daily_tokens": 50_000, "overrides": []}
+    assert json.loads(iobot(tmp_path, "limits", "console:ana", "700", "--json").stdout) == {
+        "user": "console:ana",
+        "daily_tokens": 700,
+    }
+    iobot(tmp_path, "limits", "discord:42", "9000")
+    listed = json.loads(iobot(tmp_path, "limits", "--json", IOBOT_USER_DAILY_TOKENS="1234").stdout)
+
+    async def ledger_limits() -> dict[str, int]:
+        ledger = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=1234, owner=False)
+        try:
+            return await ledger.user_limits()
+        finally:
+            await ledger.close()
+
+    assert listed["default_daily_tokens"] == 1234
+    assert {row["user"]: row["daily_tokens"] for row in listed["overrides"]} == asyncio.run(ledger_limits())
+    assert {row["user"] for row in listed["overrides"]} == {"console:ana", "discord:42"}
+    cleared = json.loads(iobot(tmp_path, "limits", "console:ana", "--clear", "--json").stdout)
+    assert cleared == {"user": "console:ana", "daily_tokens": 50_000}
+
+
+def test_check_json_lists_each_finding_and_keeps_the_exit_code(tmp_path):
+    result = iobot(tmp_path, "check", "--json", "--emulator", IOBOT_MODLE="x")
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert all(set(finding) == {"level", "message"} and finding["level"] == "warning" for finding in findings)
+    assert any("IOBOT_MODLE" in finding["message"] and "did you mean IOBOT_MODEL" in finding["message"] for finding in findings)
+    failed = iobot(tmp_path, "check", "--json", "--emulator", IOBOT_MODEL="acme/no-such-model")
+    assert failed.returncode == 1
+    assert any(f["level"] == "error" and "acme/no-such-model" in f["message"] for f in json.loads(failed.stdout))
 
 
 def console_service(workdir: Path) -> subprocess.Popen[str]:
@@ -282,3 +340,133 @@ async def make_ledger(workdir: Path, spend_as: str | None = None) -> None:
         reservation = await ledger.reserve(user=spend_as, model="Qwen/QwQ-32B", tokens=300, model_limit=None)
         await ledger.settle(reservation, prompt_tokens=120, completion_tokens=80, estimated=False)
     await ledger.close()
+
+
+class Pty:
+    """`iobot` on a pseudo-terminal of 30 rows by 100 columns, as a person at a keyboard runs it.
+
+    Its stdin and stdout are the terminal (its controlling one, so a Ctrl-C the terminal turns into
+    SIGINT would reach it); stderr is a file, to see what is logged.
+    """
+
+    def __init__(self, workdir: Path, *args: str, **env: str) -> None:
+        self.main, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.stderr = workdir / f"stderr-{args[0]}.txt"
+        screen_env = {"TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1", "XDG_STATE_HOME": str(workdir / "state")}
+        with self.stderr.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [*IOBOT, *args],
+                stdin=terminal,
+                stdout=terminal,
+                stderr=stderr,
+                cwd=workdir,
+                env=environment(workdir, **screen_env, **env),
+                start_new_session=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # its own controlling terminal
+            )
+        os.close(terminal)
+        self._screen = b""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.main, 4096)
+            except OSError:  # the process closed the terminal
+                return
+            if not data:
+                return
+            with self._lock:
+                self._screen += data
+
+    def screen(self) -> str:
+        with self._lock:
+            return self._screen.decode(errors="replace")
+
+    def type(self, keys: str) -> None:
+        os.write(self.main, keys.encode())
+
+    def expect(self, text: str, *, times: int = 1, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while self.screen().count(text) < times:
+            assert time.monotonic() < deadline, f"{text!r} did not show; the screen:\n{self.screen()}"
+            time.sleep(0.02)
+        return self.screen()
+
+    def wait(self) -> int:
+        """The exit code, once the output has been read to its end."""
+        code = self.process.wait(timeout=30)
+        time.sleep(0.2)
+        os.close(self.main)
+        return code
+
+    def __enter__(self) -> Pty:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def emulator_process():
+    """`iobot emulator` in a process of its own: a test drives its faults over HTTP."""
+    process, base_url = start_emulator_process()
+    yield base_url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_terminal_chat_on_a_pseudo_terminal(tmp_path, emulator_process):
+    api = {"IOINTELLIGENCE_BASE_URL": emulator_process, "IOINTELLIGENCE_API_KEY": "io-v2-pty-test"}
+    with Pty(tmp_path, "run", USER="di", LOGNAME="di", **api) as terminal:
+        terminal.expect("Ctrl-D quits")
+        slow = {"kind": "slow", "delay": 60, "path": "/chat/completions"}
+        httpx.post(emulator_process.removesuffix("/api/v1") + "/_emulator/faults", json=slow).raise_for_status()
+        terminal.type("ask a question the API is slow to answer\r")
+        terminal.expect("thinking")
+        time.sleep(1)  # the call is in flight
+        terminal.type("\x03")  # Ctrl-C: a key in the chat, not the signal that would stop iobot
+        terminal.expect("Cancelled: nothing was charged")
+
+        terminal.type("ask where is the river?\r")
+        terminal.expect("Llama-3.3-70B-Instruct · ")
+        terminal.type("half a thought\x03")  # Ctrl-C at the prompt clears the line, and the chat goes on
+        time.sleep(1)  # a new prompt reads the history in the background: a person's Up comes later than a script's
+        terminal.type("\x1b[A\r")  # Up: the message before, again
+        terminal.expect("Llama-3.3-70B-Instruct · ", times=2)
+        terminal.type("\x04")  # Ctrl-D
+        assert terminal.wait() == 0, terminal.screen()
+    [row] = json.loads(iobot(tmp_path, "usage", "--json").stdout)
+    assert (row["user"], row["requests"]) == ("console:di", 2), "the cancelled question cost nothing"
+    assert "outcome=" not in terminal.stderr.read_text(), "no request log lines while the chat is on screen"
+    history = (tmp_path / "state" / "iobot" / "console-history").read_text()
+    assert "ask where is the river?" in history and "half a thought" not in history
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_terminal_chat_waits_for_a_message_stops_it_at_once_exit_0(tmp_path, signum):
+    with Pty(tmp_path, "run", "--emulator") as terminal:
+        terminal.expect("Ctrl-D quits")
+        terminal.type("half typed")
+        terminal.expect("half typed")
+        terminal.process.send_signal(signum)  # `kill`, or a service manager stopping it
+        assert terminal.wait() == 0
+    logged = terminal.stderr.read_text()
+    assert "Traceback" not in logged and " ERROR " not in logged
+
+
+def test_admin_tables_are_drawn_on_a_terminal_and_say_their_days_are_utc(tmp_path):
+    asyncio.run(make_ledger(tmp_path, spend_as="console:cy"))
+    with Pty(tmp_path, "usage") as terminal:
+        assert terminal.wait() == 0
+        usage = terminal.screen()
+    assert "Usage on" in usage and "(UTC days)" in usage and "─" in usage and "console:cy" in usage
+    with Pty(tmp_path, "models") as terminal:
+        assert terminal.wait() == 0
+        models = terminal.screen()
+    assert "quotas reset at 00:00 UTC" in models and "─" in models
+    assert re.search(r"QwQ-32B +500,000 +200 +499,800", models), "numbers right-aligned under their headers"

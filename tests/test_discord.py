@@ -31,6 +31,7 @@ from core.settings import SettingsError, load_settings
 from emulator import CODE_BLOCK
 
 from .conftest import png_bytes
+from .pdfs import encrypted, pdf_bytes
 from .standins.discord import (
     ALICE,
     BOB,
@@ -195,9 +196,9 @@ async def test_a_chain_from_before_the_bot_connected_is_fetched(bot, standin, em
 
 async def test_an_attached_image_goes_to_the_vision_model_as_a_data_url(bot, standin, emulator):
     image = standin.attachment("cat.png", png_bytes(), "image/png")
-    pdf = standin.attachment("notes.pdf", b"%PDF-1.4", "application/pdf")
+    song = standin.attachment("notes.mp3", b"ID3", "audio/mpeg")
     huge = standin.attachment("huge.png", png_bytes(), "image/png", size=30 * 1024 * 1024)
-    question = await standin.post(f"{MENTION} What colour is it?", mention_bot=True, attachments=[image, pdf, huge])
+    question = await standin.post(f"{MENTION} What colour is it?", mention_bot=True, attachments=[image, song, huge])
     [answer] = await answer_to(standin, question)
 
     [call] = chat_calls(emulator)
@@ -207,7 +208,7 @@ async def test_an_attached_image_goes_to_the_vision_model_as_a_data_url(bot, sta
     [url] = [part["image_url"]["url"] for part in parts if part["type"] == "image_url"]
     assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == png_bytes()
     assert "PNG, 64x48 pixels" in answer["content"]
-    assert "notes.pdf" in answer["content"] and "huge.png is over the 20 MB limit" in answer["content"]
+    assert "notes.mp3 is not an image" in answer["content"] and "huge.png is over the 20 MB limit" in answer["content"]
     # Only the image that passed the declared type and size checks was downloaded, with no credential.
     assert standin.downloads == [(f"/attachments/{image['id']}/cat.png", None)]
 
@@ -218,6 +219,72 @@ async def test_only_refused_images_are_explained_without_calling_the_api(bot, st
     [answer] = await answer_to(standin, question, done="cat.png")
     assert "not a JPEG, PNG, WEBP or GIF" in answer["content"]
     assert chat_calls(emulator) == []
+
+
+REPORT = pdf_bytes(["Quarterly report", None, "Revenue grew by 12 percent."])
+
+
+async def test_a_text_file_and_a_pdf_reach_the_model_as_text_and_are_charged(bot, standin, emulator, ledger):
+    notes = standin.attachment("notes.md", b"# Plan\nShip on Friday.", "text/markdown; charset=utf-8")
+    report = standin.attachment("report.pdf", REPORT, "application/pdf")
+    question = await standin.post(f"{MENTION} What do these say?", mention_bot=True, attachments=[notes, report])
+    [answer] = await answer_to(standin, question)
+
+    [call] = chat_calls(emulator)
+    assert call.body["model"] == MODEL
+    assert call.body["messages"][-1]["content"] == (
+        'What do these say?\n\n<file name="notes.md">\n# Plan\nShip on Friday.\n</file>\n\n'
+        '<file name="report.pdf">\nQuarterly report\n\nRevenue grew by 12 percent.\n</file>'
+    )
+    [row] = await ledger.usage(user=f"discord:{ALICE}")
+    assert row.requests == 1 and row.prompt_tokens > 0 and "-# Llama-3.3-70B-Instruct" in answer["content"]
+    assert [path for path, _ in standin.downloads] == [
+        f"/attachments/{notes['id']}/notes.md",
+        f"/attachments/{report['id']}/report.pdf",
+    ]
+
+
+async def test_translate_with_a_file_alone_translates_the_file(bot, standin, emulator, ledger):
+    notes = standin.attachment("greeting.txt", "Guten Morgen!".encode("utf-8-sig"), "text/plain")
+    question = await standin.post(f"{MENTION} translate English", mention_bot=True, attachments=[notes])
+    await answer_to(standin, question)
+    [call] = [r for r in emulator.requests if r.path == "/workflows/run"]
+    assert call.body["args"]["target_language"] == "English"
+    assert call.body["text"] == '<file name="greeting.txt">\nGuten Morgen!\n</file>'
+    assert await ledger.used_today(user=f"discord:{ALICE}") > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type", "said"),
+    [
+        ("secret.pdf", encrypted(REPORT), "application/pdf", "secret.pdf is encrypted, so it could not be read"),
+        ("scan.pdf", pdf_bytes([None]), "application/pdf", "scan.pdf has no text to read"),
+        ("data.csv", "prix;café\n".encode("cp1252"), "text/csv", "data.csv is not UTF-8 text, so it was not read"),
+        ("image.txt", png_bytes(), "text/plain", "image.txt is not a text file: it holds binary data."),
+    ],
+)
+async def test_a_file_that_cannot_be_read_is_refused_saying_why_and_costs_nothing(
+    bot, standin, emulator, ledger, name, body, content_type, said
+):
+    attachment = standin.attachment(name, body, content_type)
+    question = await standin.post(f"{MENTION} summarize", mention_bot=True, attachments=[attachment])
+    [answer] = await answer_to(standin, question, done=name)
+    assert answer["content"].startswith(said)
+    assert [r for r in emulator.requests if r.path in ("/chat/completions", "/workflows/run")] == []
+    assert await ledger.usage(user=f"discord:{ALICE}") == [] and await ledger.reservations_in_flight() == 0
+
+
+async def test_the_vision_slash_command_reads_an_attached_pdf_as_text(bot, standin, emulator):
+    report = standin.attachment("report.pdf", REPORT, "application/pdf")
+    interaction = await standin.invoke(
+        "vision",
+        [{"name": "image", "type": 11, "value": report["id"]}, {"name": "question", "type": 3, "value": "Did revenue grow?"}],
+        resolved={"attachments": {report["id"]: report}},
+    )
+    await standin.wait_for(lambda: standin.calls_to("POST", rf"/webhooks/\d+/{interaction['token']}"))
+    await standin.wait_for(lambda: "-# Llama-3.3-70B-Instruct" in standin.bot_messages()[-1]["content"])
+    content = chat_calls(emulator)[-1].body["messages"][-1]["content"]
+    assert content.startswith('Did revenue grow?\n\n<file name="report.pdf">') and "12 percent" in content
 
 
 @pytest.mark.parametrize("size", [5000, 4000])  # at 4,000 the code block straddles the 2,000 mark

@@ -852,14 +852,14 @@ async def test_a_slack_file_becomes_a_source_with_the_token_and_its_declared_siz
         "size": 12_345,
     }
     async with slack_adapter() as adapter:
-        [source], notes, refusals = await adapter._attachments(adapter.bolt.client, [file])
-        assert notes == refusals == []
+        [source], notes, refusals, documents = await adapter._attachments(adapter.bolt.client, [file])
+        assert notes == refusals == [] and not documents
         assert (source.url, source.size) == (file["url_private"], 12_345)
         assert source.headers == {"Authorization": "Bearer xoxb-test"}
         assert source.html_refusal is not None and "files:read" in source.html_refusal
         # Refused unread, never queued.
         huge = await adapter._attachments(adapter.bolt.client, [{**file, "size": 30 * MB}])
-        assert huge == ([], [], ["cat.png is over the 20 MB limit for images."])
+        assert huge == ([], [], ["cat.png is over the 20 MB limit for images."], [])
 
 
 # --- One memory budget for every image in flight ----------------------------------------------------

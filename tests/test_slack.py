@@ -25,6 +25,7 @@ from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 
 from .conftest import png_bytes
+from .pdfs import encrypted, pdf_bytes
 from .standins.slack import (
     BOT_ID,
     BOT_USER_ID,
@@ -386,7 +387,7 @@ async def test_a_mention_in_a_thread_the_bot_follows_is_answered_once(bot, slack
 async def test_a_mention_with_two_images_asks_the_vision_model_about_both(bot, slack, emulator):
     listed = slack.add_file("cat.png", png_bytes(64, 48))
     only_id = slack.add_file("dog.png", png_bytes(32, 32, (0, 90, 200)))
-    document = slack.add_file("report.pdf", b"%PDF-1.4", mimetype="application/pdf")
+    document = slack.add_file("song.mp3", b"ID3", mimetype="audio/mpeg")
     files = [listed, {"id": only_id["id"], "file_access": "check_file_info"}, document]
     event = bot.message("What is in these pictures?", files=files)
     await bot.deliver(event)
@@ -404,9 +405,74 @@ async def test_a_mention_with_two_images_asks_the_vision_model_about_both(bot, s
 
     text = shown(answer)
     assert "Image 1: PNG, 64x48 pixels." in text and "Image 2: PNG, 32x32 pixels." in text
-    assert "report.pdf is not an image, so it was not read." in text
+    assert "song.mp3 is not an image, a text file or a PDF, so it was not read." in text
     first_post = slack.calls_to("chat.postMessage")[0].args
     assert first_post["thread_ts"] == event["ts"] and first_post["text"] == PLACEHOLDER
+
+
+REPORT = pdf_bytes(["Quarterly report", None, "Revenue grew by 12 percent."])
+
+
+async def test_a_text_file_and_a_pdf_reach_the_model_as_text_and_are_charged(bot, slack, emulator, ledger):
+    notes = slack.add_file("notes.txt", b"Ship on Friday.\r\n", mimetype="text/plain")
+    report = slack.add_file("report.pdf", REPORT, mimetype="application/pdf")
+    event = bot.message("What do these say?", files=[notes, report])
+    await bot.deliver(event)
+    [answer] = await bot.answer(event)
+
+    [call] = chat_calls(emulator)
+    assert call.body["model"] == MODEL
+    assert call.body["messages"][-1]["content"] == (
+        'What do these say?\n\n<file name="notes.txt">\nShip on Friday.\n\n</file>\n\n'
+        '<file name="report.pdf">\nQuarterly report\n\nRevenue grew by 12 percent.\n</file>'
+    )
+    downloads = slack.calls_to("download")
+    assert len(downloads) == 2 and all(call.token == BOT_TOKEN for call in downloads)
+    [row] = await ledger.usage(user=f"slack:{TEAM_ID}:{ANA}")
+    assert row.requests == 1 and row.prompt_tokens > 0 and has_footer(answer)
+
+
+async def test_summarize_with_a_pdf_summarizes_the_pdf(bot, slack, emulator, ledger):
+    event = bot.message("summarize 20", files=[slack.add_file("report.pdf", REPORT, mimetype="application/pdf")])
+    await bot.deliver(event)
+    [answer] = await bot.answer(event)
+    [call] = api_calls(emulator)
+    assert call.path == "/workflows/run" and call.body["args"]["max_words"] == 20
+    assert "Revenue grew by 12 percent." in call.body["text"]
+    assert await ledger.used_today(user=f"slack:{TEAM_ID}:{ANA}") > 0 and has_footer(answer)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "mimetype", "said"),
+    [
+        ("secret.pdf", encrypted(REPORT), "application/pdf", "secret.pdf is encrypted, so it could not be read"),
+        ("scan.pdf", pdf_bytes([None, None]), "application/pdf", "scan.pdf has no text to read"),
+        ("broken.pdf", REPORT[:150], "application/pdf", "broken.pdf could not be read: the file is damaged or not a PDF."),
+        ("setup.txt", b"MZ\x90\x00\x03\x00", "text/plain", "setup.txt is not a text file: it holds binary data."),
+        ("big.log", b"x" * (1024 * 1024 + 1), "text/plain", "big.log is over the 1 MB limit for text files."),
+    ],
+)
+async def test_a_file_that_cannot_be_read_is_refused_saying_why_and_costs_nothing(
+    bot, slack, emulator, ledger, name, body, mimetype, said
+):
+    event = bot.message("summarize", files=[slack.add_file(name, body, mimetype=mimetype)])
+    await bot.deliver(event)
+    [answer] = await bot.answer(event)
+    assert answer["text"].startswith(f":no_entry: {said}")
+    assert api_calls(emulator) == []
+    assert await ledger.usage(user=f"slack:{TEAM_ID}:{ANA}") == [] and await ledger.reservations_in_flight() == 0
+
+
+async def test_a_file_longer_than_the_models_context_is_cut_with_a_note(bot, slack, emulator, ledger):
+    await ledger.set_user_limit(f"slack:{TEAM_ID}:{ANA}", 1_000_000)  # room for a whole context
+    long = slack.add_file("server.log", b"GET /healthz 200\n" * 50_000, mimetype="text/plain")  # 850 KB
+    event = bot.message("Any errors?", files=[long])
+    await bot.deliver(event)
+    *_, last = await bot.answer(event)  # the emulator's answer quotes the question at length
+    assert "server.log is too long for Llama-3.3-70B-Instruct's context: only its first 4" in shown(last)
+    [call] = chat_calls(emulator)
+    assert call.body["messages"][-1]["content"].endswith("GET /healthz 200\n</file>")
+    assert 360_000 < len(call.body["messages"][-1]["content"]) < 384_000  # 128,000 tokens less the answer's room
 
 
 async def test_a_reply_in_the_thread_continues_the_conversation_with_its_history(bot, slack, emulator):

@@ -536,7 +536,7 @@ class DiscordStandIn:
         if key not in self._files:
             return web.Response(status=404)
         data, content_type = self._files[key]
-        return web.Response(body=data, content_type=content_type)
+        return web.Response(body=data, headers={"Content-Type": content_type})  # as sent: "text/plain; charset=utf-8" too
 
     def _new_message(
         self,
