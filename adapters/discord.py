@@ -1,9 +1,14 @@
-"""Discord: @mentions, DMs, replies to the bot and slash commands, answered by the core service.
+"""Discord: @mentions, DMs, replies to the bot, slash commands and message context menus, answered by the core service.
 
 discord.py speaks the protocol. This module decides which messages are for the bot and who may use
-it, turns a message (its text without the mention, its images, the reply chain above it) or a slash
-command into a `Request`, and shows the `Reply`: streamed into place while the API answers, split at
-2000 characters without breaking code blocks, and never pinging anyone.
+it, turns a message (its text without the mention, its images, the reply chain above it), a slash
+command or a context menu used on a message into a `Request`, and shows the `Reply`: streamed into
+place while the API answers, split at 2000 characters without breaking code blocks, and never
+pinging anyone.
+
+Application commands install to servers and to people (a user install), and work in servers, DMs
+and group DMs. Where the bot is not a member (a user install used in someone else's server) it can
+only answer through the interaction, which is how every slash command and menu is answered anyway.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ MIN_PIECE = 160  # characters of a message's text kept whatever notes are added 
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer: Discord rate-limits edits per channel
 HISTORY_MESSAGES = 20  # of a reply chain; the service then trims the oldest to fit the model's context
 COMMANDS_HASH_FILE = "iobot-discord-commands.sha256"
+MENTION_NEEDED = "Mention me in your reply so that I can read it."  # said when Discord withheld a reply's text
 # What the bot needs in a channel: see it, read the reply chain, answer (in threads too, a long answer as a file).
 PERMISSIONS = discord.Permissions(
     view_channel=True, read_message_history=True, send_messages=True, send_messages_in_threads=True, attach_files=True
@@ -81,6 +87,9 @@ class DiscordSettings(PlatformSettings):
     allowed_users: IdList = env("DISCORD_ALLOWED_USERS", default="")
     blocked_users: IdList = env("DISCORD_BLOCKED_USERS", default="")
     allow_dms: bool = env("DISCORD_ALLOW_DMS", default=True)
+    # False: connect without the privileged Message Content intent, which needs Discord's approval for
+    # bots in 100 or more servers. Mentions, DMs, slash commands and context menus still carry text.
+    message_content: bool = env("DISCORD_MESSAGE_CONTENT", default=True)
     # Sharding: unset runs one shard; a count (or `auto`) and the ids this process runs split the bot's servers.
     shard_count: ShardCount | None = env("DISCORD_SHARD_COUNT", default=None)
     shard_ids: IdList = env("DISCORD_SHARD_IDS", default="")
@@ -192,6 +201,7 @@ def build(settings: DiscordSettings, service: Service, *, state_dir: Path) -> Di
         image_limits=service.config.image_limits,
         state_dir=state_dir,
         store=service.store,
+        message_content=settings.message_content,
         shards=Shards.from_settings(settings),
     )
 
@@ -277,6 +287,7 @@ class DiscordAdapter:
         image_limits: ImageLimits,
         store: Store,
         state_dir: Path | None = None,
+        message_content: bool = True,
         shards: Shards = Shards(),
     ) -> None:
         self.service = service
@@ -285,19 +296,23 @@ class DiscordAdapter:
         self.access = access
         self.image_limits = image_limits
         self.state_dir = state_dir if state_dir is not None else Path(".")
+        self.message_content = message_content
+        self._noted_withheld_text = False  # the log says once why some messages come without text
         self.in_flight = InFlight()
         self.shards = shards
         self._logged_in = False  # an AutoShardedClient can be closed only once login has begun
         self._connection: asyncio.Task[None] | None = None  # the gateway session, from start() on
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice: no warnings about it
         intents = discord.Intents.default()
-        intents.message_content = True  # privileged: switched on in the Developer Portal
+        intents.message_content = message_content  # privileged: switched on in the Developer Portal
         self.client = shards.client(intents)
         self.client.event(self.on_ready)
         self.client.event(self.on_message)
-        self.tree = app_commands.CommandTree(self.client)
+        self.tree = command_tree(self.client)
         for command in slash_commands(self.answer_interaction, models=service.chat_models):
             self.tree.add_command(command)
+        for menu in message_menus(self.answer_menu):
+            self.tree.add_command(menu)
 
     def routes(self) -> list[web.RouteDef]:
         return []  # Discord comes over its gateway
@@ -336,7 +351,8 @@ class DiscordAdapter:
         except discord.PrivilegedIntentsRequired:
             raise AdapterError(
                 "Discord refused the Message Content intent: turn on 'Message Content Intent' under Bot > "
-                "Privileged Gateway Intents at https://discord.com/developers/applications, then restart"
+                "Privileged Gateway Intents at https://discord.com/developers/applications and restart, "
+                "or set DISCORD_MESSAGE_CONTENT=false to run without it"
             ) from None
         except discord.ConnectionClosed as closed:
             if closed.code == SHARDING_REQUIRED:
@@ -424,6 +440,10 @@ class DiscordAdapter:
             return
         if not await first_delivery(self.store, f"discord:{message.id}"):  # replayed after a resume
             return
+        if self._text_withheld(message):  # a reply to the bot that does not mention it, without the intent
+            with contextlib.suppress(discord.HTTPException):
+                await message.reply(MENTION_NEEDED, mention_author=False, allowed_mentions=NO_PINGS)
+            return
 
         async def send(piece: Sendable, previous: discord.Message | None) -> discord.Message:
             # Each piece replies to the one before, so a reply to the last piece continues the chain.
@@ -480,7 +500,7 @@ class DiscordAdapter:
                 break
             if me is not None and message.author.id == me.id:
                 turns.append({"role": "assistant", "content": _without_footer(message.content)})
-            else:
+            elif not self._text_withheld(message):  # left out: merge_turns drops empty turns
                 turns.append({"role": "user", "content": self._without_mention(message.content)})
             message = await self._parent(message)
         return merge_turns(reversed(turns))
@@ -488,6 +508,19 @@ class DiscordAdapter:
     def _without_mention(self, text: str) -> str:
         me = self.client.user
         return re.sub(rf"<@!?{me.id}>", "", text).strip() if me else text.strip()
+
+    def _text_withheld(self, message: discord.Message) -> bool:
+        """True for a message Discord sent without its text and files: without the Message Content intent,
+        one in a server that does not mention the bot. The first is noted in the log, once."""
+        if self.message_content or message.content or message.attachments or message.embeds:
+            return False
+        if not self._noted_withheld_text:
+            self._noted_withheld_text = True
+            log.info(
+                "DISCORD_MESSAGE_CONTENT is false: Discord sends no text for server messages that do not mention the "
+                "bot, so they are left out of reply chains, and a reply to the bot needs a mention to be answered"
+            )
+        return True
 
     # --- slash commands ------------------------------------------------------------------------
 
@@ -523,6 +556,21 @@ class DiscordAdapter:
                 await interaction.delete_original_response()
                 answer = _followups(interaction, ephemeral=True)
             await answer.finish(reply)
+
+    # --- message context menus -------------------------------------------------------------------
+
+    async def answer_menu(self, interaction: discord.Interaction, menu: str, message: discord.Message) -> None:
+        """A context menu used on a message: its command run on the message's text, answered as a slash
+        command is, and charged to the person who used the menu. Discord sends the message's text with
+        the interaction, Message Content intent or not."""
+        name = MESSAGE_MENUS[menu]
+        mine = self.client.user is not None and message.author.id == self.client.user.id
+        text = _without_footer(message.content) if mine else self._without_mention(message.content)
+        images = [a for a in message.attachments if (a.content_type or "").startswith("image/")] if name == "ask" else []
+        if not text and not images:
+            await interaction.response.send_message(NOTHING_TO_READ[name], ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        await self.answer_interaction(interaction, menu_command(name, text, self.service.config.default_language), images)
 
     # --- shared --------------------------------------------------------------------------------
 
@@ -670,7 +718,18 @@ def _without_footer(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-# --- the grammar as slash commands -------------------------------------------------------------
+# --- application commands: the grammar as slash commands, and the message context menus ----------
+
+
+def command_tree(client: discord.Client) -> app_commands.CommandTree:
+    """A tree whose every command is global and says so: installable to servers and to people
+    (`integration_types` [0, 1]) and usable in servers, the bot's DMs and other DMs (`contexts` [0, 1, 2])."""
+    return app_commands.CommandTree(
+        client,
+        allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
+        allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True),
+    )
+
 
 AnswerCommand = Callable[..., Awaitable[None]]  # DiscordAdapter.answer_interaction
 AUTOCOMPLETE_CHOICES = 25  # the most choices Discord shows while a person types an option
@@ -734,6 +793,34 @@ def model_completion(
         return [app_commands.Choice(name=name, value=name) for name in found[:AUTOCOMPLETE_CHOICES]]
 
     return complete
+
+
+# The context menus on a message (right-click it, Apps), as Discord shows them, and the command each runs on its text.
+MESSAGE_MENUS = {"Summarize": "summarize", "Translate": "translate", "Ask iobot": "ask"}
+NOTHING_TO_READ = {
+    "summarize": "That message has no text to summarize.",
+    "translate": "That message has no text to translate.",
+    "ask": "That message has no text or image to answer.",
+}
+AnswerMenu = Callable[[discord.Interaction, str, discord.Message], Awaitable[None]]  # DiscordAdapter.answer_menu
+
+
+def message_menus(answer: AnswerMenu) -> list[app_commands.ContextMenu]:
+    """A context menu on messages for each of `MESSAGE_MENUS`, handing its name and the message to `answer`."""
+
+    def menu(name: str) -> app_commands.ContextMenu:
+        async def callback(interaction: discord.Interaction, message: discord.Message) -> None:
+            await answer(interaction, name, message)
+
+        return app_commands.ContextMenu(name=name, callback=callback)
+
+    return [menu(name) for name in MESSAGE_MENUS]
+
+
+def menu_command(name: str, text: str, language: str) -> Command:
+    """The command a menu runs on a message's text: a summary, a translation into `language`, or an answer."""
+    values = {"summarize": {"text": text}, "translate": {"language": language, "text": text}, "ask": {"question": text}}
+    return COMMANDS[name].command(values[name])
 
 
 def _parameter(option: Option) -> inspect.Parameter:

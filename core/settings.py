@@ -126,7 +126,8 @@ class Settings(EnvSettings):
     user_daily_tokens: int = env("IOBOT_USER_DAILY_TOKENS", default=50_000, ge=0)
     quota_file: Path | None = env("IOBOT_QUOTA_FILE", default=None)
     max_tokens: int = env("IOBOT_MAX_TOKENS", default=1024, gt=0)
-    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", min_length=1)
+    # What the Translate shortcut and context menu translate into; a set value is checked as a language.
+    default_language: str = env("IOBOT_DEFAULT_LANGUAGE", default="English", min_length=1, validate_default=False)
     api_timeout: float = env("IOBOT_API_TIMEOUT", default=60.0, gt=0)
     max_retries: int = env("IOBOT_MAX_RETRIES", default=3, ge=0, le=10)
     image_max_side: int = env("IOBOT_IMAGE_MAX_SIDE", default=2048, ge=64, le=4096)
@@ -165,6 +166,18 @@ class Settings(EnvSettings):
         if wrong:
             raise ValueError(f"not person ids: {', '.join(wrong)}; use {PERSON_ID_FORMS}")
         return value
+
+    @field_validator("default_language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        # The grammar's rule for a language, imported here: only a value that is set runs this (not the
+        # default), so the admin commands start without loading the grammar.
+        from .commands import UsageError, parse_language
+
+        try:
+            return parse_language(value)
+        except UsageError as error:
+            raise ValueError(error.problem) from None
 
     @field_validator("log_level")
     @classmethod

@@ -434,7 +434,9 @@ async def test_slash_commands_are_synced_only_when_their_definition_changes(make
     async with running(make_adapter(), standin):
         pass
     [call] = standin.calls_to("PUT", sync)
-    assert {command["name"] for command in call.body} == set(COMMANDS)
+    slash = {command["name"] for command in call.body if command["type"] == 1}
+    menus = {command["name"] for command in call.body if command["type"] == 3}  # on messages
+    assert slash == set(COMMANDS) and menus == {"Summarize", "Translate", "Ask iobot"}
     vision = next(command for command in call.body if command["name"] == "vision")
     assert {option["name"]: option["type"] for option in vision["options"]}["image"] == 11  # an attachment option
 

@@ -62,7 +62,7 @@ async def service(client, ledger):
 
 @pytest.fixture
 def make_adapter(service, standin, tmp_path):
-    def make(shards: Shards, standin: DiscordStandIn = standin) -> DiscordAdapter:
+    def make(shards: Shards, standin: DiscordStandIn = standin, *, message_content: bool = True) -> DiscordAdapter:
         use_discord_at(standin.api_url, standin.gateway_url)
         return DiscordAdapter(
             service,
@@ -71,6 +71,7 @@ def make_adapter(service, standin, tmp_path):
             image_limits=ImageLimits(),
             store=MemoryStore(),
             state_dir=tmp_path,
+            message_content=message_content,
             shards=shards,
         )
 
@@ -255,6 +256,26 @@ async def test_two_iobot_run_processes_share_the_shards_each_charging_its_own_le
     first_log, second_log = [log.read_text() for log in logs]
     assert "in 1 servers, running shard 0 of 2" in first_log and "does not run Discord shard 0" not in first_log
     assert "in 1 servers, running shard 1 of 2" in second_log and "does not run Discord shard 0" in second_log
+
+
+async def test_without_message_content_every_shard_gets_server_messages_blank_unless_they_mention_the_bot(make_adapter, standin):
+    adapter = make_adapter(Shards(2), message_content=False)
+    async with running(adapter):
+        plain = await standin.post("The deploy failed at 3am.", author=BOB, channel=SECOND_GENERAL)
+        question = await standin.post(
+            f"{MENTION} What failed?", mention_bot=True, channel=SECOND_GENERAL, reply_to=int(plain["id"])
+        )
+        answer = await answered(standin, question)
+        interaction = await standin.invoke_menu("Summarize", plain)  # a menu brings the text along
+        followups = rf"/webhooks/\d+/{interaction['token']}"
+        await standin.wait_for(lambda: standin.calls_to("POST", followups))
+        await settled(adapter)
+
+    assert standin.shards_sent("MESSAGE_CREATE", plain) == standin.shards_sent("INTERACTION_CREATE", interaction) == [1]
+    [(_, _, seen)] = [sent for sent in standin.sent if sent[1] == "MESSAGE_CREATE" and sent[2]["id"] == plain["id"]]
+    assert seen["content"] == "" and plain["content"] == "The deploy failed at 3am."
+    assert 'you asked "What failed?"' in answer["content"]
+    assert "Key points" in standin.bot_messages(SECOND_GENERAL)[-1]["content"]
 
 
 # --- what Discord refuses -------------------------------------------------------------------------

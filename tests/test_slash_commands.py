@@ -7,13 +7,14 @@ from typing import Any
 
 import discord
 import pytest
-from discord import app_commands
 
-from adapters.discord import slash_commands
+from adapters.discord import command_tree, slash_commands
 from core.commands import DEFAULT_VISION_QUESTION, Command
 
 # The definitions Discord receives: as they were when each slash command was written by hand, then
-# /model (its name completed from the models a person may pick) and /instructions.
+# /model (its name completed from the models a person may pick) and /instructions. Each is global and
+# says so: installable to servers and to people (integration_types), usable in servers, the bot's DMs
+# and other DMs (contexts).
 TODAY = [
     {
         "name": "ask",
@@ -23,8 +24,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "summarize",
@@ -44,8 +45,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "translate",
@@ -58,8 +59,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "sentiment",
@@ -69,8 +70,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "classify",
@@ -83,8 +84,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "moderate",
@@ -94,8 +95,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "entities",
@@ -105,8 +106,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "reason",
@@ -116,8 +117,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "vision",
@@ -131,8 +132,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "agents",
@@ -142,8 +143,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "models",
@@ -153,8 +154,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "usage",
@@ -164,8 +165,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "model",
@@ -177,8 +178,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "instructions",
@@ -188,8 +189,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
     {
         "name": "help",
@@ -223,8 +224,8 @@ TODAY = [
         "nsfw": False,
         "dm_permission": True,
         "default_member_permissions": None,
-        "contexts": None,
-        "integration_types": None,
+        "contexts": [0, 1, 2],
+        "integration_types": [0, 1],
     },
 ]
 
@@ -253,7 +254,7 @@ class Interaction:
 
 
 def definitions(answer: Any) -> list[dict[str, Any]]:
-    tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
+    tree = command_tree(discord.Client(intents=discord.Intents.none()))
     return [command.to_dict(tree) for command in slash_commands(answer)]
 
 

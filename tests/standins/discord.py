@@ -1,11 +1,15 @@
 """A stand-in Discord on 127.0.0.1: the REST API, the gateway WebSocket and the attachment CDN.
 
 Just enough of Discord for the unmodified discord.py client to log in, connect, receive events and
-answer them. The world is two servers (the first with two text channels, one with a thread; the
-second with one channel), a DM channel, two people, another bot and the bot. Every REST call is
-recorded in `calls`; every message (posted by a test or by the bot) is kept in `messages` with its
-current content. Like Discord, it sends the bot's own messages and edits back over the gateway, and
-keeps events for a disconnected bot until it resumes.
+answer them. The world is two servers the bot is in (the first with two text channels, one with a
+thread; the second with one channel), a DM channel, two people, another bot and the bot, plus a
+channel of a third server the bot is not in and a group DM without the bot (where only a user
+install reaches it, through interactions; Discord refuses the bot's REST calls there). Every REST
+call is recorded in `calls`; every message (posted by a test or by the bot) is kept in `messages`
+with its current content. Like Discord, it sends the bot's own messages and edits back over the
+gateway, keeps events for a disconnected bot until it resumes, and, when the bot connected without
+the Message Content intent, blanks the text and files of server messages that do not mention it (in
+events and REST answers; not in a context menu's target message).
 
 Like Discord, it shards: the world is split into `shard_count` shards, each a gateway session of its
 own that IDENTIFYs with `"shard": [id, count]`; a server's events go to shard
@@ -41,7 +45,9 @@ SECOND_GUILD = 1 << 22  # on shard 1 of 2
 GENERAL, RANDOM, DM_CHANNEL = 3000, 3001, 3100
 THREAD = 3002  # a thread in RANDOM
 SECOND_GENERAL = 3200  # the second server's channel
-MEMBER_ROLE, SECOND_MEMBER_ROLE = 4000, 4001  # everyone's role in each server
+GROUP_DM = 3300  # a group DM of alice and bob, without the bot
+FOREIGN_GUILD, FOREIGN_CHANNEL = 2001, 3400  # a server the bot is not in, and a channel of it
+MEMBER_ROLE, SECOND_MEMBER_ROLE = 4000, 4001  # everyone's role in each server the bot is in
 ALICE, BOB, OTHER_BOT = 5001, 5002, 5003
 MESSAGE_CONTENT_INTENT = 1 << 15
 EPHEMERAL = 64
@@ -52,6 +58,7 @@ NAMES = {BOT_ID: "iobot", ALICE: "alice", BOB: "bob", OTHER_BOT: "otherbot"}
 GUILDS = {GUILD_ID: ("Stand-in server", MEMBER_ROLE), SECOND_GUILD: ("Second server", SECOND_MEMBER_ROLE)}
 CHANNELS = {GENERAL: (GUILD_ID, "general"), RANDOM: (GUILD_ID, "random"), SECOND_GENERAL: (SECOND_GUILD, "general")}
 THREADS = {THREAD: RANDOM}  # thread -> its parent channel
+REACHABLE = {*CHANNELS, *THREADS, DM_CHANNEL}  # the channels the bot may read and post in
 # A REST request's JSON payload and files, read once as it is recorded and kept on it for its handler.
 BODY: web.RequestKey[Any] = web.RequestKey("body", object)
 FILES: web.RequestKey[list[tuple[str, bytes]]] = web.RequestKey("files", list)
@@ -70,9 +77,16 @@ class Call:
 
 
 def guild_of(channel: int) -> int | None:
-    """The server a channel or thread is in; None for the DM channel."""
+    """The server a channel or thread is in (the foreign channel's too); None for the DM and the group DM."""
+    if channel == FOREIGN_CHANNEL:
+        return FOREIGN_GUILD
     parent = THREADS.get(channel, channel)
     return CHANNELS[parent][0] if parent in CHANNELS else None
+
+
+def roles_in(guild: int) -> list[int]:
+    """Everyone's roles in a server: its member role where the bot is in it, none in the foreign one."""
+    return [GUILDS[guild][1]] if guild in GUILDS else []
 
 
 def shard_of(guild: int | None, shard_count: int) -> int:
@@ -167,6 +181,7 @@ class DiscordStandIn:
         self.calls: list[Call] = []
         self.messages: dict[int, dict[str, Any]] = {}
         self.identifies: list[dict[str, Any]] = []  # IDENTIFY payloads received
+        self.message_content = True  # whether the bot's session has the Message Content intent
         self.resumes: list[dict[str, Any]] = []  # RESUME payloads received
         self.downloads: list[tuple[str, str | None]] = []  # (path, Authorization header) of attachment downloads
         self.ready = asyncio.Event()  # set while every shard has a live session (after GUILD_CREATE or RESUMED)
@@ -266,14 +281,37 @@ class DiscordStandIn:
         author: int = ALICE,
         channel: int = GENERAL,
         resolved: dict[str, Any] | None = None,
+        user_install: bool = False,
         kind: int = 2,
     ) -> dict[str, Any]:
-        """A slash command used by `author`: an INTERACTION_CREATE (`kind` 4: an option being typed, to complete)."""
-        interaction_id = next(self._ids)
+        """A slash command used by `author`: an INTERACTION_CREATE (`user_install`: see `invoke_menu`; `kind` 4:
+        an option being typed, to complete)."""
         data: dict[str, Any] = {"id": "900", "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
+        return await self._interact(data, author=author, channel=channel, user_install=user_install, kind=kind)
+
+    async def invoke_menu(
+        self, name: str, target: dict[str, Any], *, author: int = ALICE, user_install: bool = False
+    ) -> dict[str, Any]:
+        """A message context menu used by `author` on the message `target`, in its channel.
+
+        `user_install`: through the app installed to `author` (the only way in a server the bot is not in).
+        Discord sends the target message whole, its text included, with or without the Message Content intent.
+        """
+        data = {"id": "950", "name": name, "type": 3, "target_id": target["id"], "resolved": {"messages": {target["id"]: target}}}
+        return await self._interact(data, author=author, channel=int(target["channel_id"]), user_install=user_install)
+
+    async def _interact(
+        self, data: dict[str, Any], *, author: int, channel: int, user_install: bool, kind: int = 2
+    ) -> dict[str, Any]:
+        """An INTERACTION_CREATE of type `kind` (2: a command or menu used) with `data`, from `author` in
+        `channel`, authorized by a server or a user install."""
+        interaction_id = next(self._ids)
         token = f"interaction-token-{interaction_id}"
+        guild = guild_of(channel)
+        # Which installs authorized it: "0" the server's (its id; "0" in the bot's DM), "1" the person's.
+        owners = {"1": str(author)} if user_install else {"0": str(guild or 0)}
         interaction = {
             "id": str(interaction_id),
             "application_id": str(APPLICATION_ID),
@@ -285,20 +323,23 @@ class DiscordStandIn:
             "locale": "en-US",
             "entitlements": [],
             "attachment_size_limit": 25 * 1024 * 1024,
-            "context": 0,
+            "context": 0 if guild else 1 if channel == DM_CHANNEL else 2,  # a server, the bot's DM, another DM
+            "authorizing_integration_owners": owners,
             "channel_id": str(channel),
         }
         self._interaction_channels[token] = channel
-        guild = guild_of(channel)
-        if guild is None:
-            interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
-        else:
+        if guild is not None:
             interaction.update(
                 guild_id=str(guild),
                 guild_locale="en-US",
                 channel=text_channel(channel, "general"),
-                member={**member(author, [GUILDS[guild][1]]), "permissions": "1071698660929"},
+                member={**member(author, roles_in(guild)), "permissions": "1071698660929"},
             )
+        elif channel == GROUP_DM:
+            group = {"id": str(channel), "type": 3, "name": None, "icon": None, "owner_id": str(ALICE)}
+            interaction.update(user=user(author), channel={**group, "recipients": [user(ALICE), user(BOB)]})
+        else:
+            interaction.update(user=user(author), channel={"id": str(channel), "type": 1})
         await self.dispatch("INTERACTION_CREATE", interaction)
         return interaction
 
@@ -396,6 +437,7 @@ class DiscordStandIn:
                     "version": "1",
                     "default_member_permissions": None,
                     "type": command.get("type", 1),
+                    "description": command.get("description", ""),  # a context menu has none: Discord says ""
                 }
                 for index, command in enumerate(commands)
             ]
@@ -405,10 +447,14 @@ class DiscordStandIn:
         limit = {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}
         return _json({"url": self.gateway_url, "shards": self.shard_count, "session_start_limit": limit})
 
-    async def _typing(self, _request: web.Request) -> web.Response:
+    async def _typing(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         return web.Response(status=204)
 
     async def _create_message(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         body = request[BODY]
         reference = body.get("message_reference") or {}
         reply_to: int | None = int(reference.get("message_id", 0))
@@ -425,10 +471,12 @@ class DiscordStandIn:
         return _json(message)
 
     async def _get_message(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) not in REACHABLE:
+            return _missing_access()
         message = self.messages.get(int(request.match_info["message"]))
         if message is None:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
-        return _json(message)
+        return _json(self._as_the_bot_sees(message))
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         message = self.messages.get(int(request.match_info["message"]))
@@ -521,7 +569,7 @@ class DiscordStandIn:
         guild = guild_of(channel)
         if guild is not None:
             message["guild_id"] = str(guild)
-            message["member"] = {k: v for k, v in member(author, [GUILDS[guild][1]]).items() if k != "user"}
+            message["member"] = {k: v for k, v in member(author, roles_in(guild)).items() if k != "user"}
         if reply_to is not None:
             parent = self.messages[reply_to]
             message["type"] = 19
@@ -563,6 +611,7 @@ class DiscordStandIn:
 
     async def _identify(self, socket: web.WebSocketResponse, identify: dict[str, Any]) -> Session | None:
         self.identifies.append(identify)
+        self.message_content = bool(identify.get("intents", 0) & MESSAGE_CONTENT_INTENT)
         if self.refuse_message_content and identify.get("intents", 0) & MESSAGE_CONTENT_INTENT:
             await socket.close(code=4014, message=b"Disallowed intent(s).")
             return None
@@ -622,7 +671,23 @@ class DiscordStandIn:
         session = self.sessions.get(shard)
         while self._pending[shard] and session is not None and session.live and not session.socket.closed:
             event, data = self._pending[shard].pop(0)
+            if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
+                data = self._as_the_bot_sees(data)
             await self._send(session, event, data)
+
+    def _as_the_bot_sees(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as Discord shows it to the bot: without the Message Content intent, a server message
+        by someone else that does not mention the bot comes with no text, files or embeds (the message it
+        replies to, nested in it, likewise)."""
+        if self.message_content:
+            return message
+        seen = dict(message)
+        if seen.get("referenced_message"):
+            seen["referenced_message"] = self._as_the_bot_sees(seen["referenced_message"])
+        mentioned = any(mention["id"] == str(BOT_ID) for mention in message["mentions"])
+        if "guild_id" in message and message["author"]["id"] != str(BOT_ID) and not mentioned:
+            seen.update(content="", attachments=[], embeds=[])
+        return seen
 
     async def _send(self, session: Session, event: str, data: dict[str, Any]) -> None:
         session.sequence += 1
@@ -676,6 +741,11 @@ async def _read_multipart(request: web.Request) -> tuple[Any, list[tuple[str, by
         elif (part.name or "").startswith("files["):
             files.append((part.filename or "", bytes(await part.read())))
     return payload, files
+
+
+def _missing_access() -> web.Response:
+    """Discord's answer to a bot acting in a channel it cannot see (a server it is not in)."""
+    return _json({"message": "Missing Access", "code": 50001}, status=403)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
