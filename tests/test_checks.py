@@ -17,7 +17,7 @@ from core.ledger import SQLiteLedger
 from core.quotas import load_quota_table
 from core.settings import Settings, load_settings
 
-from .test_process import clean_environment
+from .processes import clean_environment
 
 IOBOT = [sys.executable, "-c", "import sys; from bots.cli import main; sys.exit(main())"]
 SECRET = "xoxb-check-secret-4d2f9a"  # would be spotted if a value were echoed

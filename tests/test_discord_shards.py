@@ -28,6 +28,7 @@ from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from core.settings import SettingsError, load_settings
 
+from .processes import IOBOT, discord_environment
 from .standins.discord import (
     ALICE,
     BOB,
@@ -41,7 +42,6 @@ from .standins.discord import (
     DiscordStandIn,
     shard_of,
 )
-from .test_process import IOBOT, discord_environment
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 MENTION = f"<@{BOT_ID}>"
