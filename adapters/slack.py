@@ -66,9 +66,14 @@ from .slack_render import (
     answer_messages,
     context_block,
     from_slack,
+    markdown_messages,
+    markdown_of,
     placeholder,
     plain,
     reply_messages,
+    streamable,
+    streamed_reply_messages,
+    to_markdown,
 )
 
 log = logging.getLogger("iobot.slack")
@@ -98,6 +103,8 @@ MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes
 SHORTCUTS = {"iobot_summarize": "summarize", "iobot_translate": "translate", "iobot_ask": "ask"}
 # What Slack answers a post in a conversation the bot is not a member of (a private channel, a DM between people).
 NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
+# What chat.startStream answers where streaming is not to be had: the answer then edits a placeholder.
+STREAMING_REFUSED = ("not_allowed", "unknown_method", "method_deprecated", "not_allowed_token_type", "missing_scope")
 
 
 class SlackSettings(PlatformSettings):
@@ -204,6 +211,7 @@ class SlackAdapter:
             self.bolt.message_shortcut(callback_id)(self._on_shortcut)
         self.bolt.event("app_home_opened")(self._on_home_opened)
         self.in_flight = InFlight()
+        self._streams = True  # answers stream until Slack refuses a stream
         self._acknowledging = 0  # HTTP requests Bolt is still answering
         self._acknowledged = asyncio.Event()  # set while that count is zero
         self._acknowledged.set()
@@ -330,24 +338,47 @@ class SlackAdapter:
         return await first_delivery(self.store, *keys)
 
     async def _converse(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
-        """Answer a message in its thread: a placeholder at once, then the answer as it streams."""
+        """Answer a message in its thread: a stream opened at once (or a placeholder), then the answer as it arrives."""
         async with self.in_flight.track():
             channel, direct = event["channel"], event.get("channel_type") == "im"
-            thread = _Thread(client, channel, event.get("thread_ts") or event["ts"])
+            recipient = None if direct else (str(context.team_id or context.enterprise_id), event["user"])
+            thread_ts = event.get("thread_ts") or event["ts"]
+            thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient)
             answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
             await self._after_acknowledgements()
-            try:
-                await answer.show([placeholder()])
-            except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
-                log.warning("could not post in %s (%s): the message is left unanswered", channel, error.reason)
+            if not await self._open(answer, thread):  # before the API is asked anything, so nothing is charged
                 return
-            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, progress))
+            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, thread.watching(progress)))
             if reply.private and not direct and reply.outcome != Outcome.DUPLICATE:
                 await self._tell_privately(thread, event["user"], answer, reply)
                 return
             delivery = await answer.finish(reply)
+            with contextlib.suppress(DeliveryFailed):
+                await thread.close()
             if delivery.delivered is Delivered.ALL and not direct:
                 await self.store.follow_thread(_thread(channel, thread.thread_ts))
+
+    async def _open(self, answer: Answer[SlackMessage, str], thread: _Thread) -> bool:
+        """Show the answer's first message: a stream where Slack takes one, else the placeholder.
+
+        Slack refuses streams to an app or workspace without them (`STREAMING_REFUSED`): then every
+        answer after this one goes straight to the placeholder. False when not even that can be posted.
+        """
+        if thread.streams:
+            try:
+                await answer.show([thread.opening()])
+                return True
+            except DeliveryFailed as error:
+                log.info("could not stream an answer in %s (%s); editing a placeholder instead", thread.channel, error.reason)
+                thread.streams = False
+                if error.reason in STREAMING_REFUSED:
+                    self._streams = False
+        try:
+            await answer.show([thread.opening()])
+        except DeliveryFailed as error:
+            log.warning("could not post in %s (%s): the message is left unanswered", thread.channel, error.reason)
+            return False
+        return True
 
     async def _tell_privately(self, thread: _Thread, user: str, answer: Answer[SlackMessage, str], reply: Reply) -> None:
         """A reply for the asker's eyes only, in place of the placeholder; a public line if Slack refuses it."""
@@ -550,34 +581,105 @@ class SlackAdapter:
 
 
 class _Thread:
-    """A conversation's thread, where its answer goes: the `Port` for Block Kit messages, each a `ts`."""
+    """A conversation's thread, where its answer goes: the `Port` for Block Kit messages, each a `ts`.
+
+    With `streams` the answer's first message is a stream: `chat.startStream` opens it, each edit
+    that only adds text goes out as `chat.appendStream`, and the edit that adds the footer (or
+    `close()`) ends it with `chat.stopStream`. Anything else (a later message, an edit that changes
+    what was shown) is an ordinary `chat.postMessage` or `chat.update`. Outside a DM Slack wants to
+    know whom a stream is for: `recipient`, (team, user).
+    """
 
     name = "Slack"
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        thread_ts: str,
+        *,
+        streams: bool = False,
+        recipient: tuple[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.channel = channel
         self.thread_ts = thread_ts
+        self.streams = streams
+        self.recipient = recipient
+        self._stream: str | None = None  # the `ts` of the message streaming now
+        self._streamed = ""  # the markdown it shows so far
+        self._arrived = ""  # the answer as it last arrived, shown or not (edits are throttled)
+
+    def opening(self) -> SlackMessage:
+        """What goes up before the question goes to the API: an empty stream, or the placeholder."""
+        return markdown_messages("")[0] if self.streams else placeholder()
+
+    def watching(self, progress: Progress) -> Progress:
+        """`progress` that also keeps the answer as it arrives, so that an answer the API cut keeps all of it."""
+
+        async def watched(text: str) -> None:
+            self._arrived = text
+            await progress(text)
+
+        return watched
 
     def render(self, reply: Reply) -> list[SlackMessage]:
+        if self.streams:
+            return streamed_reply_messages(reply, arrived=to_markdown(self._arrived))
         return reply_messages(reply)
 
     def render_text(self, text: str) -> list[SlackMessage]:
-        return answer_messages(text)
+        return markdown_messages(streamable(text)) if self.streams else answer_messages(text)
 
     def noted(self, piece: SlackMessage, note: str) -> SlackMessage:
         return {**piece, "blocks": [*piece["blocks"], context_block([plain(note)])]}
 
     async def post(self, piece: SlackMessage, after: str | None) -> str:
+        if self.streams and after is None and not self._streamed and self._stream is None:
+            team, user = self.recipient or (None, None)
+            with _delivering():
+                response = await self.client.chat_startStream(
+                    channel=self.channel,
+                    thread_ts=self.thread_ts,
+                    markdown_text=markdown_of(piece) or None,
+                    recipient_team_id=team,
+                    recipient_user_id=user,
+                )
+            self._stream, self._streamed = str(response["ts"]), markdown_of(piece)
+            return self._stream
         with _delivering():
             response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **piece)
         return str(response["ts"])
 
     async def edit(self, handle: str, piece: SlackMessage) -> None:
+        if handle == self._stream:
+            markdown, footer = markdown_of(piece), piece["blocks"][1:]
+            if markdown.startswith(self._streamed):
+                added = markdown[len(self._streamed) :]
+                with _delivering():
+                    if footer:
+                        await self.client.chat_stopStream(
+                            channel=self.channel, ts=handle, markdown_text=added or None, blocks=footer
+                        )
+                        self._stream = None
+                    elif added:
+                        await self.client.chat_appendStream(channel=self.channel, ts=handle, markdown_text=added)
+                self._streamed = markdown
+                return
+            await self.close()  # what was shown changes: the stream ends, and the message is updated
         with _delivering():
             await self.client.chat_update(channel=self.channel, ts=handle, **piece)
 
+    async def close(self) -> None:
+        """End the stream, if one is still open (an answer with no footer, or one being replaced)."""
+        if self._stream is not None:
+            handle, self._stream = self._stream, None
+            with _delivering():
+                await self.client.chat_stopStream(channel=self.channel, ts=handle)
+
     async def delete(self, handle: str) -> None:
+        if handle == self._stream:
+            self._stream = None
         with _delivering():
             await self.client.chat_delete(channel=self.channel, ts=handle)
 
@@ -595,7 +697,7 @@ class _Thread:
         return str(response["file"]["id"])
 
     def working(self) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()  # the placeholder message says it
+        return contextlib.nullcontext()  # the placeholder message, or the open stream, says it
 
 
 class _ResponseURL:

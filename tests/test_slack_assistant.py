@@ -1,0 +1,180 @@
+"""Streamed answers in Slack end to end: the real Bolt app over HTTP on 127.0.0.1, signed requests, the
+Slack stand-in (with `chat.startStream`, `chat.appendStream` and `chat.stopStream`), and the IO emulator
+behind the real service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from adapters.slack import SlackAdapter
+from adapters.slack_render import PLACEHOLDER
+from core.images import ImageLimits
+from core.ledger import MemoryStore
+from core.quotas import load_quota_table
+from core.service import Service, ServiceConfig
+from emulator import Fault
+
+from .standins.slack import TEAM_ID, SlackStandIn
+from .test_slack import ANA, BOT_TOKEN, CHANNEL, DM, MODEL, SECRET, VISION, Bot, chat_calls, has_footer
+
+STREAM_CALLS = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.postMessage", "chat.update")
+
+
+@pytest.fixture
+async def service(client, ledger):
+    config = ServiceConfig(model=MODEL, vision_model=VISION, max_tokens=2500, allow_loopback_images=True)
+    async with httpx.AsyncClient() as public:
+        yield Service(client, ledger, load_quota_table(), config, public, store=MemoryStore())
+
+
+@pytest.fixture
+async def slack():
+    async with SlackStandIn(BOT_TOKEN, streaming=True) as standin:
+        yield standin
+
+
+@pytest.fixture
+async def bot(service, slack):
+    """The adapter serving `POST /slack/events` on 127.0.0.1."""
+    adapter = SlackAdapter(
+        service,
+        bot_token=BOT_TOKEN,
+        signing_secret=SECRET,
+        api_url=slack.api_url,
+        file_hosts=["127.0.0.1"],
+        image_limits=ImageLimits(),
+        store=service.store,
+    )
+    app = web.Application()
+    app.add_routes(adapter.routes())
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with httpx.AsyncClient(timeout=15) as sender:
+        yield Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
+        await adapter.stop()
+    await runner.cleanup()
+
+
+async def settled(bot: Bot) -> None:
+    """Wait until the adapter has answered what it was given."""
+    await bot.slack.wait_for(lambda: bot.slack.calls_to("chat.startStream") or bot.slack.calls_to("chat.postMessage"))
+    await bot.slack.wait_for(lambda: not bot.adapter.in_flight.busy)
+
+
+def stream_calls(slack: SlackStandIn) -> list[str]:
+    return [call.method for call in slack.calls if call.method in STREAM_CALLS]
+
+
+def footer_text(message: dict[str, Any]) -> str:
+    return json.dumps([block for block in message["blocks"] if block["type"] == "context"])
+
+
+# --- streaming in threads ------------------------------------------------------------------------
+
+
+async def test_a_mention_streams_its_answer_in_pieces_for_the_person_who_asked(bot, slack, emulator, ledger):
+    event = bot.message("emulate:long=3000 tell me everything")
+    await bot.deliver(event)
+    await settled(bot)
+
+    methods = stream_calls(slack)
+    assert methods[0] == "chat.startStream" and methods[-1] == "chat.stopStream"
+    assert set(methods[1:-1]) == {"chat.appendStream"}, "no placeholder, no chat.update: the answer streams"
+    [start] = slack.calls_to("chat.startStream")
+    assert start.args["channel"] == CHANNEL and start.args["thread_ts"] == event["ts"]
+    assert (start.args["recipient_user_id"], start.args["recipient_team_id"]) == (ANA, TEAM_ID), "outside a DM"
+    appended = [call.args["markdown_text"] for call in slack.calls_to("chat.appendStream")]
+    [stop] = slack.calls_to("chat.stopStream")
+    assert appended and stop.args.get("markdown_text"), "the text arrives in pieces: some while streaming, the rest at the end"
+
+    [answer] = slack.bot_replies(CHANNEL, event["ts"])
+    assert answer["text"] == "".join([*appended, stop.args["markdown_text"]])
+    assert "    total += 26\n" in answer["text"], "the whole answer, its code block included"
+    assert has_footer(answer) and not answer["streaming"]
+    assert answer["blocks"][0] == {"type": "markdown", "text": answer["text"]}
+    assert chat_calls(emulator)[0].body["stream"] is True
+    [row] = await ledger.usage()
+    assert row.user == f"slack:{TEAM_ID}:{ANA}" and row.requests == 1 and row.total_tokens > 0
+
+
+async def test_a_direct_message_streams_without_recipient_fields(bot, slack):
+    event = bot.message("hello there", channel=DM, mention=False)
+    await bot.deliver(event)
+    await settled(bot)
+
+    [start] = slack.calls_to("chat.startStream")
+    assert start.args["channel"] == DM and "recipient_user_id" not in start.args and "recipient_team_id" not in start.args
+    [answer] = slack.bot_replies(DM, event["ts"])
+    assert 'you asked "hello there"' in answer["text"] and has_footer(answer)
+
+
+async def test_a_streamed_answer_never_pings_a_crowd(bot, slack):
+    event = bot.message("please repeat @here and <!channel> and @everyone")
+    await bot.deliver(event)
+    await settled(bot)
+
+    [answer] = slack.bot_replies(CHANNEL, event["ts"])
+    streamed = [call.args.get("markdown_text", "") for call in slack.calls if call.method.startswith("chat.")]
+    for text in [*streamed, answer["text"]]:
+        assert "@here" not in text and "@everyone" not in text and "<!channel>" not in text
+
+
+async def test_where_slack_refuses_streams_the_answer_edits_a_placeholder_and_stops_asking(bot, slack, emulator):
+    slack.streaming = False  # chat.startStream answers not_allowed
+    first = bot.message("emulate:long=7000 tell me everything")
+    await bot.deliver(first)
+    replies = await bot.answer(first)
+
+    assert stream_calls(slack)[:2] == ["chat.startStream", "chat.postMessage"]
+    assert slack.calls_to("chat.postMessage")[0].args["text"] == PLACEHOLDER
+    assert 1 <= len(slack.calls_to("chat.update")) <= 4, "edits are throttled to one a second"
+    assert has_footer(replies[-1]) and "    total += 26\n" in "\n".join(reply["text"] for reply in replies)
+
+    second = bot.message("and again")
+    await bot.deliver(second)
+    await bot.answer(second)
+    assert len(slack.calls_to("chat.startStream")) == 1, "a refusal is remembered: no stream is tried again"
+    assert len(chat_calls(emulator)) == 2
+
+
+async def test_a_stream_that_fails_to_open_for_another_reason_still_answers_by_placeholder(bot, slack):
+    slack.fail("chat.startStream", "html_502", times=1)
+    first = bot.message("hello there")
+    await bot.deliver(first)
+    [answer] = await bot.answer(first)
+    assert 'you asked "hello there"' in answer["text"]
+
+    second = bot.message("and again")
+    await bot.deliver(second)
+    await settled(bot)
+    await slack.wait_for(lambda: len(slack.calls_to("chat.stopStream")) == 1)
+    assert len(slack.calls_to("chat.startStream")) == 2, "a passing failure does not end streaming"
+
+
+async def test_an_answer_the_api_cuts_keeps_what_arrived_says_so_and_is_charged(bot, slack, emulator, ledger):
+    emulator.inject(Fault("cut_stream"))
+    event = bot.message("tell me a story")
+    await bot.deliver(event)
+    await settled(bot)
+
+    [answer] = slack.bot_replies(CHANNEL, event["ts"])
+    assert answer["text"].startswith("Emulated answer from"), "the words that arrived stay"
+    assert "cut off by the AI service" in footer_text(answer)
+    assert stream_calls(slack)[-1] == "chat.stopStream" and not answer["streaming"]
+    assert await ledger.reservations_in_flight() == 0, "what was used is settled, nothing is left reserved"
+
+
+async def test_a_stream_that_slack_stops_taking_ends_as_an_ordinary_message(bot, slack):
+    slack.fail("chat.stopStream", "json_error")
+    event = bot.message("hello there")
+    await bot.deliver(event)
+    await settled(bot)
+
+    replies = slack.bot_replies(CHANNEL, event["ts"])
+    assert replies and has_footer(replies[-1]) and 'you asked "hello there"' in replies[-1]["text"]
