@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,16 @@ MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes
 SHORTCUTS = {"iobot_summarize": "summarize", "iobot_translate": "translate", "iobot_ask": "ask"}
 # What Slack answers a post in a conversation the bot is not a member of (a private channel, a DM between people).
 NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
+# Slack's AI app surface: a conversation there is a thread in the person's DM with the app, so it is
+# answered as any DM thread is; its start gets a greeting and prompts a click sends as a message.
+GREETING = "Hi! Ask me anything, or pick a suggestion below. Say `help` to see everything I can do."
+SUGGESTED_PROMPTS = [
+    {"title": "What can you do?", "message": "help"},
+    {"title": "Ask a question", "message": "What are three good ways to start a meeting on time?"},
+    {"title": "Translate", "message": "translate French Could we move our call to Friday afternoon?"},
+    {"title": "My use today", "message": "usage"},
+]
+THINKING = "is thinking…"  # the thread's status while the answer is worked out
 # What chat.startStream answers where streaming is not to be had: the answer then edits a placeholder.
 STREAMING_REFUSED = ("not_allowed", "unknown_method", "method_deprecated", "not_allowed_token_type", "missing_scope")
 
@@ -210,6 +220,8 @@ class SlackAdapter:
         for callback_id in SHORTCUTS:
             self.bolt.message_shortcut(callback_id)(self._on_shortcut)
         self.bolt.event("app_home_opened")(self._on_home_opened)
+        self.bolt.event("assistant_thread_started")(self._on_assistant_thread_started)
+        self.bolt.event("assistant_thread_context_changed")(self._on_assistant_context_changed)
         self.in_flight = InFlight()
         self._streams = True  # answers stream until Slack refuses a stream
         self._acknowledging = 0  # HTTP requests Bolt is still answering
@@ -343,7 +355,8 @@ class SlackAdapter:
             channel, direct = event["channel"], event.get("channel_type") == "im"
             recipient = None if direct else (str(context.team_id or context.enterprise_id), event["user"])
             thread_ts = event.get("thread_ts") or event["ts"]
-            thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient)
+            assistant = direct and "thread_ts" in event
+            thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient, assistant=assistant)
             answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
             await self._after_acknowledgements()
             if not await self._open(answer, thread):  # before the API is asked anything, so nothing is charged
@@ -527,6 +540,26 @@ class SlackAdapter:
         except WEB_API_FAILURES as error:
             log.warning("could not publish the Home tab of %s (%s)", event["user"], _said(error))
 
+    # --- the AI app surface --------------------------------------------------------------------------
+
+    async def _on_assistant_thread_started(self, body: Payload, event: Payload, client: AsyncWebClient) -> None:
+        """Greet the person in their new thread and offer prompts; costs nothing, asks the API nothing."""
+        thread = event.get("assistant_thread") or {}
+        channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
+        if not (channel and thread_ts) or not await first_delivery(self.store, f"slack:{body.get('event_id')}"):
+            return
+        try:
+            await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=GREETING)
+            await client.assistant_threads_setSuggestedPrompts(channel_id=channel, thread_ts=thread_ts, prompts=SUGGESTED_PROMPTS)
+        except WEB_API_FAILURES as error:
+            log.warning("could not greet a new assistant thread in %s (%s)", channel, _said(error))
+
+    async def _on_assistant_context_changed(self) -> None:
+        """The person looks at another channel beside the thread: nothing to do, answers use the thread alone.
+
+        Listened to all the same, since Bolt answers 404 to an event no listener takes and Slack retries it.
+        """
+
     # --- files ---------------------------------------------------------------------------------------
 
     async def _attachments(self, client: AsyncWebClient, files: Sequence[Payload]) -> Vetted:
@@ -600,12 +633,14 @@ class _Thread:
         *,
         streams: bool = False,
         recipient: tuple[str, str] | None = None,
+        assistant: bool = False,
     ) -> None:
         self.client = client
         self.channel = channel
         self.thread_ts = thread_ts
         self.streams = streams
         self.recipient = recipient
+        self.assistant = assistant  # a DM thread: its status shows while the answer is worked out
         self._stream: str | None = None  # the `ts` of the message streaming now
         self._streamed = ""  # the markdown it shows so far
         self._arrived = ""  # the answer as it last arrived, shown or not (edits are throttled)
@@ -696,8 +731,24 @@ class _Thread:
                 raise DeliveryFailed("the file upload was refused") from error
         return str(response["file"]["id"])
 
-    def working(self) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()  # the placeholder message, or the open stream, says it
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """In a DM thread (Slack's AI app surface) the thread's status says it, cleared at the end;
+        elsewhere the placeholder message, or the open stream, says it. The status is best effort."""
+        if not self.assistant:
+            yield
+            return
+        await self._set_status(THINKING)
+        try:
+            yield
+        finally:
+            await self._set_status("")
+
+    async def _set_status(self, status: str) -> None:
+        try:
+            await self.client.assistant_threads_setStatus(channel_id=self.channel, thread_ts=self.thread_ts, status=status)
+        except WEB_API_FAILURES as error:
+            log.info("could not set the status of thread %s in %s (%s)", self.thread_ts, self.channel, _said(error))
 
 
 class _ResponseURL:
@@ -756,8 +807,8 @@ def _thread(channel: str, thread_ts: str) -> str:
 def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: str | None) -> list[Message]:
     """Thread messages as conversation turns: the bot's as the assistant's, people's as the user's.
 
-    Other bots, edits and placeholders are left out; consecutive messages of one side are joined,
-    since some models insist that user and assistant alternate.
+    Other bots, edits, placeholders and the greeting of an AI app chat are left out; consecutive
+    messages of one side are joined, since some models insist that user and assistant alternate.
     """
     turns: list[Message] = []
     for message in messages:
@@ -765,7 +816,7 @@ def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: s
         if not mine and (message.get("bot_id") or message.get("subtype") not in WRITTEN):
             continue
         text = from_slack(message.get("text", ""), bot_user_id)
-        if text != from_slack(PLACEHOLDER):
+        if text not in (from_slack(PLACEHOLDER), GREETING):
             turns.append({"role": "assistant" if mine else "user", "content": text})
     return merge_turns(turns)
 

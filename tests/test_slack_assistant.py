@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from aiohttp import web
 
-from adapters.slack import SlackAdapter
+from adapters.slack import GREETING, SUGGESTED_PROMPTS, THINKING, SlackAdapter
 from adapters.slack_render import PLACEHOLDER
 from core.images import ImageLimits
 from core.ledger import MemoryStore
@@ -21,6 +22,7 @@ from emulator import Fault
 
 from .standins.slack import TEAM_ID, SlackStandIn
 from .test_slack import ANA, BOT_TOKEN, CHANNEL, DM, MODEL, SECRET, VISION, Bot, chat_calls, has_footer
+from .test_slack_surfaces import MANIFEST
 
 STREAM_CALLS = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.postMessage", "chat.update")
 
@@ -178,3 +180,85 @@ async def test_a_stream_that_slack_stops_taking_ends_as_an_ordinary_message(bot,
 
     replies = slack.bot_replies(CHANNEL, event["ts"])
     assert replies and has_footer(replies[-1]) and 'you asked "hello there"' in replies[-1]["text"]
+
+
+# --- the AI app surface --------------------------------------------------------------------------
+
+
+def thread_started(user: str = ANA, *, channel: str = DM, thread_ts: str, viewing: str = CHANNEL) -> dict[str, Any]:
+    """`assistant_thread_started`: `user` opened a new chat with iobot beside `viewing`."""
+    return {
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": user,
+            "context": {"channel_id": viewing, "team_id": TEAM_ID, "enterprise_id": None},
+            "channel_id": channel,
+            "thread_ts": thread_ts,
+        },
+        "event_ts": thread_ts,
+    }
+
+
+async def test_a_new_assistant_chat_is_greeted_with_prompts_once_and_costs_nothing(bot, slack, emulator, ledger):
+    thread_ts = slack.next_ts()
+    await bot.deliver(thread_started(thread_ts=thread_ts), event_id="Ev0STARTED")
+    await bot.deliver(thread_started(thread_ts=thread_ts), event_id="Ev0STARTED", **{"X-Slack-Retry-Num": "1"})
+    [prompts] = await slack.wait_for(lambda: slack.calls_to("assistant.threads.setSuggestedPrompts"))
+    await slack.wait_for(lambda: not bot.adapter.in_flight.busy)
+
+    [greeting] = slack.calls_to("chat.postMessage")
+    assert (greeting.args["channel"], greeting.args["thread_ts"]) == (DM, thread_ts) and greeting.args["text"] == GREETING
+    assert (prompts.args["channel_id"], prompts.args["thread_ts"]) == (DM, thread_ts)
+    assert prompts.args["prompts"] == SUGGESTED_PROMPTS
+    assert 1 <= len(SUGGESTED_PROMPTS) <= 4, "Slack shows four prompts at most"
+    assert emulator.requests == [] and await ledger.usage() == []
+
+
+async def test_a_message_in_an_assistant_chat_shows_thinking_then_streams_with_the_thread_as_context(
+    bot, slack, emulator, ledger
+):
+    thread_ts = slack.next_ts()
+    await bot.deliver(thread_started(thread_ts=thread_ts))
+    await slack.wait_for(lambda: slack.calls_to("assistant.threads.setSuggestedPrompts"))
+    slack.add_message(DM, ANA, "my earlier question", thread_ts=thread_ts)
+    event = bot.message("hello there", channel=DM, mention=False, thread_ts=thread_ts)
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.stopStream") and not bot.adapter.in_flight.busy)
+
+    methods = [c.method for c in slack.calls if c.method.startswith(("assistant.threads.setStatus", "chat.", "conversations."))]
+    after_greeting = methods[methods.index("chat.startStream") :]
+    assert after_greeting[:2] == ["chat.startStream", "assistant.threads.setStatus"]
+    assert after_greeting[-1] == "chat.stopStream"
+    statuses = [call.args["status"] for call in slack.calls_to("assistant.threads.setStatus")]
+    assert statuses == [THINKING, ""], "shown while the model works, cleared after"
+    [start] = slack.calls_to("chat.startStream")
+    assert start.args["thread_ts"] == thread_ts and "recipient_user_id" not in start.args, "a DM needs no recipient"
+    [call] = chat_calls(emulator)
+    assert call.body["messages"][1:] == [
+        {"role": "user", "content": "my earlier question"},
+        {"role": "user", "content": "hello there"},
+    ], "the thread goes along, the greeting does not"
+    answer = slack.bot_replies(DM, thread_ts)[-1]
+    assert 'you asked "hello there"' in answer["text"] and has_footer(answer)
+    assert "left out" not in footer_text(answer)
+    [row] = await ledger.usage()
+    assert row.user == f"slack:{TEAM_ID}:{ANA}" and row.requests == 1
+
+
+async def test_a_status_slack_will_not_set_does_not_stop_the_answer(bot, slack):
+    slack.fail("assistant.threads.setStatus", "json_error")
+    thread_ts = slack.add_message(DM, ANA, "earlier")["ts"]
+    event = bot.message("hello there", channel=DM, mention=False, thread_ts=thread_ts)
+    await bot.deliver(event)
+    await slack.wait_for(lambda: slack.calls_to("chat.stopStream") and not bot.adapter.in_flight.busy)
+    answer = slack.bot_replies(DM, thread_ts)[-1]
+    assert 'you asked "hello there"' in answer["text"] and has_footer(answer)
+
+
+def test_the_manifest_declares_the_ai_app_surface_the_app_serves():
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    view = manifest["features"]["assistant_view"]
+    assert view["assistant_description"] and view["suggested_prompts"] == SUGGESTED_PROMPTS
+    assert "assistant:write" in manifest["oauth_config"]["scopes"]["bot"]
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {"assistant_thread_started", "assistant_thread_context_changed", "message.im"} <= set(events)
