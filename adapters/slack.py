@@ -1,10 +1,11 @@
 """Slack, on slack-bolt's AsyncApp: the `/io` slash command, @mentions, DMs, thread follow-ups, the
-message shortcuts (Summarize, Translate, Ask iobot) and the App Home tab.
+message shortcuts (Summarize, Translate, Ask iobot), the App Home tab and the AI app surface.
 
 Every listener acks first and works after, as Bolt's own examples do: a slash command is answered
-through its `response_url`, a conversation in the thread of the message that started it (a
-placeholder at once, edited at most once a second while the answer streams, more messages when it
-outgrows one). Events are served over HTTP at `POST /slack/events` or over Socket Mode.
+through its `response_url`, a conversation in the thread of the message that started it (a stream
+opened at once and appended to at most once a second; where Slack refuses streams, a placeholder
+edited as often, more messages when it outgrows one). Events are served over HTTP at
+`POST /slack/events` or over Socket Mode.
 
 Slack delivers an event again when it thinks the first delivery failed, and a message that
 mentions the bot in a channel arrives twice (`app_mention` and `message`); each message is answered
@@ -15,8 +16,8 @@ Slack's Web API can fail any call: an error in JSON, an error page that is not J
 body reaches `SlackApiError.response.data` as a string, not a dict), no answer in time, a dropped
 connection. None of them stops an answer: a thread that cannot be read is answered without its
 history, a file that cannot be read is named, an edit that fails becomes a new message. What is
-charged follows what was asked of the API: the placeholder goes up before the question goes to the
-API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
+charged follows what was asked of the API: the stream or placeholder goes up before the question goes
+to the API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
 answer computed but then impossible to post stays charged (the API spent those tokens on the
 account, and settled use is never taken back); core/delivery.py logs that as a warning with its
 tokens, so an operator can make up for it with `iobot limits`.

@@ -172,6 +172,22 @@ async def test_an_answer_the_api_cuts_keeps_what_arrived_says_so_and_is_charged(
     assert await ledger.reservations_in_flight() == 0, "what was used is settled, nothing is left reserved"
 
 
+async def test_an_over_budget_person_is_told_privately_and_the_opened_stream_is_taken_back(bot, slack, emulator, ledger):
+    person = f"slack:{TEAM_ID}:{ANA}"
+    await ledger.set_user_limit(person, 1_000)
+    reservation = await ledger.reserve(user=person, model=MODEL, tokens=0, model_limit=None)
+    await ledger.settle(reservation, prompt_tokens=1_000, completion_tokens=0, estimated=False)
+    event = bot.message("What is io.net?")
+    await bot.deliver(event)
+    await settled(bot)
+
+    [ephemeral] = slack.calls_to("chat.postEphemeral")
+    assert ephemeral.args["user"] == ANA and "00:00 UTC" in json.dumps(ephemeral.args)
+    assert len(slack.calls_to("chat.startStream")) == 1 and len(slack.calls_to("chat.delete")) == 1
+    assert slack.bot_replies(CHANNEL, event["ts"]) == [], "the stream is gone"
+    assert chat_calls(emulator) == []
+
+
 async def test_a_stream_that_slack_stops_taking_ends_as_an_ordinary_message(bot, slack):
     slack.fail("chat.stopStream", "json_error")
     event = bot.message("hello there")
