@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,16 @@ NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
 # Slack's AI app surface: a conversation there is a thread in the person's DM with the app, so it is
 # answered as any DM thread is; its start gets a greeting and prompts a click sends as a message.
 GREETING = "Hi! Ask me anything, or pick a suggestion below. Say `help` to see everything I can do."
+# A prompt the adapter answers itself: today's messages of the channel the chat is open beside, summarized.
+SUMMARIZE_CHANNEL = "Summarize this channel today"
 SUGGESTED_PROMPTS = [
     {"title": "What can you do?", "message": "help"},
     {"title": "Ask a question", "message": "What are three good ways to start a meeting on time?"},
     {"title": "Translate", "message": "translate French Could we move our call to Friday afternoon?"},
     {"title": "My use today", "message": "usage"},
 ]
+# Offered instead of the first prompt when the chat is open beside a channel.
+CHANNEL_PROMPT = {"title": SUMMARIZE_CHANNEL, "message": SUMMARIZE_CHANNEL}
 THINKING = "is thinking…"  # the thread's status while the answer is worked out
 # What chat.startStream answers where streaming is not to be had: the answer then edits a placeholder.
 STREAMING_REFUSED = ("not_allowed", "unknown_method", "method_deprecated", "not_allowed_token_type", "missing_scope")
@@ -410,6 +415,9 @@ class SlackAdapter:
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
     ) -> Reply:
         """The reply to a message (its images and thread included), with notes for its footer."""
+        in_assistant_chat = event.get("channel_type") == "im" and "thread_ts" in event
+        if in_assistant_chat and from_slack(event.get("text", "")).lower() == SUMMARIZE_CHANNEL.lower():
+            return await self._channel_summary(body, event, client, context, progress)
         vetted = await self._attachments(client, event.get("files", ()))
         if (refusal := refused(vetted)) is not None:  # the person asked about images, none of which could be read
             return refusal
@@ -549,17 +557,62 @@ class SlackAdapter:
         channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
         if not (channel and thread_ts) or not await first_delivery(self.store, f"slack:{body.get('event_id')}"):
             return
+        viewing = await self._remember_viewed_channel(thread)
+        prompts = [CHANNEL_PROMPT, *SUGGESTED_PROMPTS[1:]] if viewing else SUGGESTED_PROMPTS
         try:
             await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=GREETING)
-            await client.assistant_threads_setSuggestedPrompts(channel_id=channel, thread_ts=thread_ts, prompts=SUGGESTED_PROMPTS)
+            await client.assistant_threads_setSuggestedPrompts(channel_id=channel, thread_ts=thread_ts, prompts=prompts)
         except WEB_API_FAILURES as error:
             log.warning("could not greet a new assistant thread in %s (%s)", channel, _said(error))
 
-    async def _on_assistant_context_changed(self) -> None:
-        """The person looks at another channel beside the thread: nothing to do, answers use the thread alone.
+    async def _on_assistant_context_changed(self, event: Payload) -> None:
+        """The person looks at another channel beside the thread: that is the one `SUMMARIZE_CHANNEL` reads."""
+        await self._remember_viewed_channel(event.get("assistant_thread") or {})
 
-        Listened to all the same, since Bolt answers 404 to an event no listener takes and Slack retries it.
-        """
+    async def _remember_viewed_channel(self, thread: Payload) -> str | None:
+        """Keep the channel an AI app chat is open beside (in the store, so every replica knows it); returns it."""
+        viewing = (thread.get("context") or {}).get("channel_id")
+        if viewing and thread.get("channel_id") and thread.get("thread_ts"):
+            await self.store.set_setting(_thread(thread["channel_id"], thread["thread_ts"]), "viewing", viewing)
+        return viewing
+
+    async def _channel_summary(
+        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
+    ) -> Reply:
+        """`SUMMARIZE_CHANNEL` in an AI app chat: today's (UTC) messages of the channel beside it, summarized,
+        charged to the person who asked. Nothing is asked of the API when the channel cannot be read."""
+        viewing = await self.store.setting(_thread(event["channel"], event["thread_ts"]), "viewing")
+        if not viewing:
+            return Reply("Open this chat beside a channel first: that is the channel I summarize.", outcome=Outcome.USAGE)
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        try:
+            page = await client.conversations_history(channel=viewing, oldest=f"{midnight.timestamp():.6f}", limit=HISTORY_PAGE)
+        except WEB_API_FAILURES as error:
+            said = _said(error)
+            if said in NOT_A_MEMBER:
+                return Reply(
+                    "I am not in that channel, so I cannot read it: invite me there first (`/invite @iobot`).",
+                    outcome=Outcome.REFUSED,
+                )
+            return Reply(f"I could not read that channel (Slack: {said}).", outcome=Outcome.ERROR)
+        lines = [
+            f"{_author(message, context.bot_user_id)}: {text}"
+            for message in reversed(page["messages"])  # Slack lists them newest first
+            if message.get("subtype") in (*WRITTEN, "bot_message")
+            and (text := from_slack(message.get("text", ""), context.bot_user_id))
+        ]
+        if not lines:
+            return Reply("Nothing was said in that channel today.", outcome=Outcome.USAGE)
+        text = "\n".join(lines)
+        notes = [f"Only the newest {len(lines)} messages of today were summarized."] if page.get("has_more") else []
+        request = Request(
+            user=_person(context, event["user"]),
+            text=text,
+            command=Command("summarize", text=text),
+            request_id=body.get("event_id"),
+            channel=_channel(context, event["channel"]),
+        )
+        return with_notes(await self.service.handle(request, progress), notes)
 
     # --- files ---------------------------------------------------------------------------------------
 

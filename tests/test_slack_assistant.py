@@ -5,6 +5,7 @@ behind the real service."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from adapters.slack import GREETING, SUGGESTED_PROMPTS, THINKING, SlackAdapter
+from adapters.slack import CHANNEL_PROMPT, GREETING, SUGGESTED_PROMPTS, SUMMARIZE_CHANNEL, THINKING, SlackAdapter
 from adapters.slack_render import PLACEHOLDER
 from core.images import ImageLimits
 from core.ledger import MemoryStore
@@ -201,13 +202,15 @@ async def test_a_stream_that_slack_stops_taking_ends_as_an_ordinary_message(bot,
 # --- the AI app surface --------------------------------------------------------------------------
 
 
-def thread_started(user: str = ANA, *, channel: str = DM, thread_ts: str, viewing: str = CHANNEL) -> dict[str, Any]:
-    """`assistant_thread_started`: `user` opened a new chat with iobot beside `viewing`."""
+def thread_started(
+    user: str = ANA, *, channel: str = DM, thread_ts: str, viewing: str | None = None, kind: str = "assistant_thread_started"
+) -> dict[str, Any]:
+    """`assistant_thread_started` (or `kind`): `user` opened a new chat with iobot, beside `viewing` if given."""
     return {
-        "type": "assistant_thread_started",
+        "type": kind,
         "assistant_thread": {
             "user_id": user,
-            "context": {"channel_id": viewing, "team_id": TEAM_ID, "enterprise_id": None},
+            "context": {"channel_id": viewing, "team_id": TEAM_ID, "enterprise_id": None} if viewing else {},
             "channel_id": channel,
             "thread_ts": thread_ts,
         },
@@ -269,6 +272,49 @@ async def test_a_status_slack_will_not_set_does_not_stop_the_answer(bot, slack):
     await slack.wait_for(lambda: slack.calls_to("chat.stopStream") and not bot.adapter.in_flight.busy)
     answer = slack.bot_replies(DM, thread_ts)[-1]
     assert 'you asked "hello there"' in answer["text"] and has_footer(answer)
+
+
+async def ask_in_chat(bot: Bot, text: str, *, viewing: str | None, changed_to: str | None = None) -> dict[str, Any]:
+    """Open a chat beside `viewing` (then beside `changed_to`), send `text` in it; returns the answer."""
+    thread_ts = bot.slack.next_ts()
+    await bot.deliver(thread_started(thread_ts=thread_ts, viewing=viewing))
+    await bot.slack.wait_for(lambda: bot.slack.calls_to("assistant.threads.setSuggestedPrompts"))
+    if changed_to:
+        await bot.deliver(thread_started(thread_ts=thread_ts, viewing=changed_to, kind="assistant_thread_context_changed"))
+    event = bot.message(text, channel=DM, mention=False, thread_ts=thread_ts)
+    await bot.deliver(event)
+    await bot.slack.wait_for(lambda: bot.slack.calls_to("chat.stopStream") and not bot.adapter.in_flight.busy)
+    return bot.slack.bot_replies(DM, thread_ts)[-1]
+
+
+async def test_a_chat_beside_a_channel_summarizes_what_was_said_there_today(bot, slack, emulator, ledger):
+    slack.add_message(CHANNEL, "U0BEA", "last year's plan")  # the stand-in's clock starts in 2023
+    slack.add_message(CHANNEL, "U0BEA", "the launch moves to Monday", ts=f"{time.time() - 2:.6f}")
+    slack.add_message(CHANNEL, "U0CAL", "and the review to Friday", ts=f"{time.time() - 1:.6f}")
+    answer = await ask_in_chat(bot, SUMMARIZE_CHANNEL, viewing=CHANNEL)
+
+    assert slack.calls_to("assistant.threads.setSuggestedPrompts")[0].args["prompts"][0] == CHANNEL_PROMPT
+    [call] = [request for request in emulator.requests if request.path == "/workflows/run"]
+    assert call.body["args"]["type"] == "summarize_text"
+    assert call.body["text"] == "U0BEA: the launch moves to Monday\nU0CAL: and the review to Friday", "today's, oldest first"
+    assert has_footer(answer)
+    [row] = await ledger.usage()
+    assert row.user == f"slack:{TEAM_ID}:{ANA}", "charged to the person who asked"
+
+
+async def test_a_channel_iobot_is_not_in_is_not_summarized_and_costs_nothing(bot, slack, emulator, ledger):
+    slack.lock_out("C0PRIVATE", "not_in_channel")
+    answer = await ask_in_chat(bot, SUMMARIZE_CHANNEL, viewing=CHANNEL, changed_to="C0PRIVATE")
+    assert "invite me there first" in answer["text"]
+    assert [call.args["channel"] for call in slack.calls_to("conversations.history")] == ["C0PRIVATE"], "the channel now beside"
+    assert emulator.requests == [] and await ledger.usage() == []
+
+
+async def test_a_chat_beside_no_channel_offers_no_channel_summary_and_explains_it(bot, slack, emulator, ledger):
+    answer = await ask_in_chat(bot, SUMMARIZE_CHANNEL, viewing=None)
+    assert slack.calls_to("assistant.threads.setSuggestedPrompts")[0].args["prompts"] == SUGGESTED_PROMPTS
+    assert "beside a channel" in answer["text"]
+    assert emulator.requests == [] and await ledger.usage() == []
 
 
 def test_the_manifest_declares_the_ai_app_surface_the_app_serves():

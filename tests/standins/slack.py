@@ -412,6 +412,15 @@ class SlackStandIn:
         more = start + limit < len(listed)
         return {"messages": page, "has_more": more, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: a channel's messages (thread replies left out), newest first, after `oldest`, `limit` at most."""
+        found = [m for m in self.messages.get(args["channel"], []) if m.get("thread_ts") in (None, m["ts"])]
+        if args.get("oldest"):
+            found = [m for m in found if float(m["ts"]) > float(args["oldest"])]
+        found.sort(key=lambda message: float(message["ts"]), reverse=True)
+        limit = int(args.get("limit") or 100)
+        return {"messages": found[:limit], "has_more": len(found) > limit}
+
     def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
         stored = self.files.get(args["file"])
         if stored is None:
