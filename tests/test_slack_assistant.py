@@ -4,6 +4,7 @@ behind the real service."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -14,7 +15,7 @@ import yaml
 from aiohttp import web
 
 from adapters.slack import CHANNEL_PROMPT, GREETING, SUGGESTED_PROMPTS, SUMMARIZE_CHANNEL, THINKING, SlackAdapter
-from adapters.slack_render import PLACEHOLDER
+from adapters.slack_render import PLACEHOLDER, streamable, to_markdown
 from core.images import ImageLimits
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
@@ -324,3 +325,14 @@ def test_the_manifest_declares_the_ai_app_surface_the_app_serves():
     assert "assistant:write" in manifest["oauth_config"]["scopes"]["bot"]
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     assert {"assistant_thread_started", "assistant_thread_context_changed", "message.im"} <= set(events)
+
+
+def test_each_streamed_part_starts_the_next_and_defuses_crowd_pings():
+    """chat.appendStream can only add text: what was streamed must begin whatever follows it."""
+    text = "Tell @here and <!channel> and @every\none: `code <b>` @her e"
+    parts = [streamable(text[:end]) for end in range(len(text) + 1)]
+    for earlier, later in itertools.pairwise(parts):
+        assert later.startswith(earlier)
+    whole = to_markdown(text)
+    assert whole.startswith(parts[-1])
+    assert "@here" not in whole and "<!channel>" not in whole and "@every\none" in whole
