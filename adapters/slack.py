@@ -1,10 +1,11 @@
 """Slack, on slack-bolt's AsyncApp: the `/io` slash command, @mentions, DMs, thread follow-ups, the
-message shortcuts (Summarize, Translate, Ask iobot) and the App Home tab.
+message shortcuts (Summarize, Translate, Ask iobot), the App Home tab and the AI app surface.
 
 Every listener acks first and works after, as Bolt's own examples do: a slash command is answered
-through its `response_url`, a conversation in the thread of the message that started it (a
-placeholder at once, edited at most once a second while the answer streams, more messages when it
-outgrows one). Events are served over HTTP at `POST /slack/events` or over Socket Mode.
+through its `response_url`, a conversation in the thread of the message that started it (a stream
+opened at once and appended to at most once a second; where Slack refuses streams, a placeholder
+edited as often, more messages when it outgrows one). Events are served over HTTP at
+`POST /slack/events` or over Socket Mode.
 
 Slack delivers an event again when it thinks the first delivery failed, and a message that
 mentions the bot in a channel arrives twice (`app_mention` and `message`); each message is answered
@@ -15,8 +16,8 @@ Slack's Web API can fail any call: an error in JSON, an error page that is not J
 body reaches `SlackApiError.response.data` as a string, not a dict), no answer in time, a dropped
 connection. None of them stops an answer: a thread that cannot be read is answered without its
 history, a file that cannot be read is named, an edit that fails becomes a new message. What is
-charged follows what was asked of the API: the placeholder goes up before the question goes to the
-API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
+charged follows what was asked of the API: the stream or placeholder goes up before the question goes
+to the API, so when Slack cannot take a message in that thread nothing is asked and nothing is charged. An
 answer computed but then impossible to post stays charged (the API spent those tokens on the
 account, and settled use is never taken back); core/delivery.py logs that as a warning with its
 tokens, so an operator can make up for it with `iobot limits`.
@@ -28,7 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +68,14 @@ from .slack_render import (
     answer_messages,
     context_block,
     from_slack,
+    markdown_messages,
+    markdown_of,
     placeholder,
     plain,
     reply_messages,
+    streamable,
+    streamed_reply_messages,
+    to_markdown,
 )
 
 log = logging.getLogger("iobot.slack")
@@ -98,6 +105,22 @@ MAX_REQUEST_BYTES = 1024 * 1024  # a request body Slack sends is a few kilobytes
 SHORTCUTS = {"iobot_summarize": "summarize", "iobot_translate": "translate", "iobot_ask": "ask"}
 # What Slack answers a post in a conversation the bot is not a member of (a private channel, a DM between people).
 NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
+# Slack's AI app surface: a conversation there is a thread in the person's DM with the app, so it is
+# answered as any DM thread is; its start gets a greeting and prompts a click sends as a message.
+GREETING = "Hi! Ask me anything, or pick a suggestion below. Say `help` to see everything I can do."
+# A prompt the adapter answers itself: today's messages of the channel the chat is open beside, summarized.
+SUMMARIZE_CHANNEL = "Summarize this channel today"
+SUGGESTED_PROMPTS = [
+    {"title": "What can you do?", "message": "help"},
+    {"title": "Ask a question", "message": "What are three good ways to start a meeting on time?"},
+    {"title": "Translate", "message": "translate French Could we move our call to Friday afternoon?"},
+    {"title": "My use today", "message": "usage"},
+]
+# Offered instead of the first prompt when the chat is open beside a channel.
+CHANNEL_PROMPT = {"title": SUMMARIZE_CHANNEL, "message": SUMMARIZE_CHANNEL}
+THINKING = "is thinking…"  # the thread's status while the answer is worked out
+# What chat.startStream answers where streaming is not to be had: the answer then edits a placeholder.
+STREAMING_REFUSED = ("not_allowed", "unknown_method", "method_deprecated", "not_allowed_token_type", "missing_scope")
 
 
 class SlackSettings(PlatformSettings):
@@ -203,7 +226,10 @@ class SlackAdapter:
         for callback_id in SHORTCUTS:
             self.bolt.message_shortcut(callback_id)(self._on_shortcut)
         self.bolt.event("app_home_opened")(self._on_home_opened)
+        self.bolt.event("assistant_thread_started")(self._on_assistant_thread_started)
+        self.bolt.event("assistant_thread_context_changed")(self._on_assistant_context_changed)
         self.in_flight = InFlight()
+        self._streams = True  # answers stream until Slack refuses a stream
         self._acknowledging = 0  # HTTP requests Bolt is still answering
         self._acknowledged = asyncio.Event()  # set while that count is zero
         self._acknowledged.set()
@@ -330,24 +356,48 @@ class SlackAdapter:
         return await first_delivery(self.store, *keys)
 
     async def _converse(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
-        """Answer a message in its thread: a placeholder at once, then the answer as it streams."""
+        """Answer a message in its thread: a stream opened at once (or a placeholder), then the answer as it arrives."""
         async with self.in_flight.track():
             channel, direct = event["channel"], event.get("channel_type") == "im"
-            thread = _Thread(client, channel, event.get("thread_ts") or event["ts"])
+            recipient = None if direct else (str(context.team_id or context.enterprise_id), event["user"])
+            thread_ts = event.get("thread_ts") or event["ts"]
+            assistant = direct and "thread_ts" in event
+            thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient, assistant=assistant)
             answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
             await self._after_acknowledgements()
-            try:
-                await answer.show([placeholder()])
-            except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
-                log.warning("could not post in %s (%s): the message is left unanswered", channel, error.reason)
+            if not await self._open(answer, thread):  # before the API is asked anything, so nothing is charged
                 return
-            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, progress))
+            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, thread.watching(progress)))
             if reply.private and not direct and reply.outcome != Outcome.DUPLICATE:
                 await self._tell_privately(thread, event["user"], answer, reply)
                 return
             delivery = await answer.finish(reply)
+            with contextlib.suppress(DeliveryFailed):
+                await thread.close()
             if delivery.delivered is Delivered.ALL and not direct:
                 await self.store.follow_thread(_thread(channel, thread.thread_ts))
+
+    async def _open(self, answer: Answer[SlackMessage, str], thread: _Thread) -> bool:
+        """Show the answer's first message: a stream where Slack takes one, else the placeholder.
+
+        Slack refuses streams to an app or workspace without them (`STREAMING_REFUSED`): then every
+        answer after this one goes straight to the placeholder. False when not even that can be posted.
+        """
+        if thread.streams:
+            try:
+                await answer.show([thread.opening()])
+                return True
+            except DeliveryFailed as error:
+                log.info("could not stream an answer in %s (%s); editing a placeholder instead", thread.channel, error.reason)
+                thread.streams = False
+                if error.reason in STREAMING_REFUSED:
+                    self._streams = False
+        try:
+            await answer.show([thread.opening()])
+        except DeliveryFailed as error:
+            log.warning("could not post in %s (%s): the message is left unanswered", thread.channel, error.reason)
+            return False
+        return True
 
     async def _tell_privately(self, thread: _Thread, user: str, answer: Answer[SlackMessage, str], reply: Reply) -> None:
         """A reply for the asker's eyes only, in place of the placeholder; a public line if Slack refuses it."""
@@ -365,6 +415,9 @@ class SlackAdapter:
         self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
     ) -> Reply:
         """The reply to a message (its images and thread included), with notes for its footer."""
+        in_assistant_chat = event.get("channel_type") == "im" and "thread_ts" in event
+        if in_assistant_chat and from_slack(event.get("text", "")).lower() == SUMMARIZE_CHANNEL.lower():
+            return await self._channel_summary(body, event, client, context, progress)
         vetted = await self._attachments(client, event.get("files", ()))
         if (refusal := refused(vetted)) is not None:  # the person asked about images, none of which could be read
             return refusal
@@ -496,6 +549,71 @@ class SlackAdapter:
         except WEB_API_FAILURES as error:
             log.warning("could not publish the Home tab of %s (%s)", event["user"], _said(error))
 
+    # --- the AI app surface --------------------------------------------------------------------------
+
+    async def _on_assistant_thread_started(self, body: Payload, event: Payload, client: AsyncWebClient) -> None:
+        """Greet the person in their new thread and offer prompts; costs nothing, asks the API nothing."""
+        thread = event.get("assistant_thread") or {}
+        channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
+        if not (channel and thread_ts) or not await first_delivery(self.store, f"slack:{body.get('event_id')}"):
+            return
+        viewing = await self._remember_viewed_channel(thread)
+        prompts = [CHANNEL_PROMPT, *SUGGESTED_PROMPTS[1:]] if viewing else SUGGESTED_PROMPTS
+        try:
+            await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=GREETING)
+            await client.assistant_threads_setSuggestedPrompts(channel_id=channel, thread_ts=thread_ts, prompts=prompts)
+        except WEB_API_FAILURES as error:
+            log.warning("could not greet a new assistant thread in %s (%s)", channel, _said(error))
+
+    async def _on_assistant_context_changed(self, event: Payload) -> None:
+        """The person looks at another channel beside the thread: that is the one `SUMMARIZE_CHANNEL` reads."""
+        await self._remember_viewed_channel(event.get("assistant_thread") or {})
+
+    async def _remember_viewed_channel(self, thread: Payload) -> str | None:
+        """Keep the channel an AI app chat is open beside (in the store, so every replica knows it); returns it."""
+        viewing = (thread.get("context") or {}).get("channel_id")
+        if viewing and thread.get("channel_id") and thread.get("thread_ts"):
+            await self.store.set_setting(_thread(thread["channel_id"], thread["thread_ts"]), "viewing", viewing)
+        return viewing
+
+    async def _channel_summary(
+        self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext, progress: Progress
+    ) -> Reply:
+        """`SUMMARIZE_CHANNEL` in an AI app chat: today's (UTC) messages of the channel beside it, summarized,
+        charged to the person who asked. Nothing is asked of the API when the channel cannot be read."""
+        viewing = await self.store.setting(_thread(event["channel"], event["thread_ts"]), "viewing")
+        if not viewing:
+            return Reply("Open this chat beside a channel first: that is the channel I summarize.", outcome=Outcome.USAGE)
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        try:
+            page = await client.conversations_history(channel=viewing, oldest=f"{midnight.timestamp():.6f}", limit=HISTORY_PAGE)
+        except WEB_API_FAILURES as error:
+            said = _said(error)
+            if said in NOT_A_MEMBER:
+                return Reply(
+                    "I am not in that channel, so I cannot read it: invite me there first (`/invite @iobot`).",
+                    outcome=Outcome.REFUSED,
+                )
+            return Reply(f"I could not read that channel (Slack: {said}).", outcome=Outcome.ERROR)
+        lines = [
+            f"{_author(message, context.bot_user_id)}: {text}"
+            for message in reversed(page["messages"])  # Slack lists them newest first
+            if message.get("subtype") in (*WRITTEN, "bot_message")
+            and (text := from_slack(message.get("text", ""), context.bot_user_id))
+        ]
+        if not lines:
+            return Reply("Nothing was said in that channel today.", outcome=Outcome.USAGE)
+        text = "\n".join(lines)
+        notes = [f"Only the newest {len(lines)} messages of today were summarized."] if page.get("has_more") else []
+        request = Request(
+            user=_person(context, event["user"]),
+            text=text,
+            command=Command("summarize", text=text),
+            request_id=body.get("event_id"),
+            channel=_channel(context, event["channel"]),
+        )
+        return with_notes(await self.service.handle(request, progress), notes)
+
     # --- files ---------------------------------------------------------------------------------------
 
     async def _attachments(self, client: AsyncWebClient, files: Sequence[Payload]) -> Vetted:
@@ -550,34 +668,107 @@ class SlackAdapter:
 
 
 class _Thread:
-    """A conversation's thread, where its answer goes: the `Port` for Block Kit messages, each a `ts`."""
+    """A conversation's thread, where its answer goes: the `Port` for Block Kit messages, each a `ts`.
+
+    With `streams` the answer's first message is a stream: `chat.startStream` opens it, each edit
+    that only adds text goes out as `chat.appendStream`, and the edit that adds the footer (or
+    `close()`) ends it with `chat.stopStream`. Anything else (a later message, an edit that changes
+    what was shown) is an ordinary `chat.postMessage` or `chat.update`. Outside a DM Slack wants to
+    know whom a stream is for: `recipient`, (team, user).
+    """
 
     name = "Slack"
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        channel: str,
+        thread_ts: str,
+        *,
+        streams: bool = False,
+        recipient: tuple[str, str] | None = None,
+        assistant: bool = False,
+    ) -> None:
         self.client = client
         self.channel = channel
         self.thread_ts = thread_ts
+        self.streams = streams
+        self.recipient = recipient
+        self.assistant = assistant  # a DM thread: its status shows while the answer is worked out
+        self._stream: str | None = None  # the `ts` of the message streaming now
+        self._streamed = ""  # the markdown it shows so far
+        self._arrived = ""  # the answer as it last arrived, shown or not (edits are throttled)
+
+    def opening(self) -> SlackMessage:
+        """What goes up before the question goes to the API: an empty stream, or the placeholder."""
+        return markdown_messages("")[0] if self.streams else placeholder()
+
+    def watching(self, progress: Progress) -> Progress:
+        """`progress` that also keeps the answer as it arrives, so that an answer the API cut keeps all of it."""
+
+        async def watched(text: str) -> None:
+            self._arrived = text
+            await progress(text)
+
+        return watched
 
     def render(self, reply: Reply) -> list[SlackMessage]:
+        if self.streams:
+            return streamed_reply_messages(reply, arrived=to_markdown(self._arrived))
         return reply_messages(reply)
 
     def render_text(self, text: str) -> list[SlackMessage]:
-        return answer_messages(text)
+        return markdown_messages(streamable(text)) if self.streams else answer_messages(text)
 
     def noted(self, piece: SlackMessage, note: str) -> SlackMessage:
         return {**piece, "blocks": [*piece["blocks"], context_block([plain(note)])]}
 
     async def post(self, piece: SlackMessage, after: str | None) -> str:
+        if self.streams and after is None and not self._streamed and self._stream is None:
+            team, user = self.recipient or (None, None)
+            with _delivering():
+                response = await self.client.chat_startStream(
+                    channel=self.channel,
+                    thread_ts=self.thread_ts,
+                    markdown_text=markdown_of(piece) or None,
+                    recipient_team_id=team,
+                    recipient_user_id=user,
+                )
+            self._stream, self._streamed = str(response["ts"]), markdown_of(piece)
+            return self._stream
         with _delivering():
             response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts, **piece)
         return str(response["ts"])
 
     async def edit(self, handle: str, piece: SlackMessage) -> None:
+        if handle == self._stream:
+            markdown, footer = markdown_of(piece), piece["blocks"][1:]
+            if markdown.startswith(self._streamed):
+                added = markdown[len(self._streamed) :]
+                with _delivering():
+                    if footer:
+                        await self.client.chat_stopStream(
+                            channel=self.channel, ts=handle, markdown_text=added or None, blocks=footer
+                        )
+                        self._stream = None
+                    elif added:
+                        await self.client.chat_appendStream(channel=self.channel, ts=handle, markdown_text=added)
+                self._streamed = markdown
+                return
+            await self.close()  # what was shown changes: the stream ends, and the message is updated
         with _delivering():
             await self.client.chat_update(channel=self.channel, ts=handle, **piece)
 
+    async def close(self) -> None:
+        """End the stream, if one is still open (an answer with no footer, or one being replaced)."""
+        if self._stream is not None:
+            handle, self._stream = self._stream, None
+            with _delivering():
+                await self.client.chat_stopStream(channel=self.channel, ts=handle)
+
     async def delete(self, handle: str) -> None:
+        if handle == self._stream:
+            self._stream = None
         with _delivering():
             await self.client.chat_delete(channel=self.channel, ts=handle)
 
@@ -594,8 +785,24 @@ class _Thread:
                 raise DeliveryFailed("the file upload was refused") from error
         return str(response["file"]["id"])
 
-    def working(self) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()  # the placeholder message says it
+    @contextlib.asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """In a DM thread (Slack's AI app surface) the thread's status says it, cleared at the end;
+        elsewhere the placeholder message, or the open stream, says it. The status is best effort."""
+        if not self.assistant:
+            yield
+            return
+        await self._set_status(THINKING)
+        try:
+            yield
+        finally:
+            await self._set_status("")
+
+    async def _set_status(self, status: str) -> None:
+        try:
+            await self.client.assistant_threads_setStatus(channel_id=self.channel, thread_ts=self.thread_ts, status=status)
+        except WEB_API_FAILURES as error:
+            log.info("could not set the status of thread %s in %s (%s)", self.thread_ts, self.channel, _said(error))
 
 
 class _ResponseURL:
@@ -654,8 +861,8 @@ def _thread(channel: str, thread_ts: str) -> str:
 def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: str | None) -> list[Message]:
     """Thread messages as conversation turns: the bot's as the assistant's, people's as the user's.
 
-    Other bots, edits and placeholders are left out; consecutive messages of one side are joined,
-    since some models insist that user and assistant alternate.
+    Other bots, edits, placeholders and the greeting of an AI app chat are left out; consecutive
+    messages of one side are joined, since some models insist that user and assistant alternate.
     """
     turns: list[Message] = []
     for message in messages:
@@ -663,7 +870,7 @@ def thread_turns(messages: Sequence[Payload], bot_user_id: str | None, bot_id: s
         if not mine and (message.get("bot_id") or message.get("subtype") not in WRITTEN):
             continue
         text = from_slack(message.get("text", ""), bot_user_id)
-        if text != from_slack(PLACEHOLDER):
+        if text not in (from_slack(PLACEHOLDER), GREETING):
             turns.append({"role": "assistant" if mine else "user", "content": text})
     return merge_turns(turns)
 

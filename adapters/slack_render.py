@@ -22,6 +22,7 @@ from core.service import Reply
 SlackMessage = dict[str, Any]  # chat.postMessage / chat.update / response_url arguments: text and blocks
 
 SECTION_LIMIT = 3000  # characters in a section block's text
+MARKDOWN_LIMIT = 12_000  # characters in a markdown block, and in one chat.appendStream or chat.stopStream call
 CONTEXT_LIMIT = 3000  # characters in one context element
 PLACEHOLDER = ":hourglass_flowing_sand: Thinking…"
 ZERO_WIDTH_SPACE = "\u200b"
@@ -149,6 +150,56 @@ def reply_messages(
     if asked:
         messages[0]["blocks"].insert(0, context_block([asked]))
     footer = ["\n".join(plain(note) for note in notes)] if notes else []
+    if reply.model:
+        footer.append(f"_{plain(model_line(reply.model, reply.usage))}_")
+    if footer:
+        messages[-1]["blocks"].append(context_block(footer))
+    return messages
+
+
+# --- streamed messages ---------------------------------------------------------------------------
+
+
+def to_markdown(text: str) -> str:
+    """Text (ours or the model's) as a streamed message's markdown: standard markdown, which Slack
+    renders itself, with crowd pings defused (`@here` and `<!here>` alike)."""
+    return defuse(text).replace("<!", f"<{ZERO_WIDTH_SPACE}!")
+
+
+def streamable(text: str) -> str:
+    """The part of an answer still arriving that can be streamed: up to its last whitespace.
+
+    A word is only shown once it is whole, so what is defused is settled: `@her` could still become
+    `@here`. Each streamed part is then the start of the next, as `chat.appendStream` needs.
+    """
+    cut = max(text.rfind(" "), text.rfind("\n"))
+    return to_markdown(text[: cut + 1]) if cut >= 0 else ""
+
+
+def markdown_messages(markdown: str) -> list[SlackMessage]:
+    """Markdown as messages of one markdown block each, code blocks intact; an empty one for a stream's start."""
+    pieces = split_message(markdown, MARKDOWN_LIMIT) if markdown else [""]
+    return [{"text": piece, "blocks": [{"type": "markdown", "text": piece}]} for piece in pieces]
+
+
+def markdown_of(message: SlackMessage) -> str:
+    """The markdown a message made by `markdown_messages` shows."""
+    return str(message["blocks"][0]["text"])
+
+
+def streamed_reply_messages(reply: Reply, *, arrived: str = "") -> list[SlackMessage]:
+    """A finished reply as streamed messages: its answer in markdown, notes and the model in a footer.
+
+    An error after part of the answer `arrived` (the API's stream was cut) keeps that part and says
+    what went wrong in the footer: it was read as it streamed, and what the API spent is charged.
+    """
+    notes = [plain(note) for note in reply.notes]
+    if reply.outcome == "error" and arrived:
+        messages = markdown_messages(arrived)
+        notes.insert(0, OUTCOME_MARKS["error"] + plain(reply.text))
+    else:
+        messages = markdown_messages(to_markdown(OUTCOME_MARKS.get(reply.outcome, "") + reply.text))
+    footer = ["\n".join(notes)] if notes else []
     if reply.model:
         footer.append(f"_{plain(model_line(reply.model, reply.usage))}_")
     if footer:

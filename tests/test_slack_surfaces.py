@@ -355,6 +355,8 @@ async def test_every_event_and_shortcut_in_the_manifest_is_one_the_app_listens_t
         event: dict[str, Any] = {"type": kind, "user": BEA, "text": "hello", "ts": slack.next_ts(), "channel": "C0ELSEWHERE"}
         if channel_type:
             event["channel_type"] = {"channels": "channel", "groups": "group"}.get(channel_type, channel_type)
+        if kind.startswith("assistant_thread_"):  # Bolt reads these events' thread before any listener
+            event["assistant_thread"] = {"user_id": BEA, "channel_id": "D0BEA", "thread_ts": event["ts"], "context": {}}
         response = await bot.post(json.dumps(event_fields(event)), "application/json")
         assert response.status_code == 200, declared
     message = slack.add_message(CHANNEL, BEA, "hello")

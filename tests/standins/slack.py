@@ -95,6 +95,7 @@ class SlackStandIn:
     faults: list[Fault] = field(default_factory=list)
     locked: dict[str, str] = field(default_factory=dict)  # channel -> the error every method naming it gets
     home_views: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> their published Home tab
+    streaming: bool = False  # whether chat.startStream is allowed; refused (`not_allowed`) otherwise
     base_url: str = ""  # http://127.0.0.1:PORT, set by start()
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1_700_000_000))
     _runner: web.AppRunner | None = None
@@ -330,6 +331,57 @@ class SlackStandIn:
             message["blocks"] = args["blocks"]
         return {"channel": args["channel"], "ts": args["ts"], "text": message["text"]}
 
+    def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: a message in a thread that grows with each chat.appendStream until chat.stopStream.
+        Outside a DM Slack wants to know whom the stream is for."""
+        if not self.streaming:
+            return {"error": "not_allowed"}
+        if not args.get("thread_ts"):
+            return {"error": "invalid_arguments"}
+        if not str(args["channel"]).startswith("D") and not (args.get("recipient_user_id") and args.get("recipient_team_id")):
+            return {"error": "missing_recipient_user_id"}
+        message = {
+            "type": "message",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "text": args.get("markdown_text", ""),
+            "blocks": [],
+            "ts": self.next_ts(),
+            "thread_ts": args["thread_ts"],
+            "streaming": True,
+        }
+        self.messages.setdefault(args["channel"], []).append(message)
+        return {"channel": args["channel"], "ts": message["ts"]}
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(args["channel"], args["ts"])
+        if message is None:
+            return {"error": "message_not_found"}
+        if not message.get("streaming"):
+            return {"error": "message_not_in_streaming_state"}
+        message["text"] += args.get("markdown_text", "")
+        return {"channel": args["channel"], "ts": args["ts"]}
+
+    def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The last text joins the message, which then shows it as a markdown block, with `blocks` after it."""
+        message = self._find(args["channel"], args["ts"])
+        if message is None:
+            return {"error": "message_not_found"}
+        if not message.get("streaming"):
+            return {"error": "message_not_in_streaming_state"}
+        message["text"] += args.get("markdown_text", "")
+        message["blocks"] = [{"type": "markdown", "text": message["text"]}, *args.get("blocks", [])]
+        message["streaming"] = False
+        return {"channel": args["channel"], "ts": args["ts"], "message": message}
+
+    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {} if args.get("channel_id") and args.get("thread_ts") and "status" in args else {"error": "invalid_arguments"}
+
+    def _assistant_threads_setSuggestedPrompts(self, args: dict[str, Any]) -> dict[str, Any]:
+        prompts = args.get("prompts")
+        valid = isinstance(prompts, list) and 0 < len(prompts) <= 4 and all("title" in p and "message" in p for p in prompts)
+        return {} if args.get("channel_id") and valid else {"error": "invalid_arguments"}
+
     def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self._find(args["channel"], args["ts"])
         if message is None:
@@ -359,6 +411,15 @@ class SlackStandIn:
         page = listed[start : start + limit]
         more = start + limit < len(listed)
         return {"messages": page, "has_more": more, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: a channel's messages (thread replies left out), newest first, after `oldest`, `limit` at most."""
+        found = [m for m in self.messages.get(args["channel"], []) if m.get("thread_ts") in (None, m["ts"])]
+        if args.get("oldest"):
+            found = [m for m in found if float(m["ts"]) > float(args["oldest"])]
+        found.sort(key=lambda message: float(message["ts"]), reverse=True)
+        limit = int(args.get("limit") or 100)
+        return {"messages": found[:limit], "has_more": len(found) > limit}
 
     def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
         stored = self.files.get(args["file"])
