@@ -14,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import statistics
+import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.service import Call, generous_quotas, run_load
 from core.client import IOClient
 from core.ledger import SQLiteLedger, Store
 from core.ledger.store import CLAIM_SECONDS
-from core.quotas import QuotaTable, load_quota_table
 from core.service import INSTRUCTIONS_SETTING, MODEL_SETTING, Request, Service, ServiceConfig
 from emulator.process import start_emulator_process
 
@@ -44,8 +44,6 @@ INSTRUCTIONS = "Answer in plain English, in three sentences at most."
 QUESTION = "What is the capital of France?"
 KEY = "benchmark-key"
 TARGET_RATIO = 0.9  # the reads may cost at most a tenth of the answered rate
-
-Call = Callable[[int], Awaitable[bool]]  # request number -> answered?
 
 
 class SettingsInMemory:
@@ -80,36 +78,6 @@ class SettingsInMemory:
         return await self._store.refusals(day)
 
 
-def generous_quotas() -> QuotaTable:
-    """The built-in table with every API quota raised, so that the benchmark measures answers, not refusals."""
-    return QuotaTable([row.model_copy(update={"api_daily_tokens": 10**12}) for row in load_quota_table()])
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def run_load(call: Call, count: int) -> tuple[float, float, int]:
-    """`count` calls, `CONCURRENCY` at a time, stopped at `TIME_CAP`: (answered/s, CPU us per answer, answered)."""
-    numbers = iter(range(count))
-    answered = 0
-    deadline = time.perf_counter() + TIME_CAP
-
-    async def worker() -> None:
-        nonlocal answered
-        for number in numbers:
-            if time.perf_counter() > deadline:
-                return
-            ok = await call(number)
-            answered += ok
-
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    cpu_us = (cpu_seconds() - cpu_started) * 1e6 / max(answered, 1)
-    return answered / (time.perf_counter() - started), cpu_us, answered
-
-
 async def measure(base_url: str, workdir: Path) -> dict:
     ledger = await SQLiteLedger.open(str(workdir / "ledger.sqlite3"), user_daily_tokens=10**12)
     client = IOClient(base_url, KEY)
@@ -138,11 +106,11 @@ async def measure(base_url: str, workdir: Path) -> dict:
     answered = dict.fromkeys(services, 0)
     try:
         for service in services.values():
-            await run_load(asking(service), WARMUP)
+            await run_load(asking(service), WARMUP, TIME_CAP)
         for round_number in range(ROUNDS):
             order = list(services.items()) if round_number % 2 == 0 else list(reversed(services.items()))
             for name, service in order:
-                rate, cpu_us, done = await run_load(asking(service), REQUESTS // ROUNDS)
+                rate, cpu_us, done = await run_load(asking(service), REQUESTS // ROUNDS, TIME_CAP)
                 rates[name].append(rate)
                 cpu[name].append(cpu_us)
                 answered[name] += done

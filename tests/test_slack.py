@@ -4,11 +4,13 @@ Slack Web API and file host, and the IO emulator behind the real service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from aiohttp import web
 from adapters.slack import WEB_API_TIMEOUT, SlackAdapter, thread_turns
 from adapters.slack_render import PLACEHOLDER, from_slack, to_mrkdwn
 from core.images import ImageLimits
-from core.ledger import MemoryStore
+from core.ledger import MemoryStore, Store
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 
@@ -152,39 +154,44 @@ async def slack():
         yield standin
 
 
+@contextlib.asynccontextmanager
+async def serving(service: Service, slack: SlackStandIn, *, store: Store, timeout: float | None = None) -> AsyncIterator[Bot]:
+    """An adapter on its own HTTP server on 127.0.0.1, stopped on leaving. `timeout` bounds each Web API
+    call (the adapter's defaults otherwise); `store` is what it remembers."""
+    limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
+    adapter = SlackAdapter(
+        service,
+        bot_token=BOT_TOKEN,
+        signing_secret=SECRET,
+        api_url=slack.api_url,
+        file_hosts=["127.0.0.1"],
+        image_limits=limits,
+        store=store,
+        web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
+    )
+    app = web.Application()
+    app.add_routes(adapter.routes())
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with httpx.AsyncClient(timeout=15) as sender:
+            yield Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
+    finally:
+        await adapter.stop()
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def start_bot(service, slack):
     """Starts an adapter (a fresh one each call, as after a restart) on its own HTTP server."""
-    cleanups = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(timeout: float | None = None, store: MemoryStore | None = None) -> Bot:
-        """`timeout` bounds each Web API call (the adapter's defaults otherwise); `store` is what it
-        remembers (a fresh one by default: a restart of a process that keeps nothing)."""
-        limits = ImageLimits() if timeout is None else ImageLimits(timeout=timeout)
-        adapter = SlackAdapter(
-            service,
-            bot_token=BOT_TOKEN,
-            signing_secret=SECRET,
-            api_url=slack.api_url,
-            file_hosts=["127.0.0.1"],
-            image_limits=limits,
-            store=store or MemoryStore(),
-            web_api_timeout=WEB_API_TIMEOUT if timeout is None else timeout,
-        )
-        app = web.Application()
-        app.add_routes(adapter.routes())
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        sender = httpx.AsyncClient(timeout=15)
-        cleanups.append((adapter, runner, sender))
-        return Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
+        async def start(timeout: float | None = None, store: MemoryStore | None = None) -> Bot:
+            """`store` is what it remembers: a fresh one by default, a restart of a process that keeps nothing."""
+            return await stack.enter_async_context(serving(service, slack, store=store or MemoryStore(), timeout=timeout))
 
-    yield start
-    for adapter, runner, sender in cleanups:
-        await adapter.stop()
-        await runner.cleanup()
-        await sender.aclose()
+        yield start
 
 
 @pytest.fixture

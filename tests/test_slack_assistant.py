@@ -12,18 +12,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from aiohttp import web
 
-from adapters.slack import CHANNEL_PROMPT, GREETING, SUGGESTED_PROMPTS, SUMMARIZE_CHANNEL, THINKING, SlackAdapter
+from adapters.slack import CHANNEL_PROMPT, GREETING, SUGGESTED_PROMPTS, SUMMARIZE_CHANNEL, THINKING
 from adapters.slack_render import PLACEHOLDER, streamable, to_markdown
-from core.images import ImageLimits
 from core.ledger import MemoryStore
 from core.quotas import load_quota_table
 from core.service import Service, ServiceConfig
 from emulator import Fault
 
 from .standins.slack import TEAM_ID, SlackStandIn
-from .test_slack import ANA, BOT_TOKEN, CHANNEL, DM, MODEL, SECRET, VISION, Bot, chat_calls, has_footer
+from .test_slack import ANA, BOT_TOKEN, CHANNEL, DM, MODEL, VISION, Bot, chat_calls, has_footer, serving
 from .test_slack_surfaces import MANIFEST
 
 STREAM_CALLS = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.postMessage", "chat.update")
@@ -44,25 +42,9 @@ async def slack():
 
 @pytest.fixture
 async def bot(service, slack):
-    """The adapter serving `POST /slack/events` on 127.0.0.1."""
-    adapter = SlackAdapter(
-        service,
-        bot_token=BOT_TOKEN,
-        signing_secret=SECRET,
-        api_url=slack.api_url,
-        file_hosts=["127.0.0.1"],
-        image_limits=ImageLimits(),
-        store=service.store,
-    )
-    app = web.Application()
-    app.add_routes(adapter.routes())
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    async with httpx.AsyncClient(timeout=15) as sender:
-        yield Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
-        await adapter.stop()
-    await runner.cleanup()
+    """The adapter serving `POST /slack/events` on 127.0.0.1, remembering in the service's store."""
+    async with serving(service, slack, store=service.store) as served:
+        yield served
 
 
 async def settled(bot: Bot) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -35,12 +34,12 @@ from .test_slack import (
     CHANNEL,
     FORM,
     MODEL,
-    SECRET,
     VISION,
     Bot,
     api_calls,
     chat_calls,
     has_footer,
+    serving,
     shown,
 )
 
@@ -63,25 +62,9 @@ async def slack():
 
 @pytest.fixture
 async def bot(service, slack):
-    """The adapter serving `POST /slack/events` on 127.0.0.1."""
-    adapter = SlackAdapter(
-        service,
-        bot_token=BOT_TOKEN,
-        signing_secret=SECRET,
-        api_url=slack.api_url,
-        file_hosts=["127.0.0.1"],
-        image_limits=ImageLimits(),
-        store=service.store,
-    )
-    app = web.Application()
-    app.add_routes(adapter.routes())
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    async with httpx.AsyncClient(timeout=15) as sender:
-        yield Bot(adapter, slack, f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events", sender)
-        await adapter.stop()
-    await runner.cleanup()
+    """The adapter serving `POST /slack/events` on 127.0.0.1, remembering in the service's store."""
+    async with serving(service, slack, store=service.store) as served:
+        yield served
 
 
 async def use_shortcut(

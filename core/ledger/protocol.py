@@ -162,7 +162,7 @@ class Ledger(Protocol):
         """Charge what the call really used (which may exceed the reservation) and free the reservation.
 
         `seconds`, how long the answer took, is counted in the model's latencies of the reservation's day
-        (`answer_latencies`), in the same write, so every replica's answers are counted together.
+        (`answer_latencies`), in the database, so every replica's answers are counted together.
         """
         ...
 
