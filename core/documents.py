@@ -27,7 +27,7 @@ from typing import IO
 
 import httpx
 
-from .errors import Refusal, UserError
+from .errors import Refusal, RefusedFile
 from .images import SPOOL_IN_MEMORY, ImageBudget, ImageError, ImageLimits, ImageSource, download_image
 from .tokens import BYTES_PER_TOKEN
 
@@ -75,20 +75,11 @@ class DocumentKind(StrEnum):
     PDF = "pdf"
 
 
-class DocumentError(UserError):
-    """A file was refused; `str(error)` is a short sentence naming it, fit to show the person.
+class DocumentError(RefusedFile):
+    """A text file or PDF was refused. `reason`, for metrics: too_large, empty, binary, encoding, encrypted,
+    damaged, no_text, slow, too_long, or a download's reason (see `ImageError`)."""
 
-    Shown where the file was posted (not privately), so that the others there know why no answer came.
-    `reason` is a short fixed word for metrics: too_large, empty, binary, encoding, encrypted,
-    damaged, no_text, slow, too_long, or a download's reason (see `ImageError`).
-    """
-
-    private = False
     refusal = Refusal.FILE
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

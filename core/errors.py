@@ -50,6 +50,20 @@ class UserError(Exception):
         return str(self)
 
 
+class RefusedFile(UserError):
+    """An attached file was refused; `str(error)` is a short sentence naming it, fit to show the person.
+
+    Shown where the file was posted (not privately), so that the others there know why no answer came.
+    `reason` is a short fixed word for metrics.
+    """
+
+    private = False
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class IOIntelligenceError(UserError):
     """Base class: the API could not give an answer."""
 

@@ -40,7 +40,7 @@ import httpx
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .chunks import shorten
-from .errors import Refusal, UserError
+from .errors import Refusal, RefusedFile
 
 __all__ = [
     "ImageBudget",
@@ -58,22 +58,12 @@ __all__ = [
 ]
 
 
-class ImageError(UserError):
-    """An image was refused; `str(error)` is a short sentence fit to show the person (names the file).
-
-    Shown where the images were posted (not privately), so that the others there know why no answer came.
-
-    `reason` is a short fixed word for metrics and adapters: empty, damaged, not_image, too_large,
+class ImageError(RefusedFile):
+    """An image was refused. `reason`, for metrics and adapters: empty, damaged, not_image, too_large,
     too_many_pixels, too_many_images, download, html (a web page came back, often a sign-in page),
-    address or file.
-    """
+    address or file."""
 
-    private = False
     refusal = Refusal.IMAGE
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
