@@ -279,14 +279,31 @@ async def test_settings_set_beside_the_service_reach_it_but_only_the_owner_count
 ) -> None:
     beside = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=50_000, clock=clock, owner=False)
     try:
+        assert await ledger.store.setting("slack:T1:C1", "instructions") is None  # the owner remembers this read
         await beside.store.set_setting("slack:T1:C1", "instructions", "Answer in haiku.")
         assert await ledger.store.setting("slack:T1:C1", "instructions") == "Answer in haiku."
+        await beside.store.set_setting("slack:T1:C1", "instructions", None)
+        assert await ledger.store.setting("slack:T1:C1", "instructions") is None
         assert await ledger.store.claim("slack:Ev06") is True
         assert await beside.store.claim("slack:Ev06") is False  # one file, one set of claims
         with pytest.raises(LedgerError, match="process serving requests"):
             await beside.store.take_request(ANN, 10)
     finally:
         await beside.close()
+
+
+async def test_the_owner_remembers_settings_it_read_or_wrote_and_still_answers_beyond_its_memory(
+    ledger: SQLiteLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "SETTINGS_CACHED", 3)
+    for n in range(6):
+        await ledger.store.set_setting(f"slack:T1:U{n}", "model", f"model-{n}")
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as db:  # behind the owner's back: unseen while remembered
+        db.execute("UPDATE settings SET value = 'changed' WHERE scope IN ('slack:T1:U0', 'slack:T1:U5')")
+        db.commit()
+    assert await ledger.store.setting("slack:T1:U5", "model") == "model-5"  # remembered: no trip to the file
+    assert await ledger.store.setting("slack:T1:U0", "model") == "changed"  # dropped from memory: read again
+    assert [await ledger.store.setting(f"slack:T1:U{n}", "model") for n in range(1, 5)] == [f"model-{n}" for n in range(1, 5)]
 
 
 async def test_a_closed_ledgers_store_says_so(ledger: SQLiteLedger) -> None:

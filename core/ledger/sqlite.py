@@ -36,6 +36,8 @@ How `SQLiteLedger` stays exact and fast:
   returns: `set_user_limit` bumps a change counter in the same transaction, and `reserve` reads that
   counter (and, when it moved, the overrides) before its checks, through a second, synchronous
   connection: one indexed read of a few microseconds, with no `await` to let the check go stale.
+  A setting written by another process bumps the same counter, so that the store's memory of
+  settings (sqlite_store.py) is dropped before its next read.
 * WAL with `synchronous=NORMAL`: a commit survives the process being killed; a power cut may lose
   the last commits (under-counting a few requests) but never corrupts the file.
 """
@@ -70,8 +72,8 @@ from .protocol import (
     UsageRow,
     as_utc,
 )
+from .sqlite_store import BUMP_VERSION, REFUSALS_MIGRATION, SQLiteStore
 from .sqlite_store import MIGRATION as STORE_MIGRATION
-from .sqlite_store import REFUSALS_MIGRATION, SQLiteStore
 
 log = logging.getLogger("iobot.ledger")
 
@@ -228,6 +230,7 @@ RESERVED_BY_MODEL = "SELECT model, SUM(tokens) FROM reservations WHERE day = ? G
 SETTLED_SUM = "SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE day = ?"
 SPENT_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM model_spend WHERE day = ?"
 RESERVED_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE day = ?"
+# Bumped by every change to the limits, and by a setting written beside the owner (sqlite_store.py).
 LIMITS_VERSION = "SELECT version FROM limits_version"
 USER_LIMITS = "SELECT user, tokens FROM user_limits"
 # The dashboard's: a day's biggest users (through the primary key, one day's rows in person order), with their
@@ -315,7 +318,9 @@ class SQLiteLedger:
         self._last_id = 0
         self._today = date.min
         # The rest of the shared state, on this connection: opened, owned and closed with the ledger.
-        self.store = SQLiteStore(db, self._db_lock, clock=clock, owner=owner, check_open=self._check_open)
+        self.store = SQLiteStore(
+            db, self._db_lock, clock=clock, owner=owner, check_open=self._check_open, refresh=self._refresh_if_changed
+        )
 
     @classmethod
     async def open(
@@ -410,7 +415,7 @@ class SQLiteLedger:
         self._limits = {user: tokens for user, tokens in await self._db.execute_fetchall(USER_LIMITS)}
         if self._path != ":memory:":  # a memory database is this connection's alone: no one else sets limits
             self._limits_reader = sqlite3.connect(self._path, timeout=1.0, isolation_level=None)
-            self._refresh_limits_if_changed()
+            self._refresh_if_changed()
         self._start_pruning()
 
     # --- reserve, settle, release: the owner's hot path ---
@@ -422,7 +427,7 @@ class SQLiteLedger:
         if tokens < 0:
             raise ValueError("tokens must not be negative")
         # From here to the write there is no await: the checks and the charge are one atomic step.
-        self._refresh_limits_if_changed()
+        self._refresh_if_changed()
         now = self._now()
         day = now.date()
         if day != self._today:
@@ -638,8 +643,9 @@ class SQLiteLedger:
         except sqlite3.Error as exc:  # the keys are only older than needed; the next day tries again
             log.warning("could not delete expired idempotency keys: %s", exc)
 
-    def _refresh_limits_if_changed(self) -> None:
-        """Re-read the overrides if any process changed one since the last look (a few microseconds when not)."""
+    def _refresh_if_changed(self) -> None:
+        """Re-read the overrides, and forget the store's settings, if another process changed either since
+        the last look (a few microseconds when not)."""
         if self._limits_reader is None:
             return
         try:
@@ -647,6 +653,7 @@ class SQLiteLedger:
             if version != self._limits_version:
                 self._limits = dict(self._limits_reader.execute(USER_LIMITS).fetchall())
                 self._limits_version = version
+                self.store.forget_settings()
         except sqlite3.Error as exc:
             raise LedgerError(f"could not read the budgets: {exc}") from exc
 
@@ -717,7 +724,7 @@ class SQLiteLedger:
                         " ON CONFLICT (user) DO UPDATE SET tokens = excluded.tokens",
                         (user, tokens),
                     )
-                await self._db.execute("UPDATE limits_version SET version = version + 1")
+                await self._db.execute(BUMP_VERSION)
                 await self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:

@@ -12,6 +12,11 @@ one close. Its statements take turns with the ledger's batches on that connectio
 * Request rates stay in memory. Only the process that owns the file serves requests (see sqlite.py),
   so every request passes through its memory, which therefore is the shared state; a restart forgets
   at most a minute of rate. A store shared by replicas (PostgreSQL) keeps them in a table instead.
+* The owner reads settings through a memory of the last SETTINGS_CACHED. Every chat request reads two
+  (the person's model, the channel's instructions), which otherwise cost two trips to the SQLite
+  thread. It remembers what it writes, and a setting written by another process bumps the ledger's
+  change counter, which the owner reads before each look in its memory (a few microseconds), so the
+  memory is never stale.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
@@ -30,6 +36,7 @@ from .protocol import LedgerError
 from .store import CLAIM_SECONDS
 
 PRUNE_PER_WRITE = 2  # expired rows deleted per claim or follow: more than each adds, so the tables shrink
+SETTINGS_CACHED = 20_000  # settings (set or not) the owner keeps in memory, the least recently read dropped first
 THREAD_RETENTION = timedelta(days=90)  # a thread nobody followed for this long is forgotten
 
 # The schema, appended to the ledger's migrations (sqlite.py): one migration, never edited.
@@ -69,6 +76,7 @@ SET_SETTING = (
     "INSERT INTO settings (scope, name, value) VALUES (?, ?, ?) ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
 )
 REMOVE_SETTING = "DELETE FROM settings WHERE scope = ? AND name = ?"
+BUMP_VERSION = "UPDATE limits_version SET version = version + 1"  # the ledger's change counter (sqlite.py)
 COUNT_REFUSAL = (
     "INSERT INTO refusals (day, reason, requests) VALUES (?, ?, 1)"
     " ON CONFLICT (day, reason) DO UPDATE SET requests = requests + 1"
@@ -87,13 +95,18 @@ class SQLiteStore:
         clock: Callable[[], datetime],
         owner: bool,
         check_open: Callable[[], None],
+        refresh: Callable[[], None],
     ) -> None:
         self._db = db
         self._db_lock = db_lock  # the ledger's: one statement or transaction at a time on the connection
         self._clock = clock  # wall time: claims and threads outlive the process
         self._owner = owner
         self._check_open = check_open
+        self._refresh = refresh  # the ledger's look at what other processes changed: may call `forget_settings`
         self._rates: dict[int, RateLimit] = {}  # per_minute -> the owner's windows, on the monotonic clock
+        # Only the owner writes settings (other processes read usage and set limits), so what it last
+        # read or wrote is the file's value: every chat request reads two, here without a thread hop.
+        self._settings: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     async def claim(self, key: str, *, ttl: float = CLAIM_SECONDS) -> bool:
         now = self._clock().timestamp()
@@ -123,16 +136,51 @@ class SQLiteStore:
         return self._rates[per_minute].wait_needed(person)
 
     async def setting(self, scope: str, name: str) -> str | None:
+        self._check_open()
+        self._refresh()
+        if (scope, name) in self._settings:
+            self._settings.move_to_end((scope, name))
+            return self._settings[scope, name]
         async with self._turn() as db:
             rows = list(await db.execute_fetchall(SETTING, (scope, name)))
-        return rows[0][0] if rows else None
+            value = rows[0][0] if rows else None
+            self._remember_setting(scope, name, value)  # under the lock: no write can come between
+        return value
 
     async def set_setting(self, scope: str, name: str, value: str | None) -> None:
         async with self._turn() as db:
-            if value is None:
-                await db.execute(REMOVE_SETTING, (scope, name))
-            else:
-                await db.execute(SET_SETTING, (scope, name, value))
+            if self._owner:
+                await self._write_setting(db, scope, name, value)
+                self._remember_setting(scope, name, value)
+                return
+            await db.execute("BEGIN IMMEDIATE")  # beside the owner: tell it, in the same transaction
+            try:
+                await self._write_setting(db, scope, name, value)
+                await db.execute(BUMP_VERSION)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    async def _write_setting(db: aiosqlite.Connection, scope: str, name: str, value: str | None) -> None:
+        if value is None:
+            await db.execute(REMOVE_SETTING, (scope, name))
+        else:
+            await db.execute(SET_SETTING, (scope, name, value))
+
+    def forget_settings(self) -> None:
+        """Drop the remembered settings: another process wrote one."""
+        self._settings.clear()
+
+    def _remember_setting(self, scope: str, name: str, value: str | None) -> None:
+        if not self._owner:
+            return
+        self._settings[scope, name] = value
+        self._settings.move_to_end((scope, name))
+        if len(self._settings) > SETTINGS_CACHED:
+            self._settings.popitem(last=False)
 
     async def record_refusal(self, day: date, reason: str) -> None:
         async with self._turn() as db:
