@@ -218,6 +218,34 @@ async def test_a_failed_write_refuses_the_call_and_leaves_the_totals_as_they_wer
     assert await ledger.used_today(user=ANN) == 20
 
 
+async def test_while_another_process_holds_the_write_lock_the_loop_runs_on_and_the_write_lands_after(
+    open_ledger, tmp_path
+):
+    """A commit on the event loop never waits on another process's lock: that write goes to the writer thread."""
+    ledger = await open_ledger()
+    with closing(sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # as `iobot limits` setting a budget would, held for a while
+        spending = asyncio.create_task(spend(ledger, ANN, LLAMA, 100))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not spending.done() and ticks == 20
+        other.execute("COMMIT")
+        await asyncio.wait_for(spending, timeout=5)
+    assert await ledger.used_today(user=ANN) == 100
+
+
+async def test_the_write_ahead_log_is_checkpointed_on_a_thread_and_stays_small(open_ledger, tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_COMMITS", 20)
+    ledger = await open_ledger()
+    for _ in range(1_000):
+        await spend(ledger, ANN, LLAMA, 10)
+    log_size = os.path.getsize(tmp_path / "ledger.sqlite3-wal")
+    assert log_size < 512 * 1024  # 2,000 transactions of a few pages each would fill several MB unchecked
+    assert await ledger.used_today(user=ANN) == 10_000
+
+
 # --- idempotency keys in the file ---
 
 
