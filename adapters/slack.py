@@ -213,11 +213,16 @@ class SlackAdapter:
         async def authorize() -> AuthorizeResult:  # Bolt passes arguments by name: a method would be given `self`
             return await self._authorize()
 
+        # Bolt answers Slack as soon as a listener returns. Otherwise it would run the listener in a
+        # task of its own and look every 10 ms whether it had acknowledged, so that every slash
+        # command waited 10 ms for its acknowledgement. Each listener therefore acknowledges (or just
+        # returns) at once and hands its work to `in_flight.start`.
         self.bolt = AsyncApp(
             client=client,
             authorize=authorize,
             signing_secret=signing_secret or "",
             request_verification_enabled=signing_secret is not None,
+            process_before_response=True,
             name="iobot",
         )
         self.bolt.command("/io")(self._on_command)
@@ -317,35 +322,42 @@ class SlackAdapter:
     async def _on_command(self, ack: AsyncAck, command: Payload, context: AsyncBoltContext) -> None:
         text = from_slack(command.get("text", ""))
         await (ack() if is_informational(text) else ack(text=WORKING))
-        async with self.in_flight.track():
-            await self._after_acknowledgements()
-            user = command["user_id"]
-            asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
-            port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
-            answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
-            request = Request(
-                user=_person(context, user),
-                text=text,
-                request_id=command.get("trigger_id"),
-                channel=_channel(context, command["channel_id"]),
-                display_name=command.get("user_name", ""),
-            )
-            # Only the finished reply goes out: a response_url takes five posts and no edits.
-            await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
+        self.in_flight.start(self._answer_command(command, context, text), "answering /io")
+
+    async def _answer_command(self, command: Payload, context: AsyncBoltContext, text: str) -> None:
+        await self._after_acknowledgements()
+        user = command["user_id"]
+        asked = f"<@{user}> asked: {plain(shorten(text, ASKED_CHARS))}"
+        port = _ResponseURL(AsyncWebhookClient(command["response_url"], session=self._session), asked)
+        answer = Answer(port, "through /io's response_url", interval=EDIT_INTERVAL)
+        request = Request(
+            user=_person(context, user),
+            text=text,
+            request_id=command.get("trigger_id"),
+            channel=_channel(context, command["channel_id"]),
+            display_name=command.get("user_name", ""),
+        )
+        # Only the finished reply goes out: a response_url takes five posts and no edits.
+        await answer.finish(await answer.reply(lambda _: self.service.handle(request)))
 
     # --- conversations: mentions, DMs, thread follow-ups -----------------------------------------
 
     async def _on_mention(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
-        if _written(event) and await self._first_delivery(body, event):
-            await self._converse(body, event, client, context)
+        if _written(event):
+            self.in_flight.start(self._answer_once(body, event, client, context), "answering a mention")
 
     async def _on_message(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         """A DM, or a message in a channel thread the bot answered in (a mention there also comes as app_mention)."""
-        if not _written(event):
-            return
+        if _written(event) and (event.get("channel_type") == "im" or "thread_ts" in event):
+            self.in_flight.start(self._answer_message(body, event, client, context), "answering a message")
+
+    async def _answer_message(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         direct = event.get("channel_type") == "im"
-        followed = "thread_ts" in event and await self.store.follows_thread(_thread(event["channel"], event["thread_ts"]))
-        if (direct or followed) and await self._first_delivery(body, event):
+        if direct or await self.store.follows_thread(_thread(event["channel"], event["thread_ts"])):
+            await self._answer_once(body, event, client, context)
+
+    async def _answer_once(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        if await self._first_delivery(body, event):
             await self._converse(body, event, client, context)
 
     async def _first_delivery(self, body: Payload, event: Payload) -> bool:
@@ -357,25 +369,24 @@ class SlackAdapter:
 
     async def _converse(self, body: Payload, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         """Answer a message in its thread: a stream opened at once (or a placeholder), then the answer as it arrives."""
-        async with self.in_flight.track():
-            channel, direct = event["channel"], event.get("channel_type") == "im"
-            recipient = None if direct else (str(context.team_id or context.enterprise_id), event["user"])
-            thread_ts = event.get("thread_ts") or event["ts"]
-            assistant = direct and "thread_ts" in event
-            thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient, assistant=assistant)
-            answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
-            await self._after_acknowledgements()
-            if not await self._open(answer, thread):  # before the API is asked anything, so nothing is charged
-                return
-            reply = await answer.reply(lambda progress: self._ask(body, event, client, context, thread.watching(progress)))
-            if reply.private and not direct and reply.outcome != Outcome.DUPLICATE:
-                await self._tell_privately(thread, event["user"], answer, reply)
-                return
-            delivery = await answer.finish(reply)
-            with contextlib.suppress(DeliveryFailed):
-                await thread.close()
-            if delivery.delivered is Delivered.ALL and not direct:
-                await self.store.follow_thread(_thread(channel, thread.thread_ts))
+        channel, direct = event["channel"], event.get("channel_type") == "im"
+        recipient = None if direct else (str(context.team_id or context.enterprise_id), event["user"])
+        thread_ts = event.get("thread_ts") or event["ts"]
+        assistant = direct and "thread_ts" in event
+        thread = _Thread(client, channel, thread_ts, streams=self._streams, recipient=recipient, assistant=assistant)
+        answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
+        await self._after_acknowledgements()
+        if not await self._open(answer, thread):  # before the API is asked anything, so nothing is charged
+            return
+        reply = await answer.reply(lambda progress: self._ask(body, event, client, context, thread.watching(progress)))
+        if reply.private and not direct and reply.outcome != Outcome.DUPLICATE:
+            await self._tell_privately(thread, event["user"], answer, reply)
+            return
+        delivery = await answer.finish(reply)
+        with contextlib.suppress(DeliveryFailed):
+            await thread.close()
+        if delivery.delivered is Delivered.ALL and not direct:
+            await self.store.follow_thread(_thread(channel, thread.thread_ts))
 
     async def _open(self, answer: Answer[SlackMessage, str], thread: _Thread) -> bool:
         """Show the answer's first message: a stream where Slack takes one, else the placeholder.
@@ -461,24 +472,26 @@ class SlackAdapter:
         always reaches them, and nothing is asked or charged. Refusals reach them there too.
         """
         await ack()
-        async with self.in_flight.track():
-            await self._after_acknowledgements()
-            channel, message = shortcut["channel"]["id"], shortcut["message"]
-            privately = _ResponseURL(AsyncWebhookClient(shortcut["response_url"], session=self._session), asked="")
-            thread = _Thread(client, channel, message.get("thread_ts") or message["ts"])
-            answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
-            try:
-                await answer.show([placeholder()])
-            except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
-                log.info("could not answer a shortcut in %s (%s); telling its user privately", channel, error.reason)
-                await self._tell_through(privately, Reply(_cannot_post(error.reason), outcome=Outcome.REFUSED, private=True))
-                return
-            reply = await answer.reply(lambda progress: self._shortcut_reply(shortcut, client, context, progress))
-            if reply.private and reply.outcome != Outcome.DUPLICATE:
-                await answer.show([])  # the placeholder goes; the reply is for the person alone
-                await self._tell_through(privately, reply)
-            else:
-                await answer.finish(reply)
+        self.in_flight.start(self._answer_shortcut(shortcut, client, context), "answering a shortcut")
+
+    async def _answer_shortcut(self, shortcut: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        await self._after_acknowledgements()
+        channel, message = shortcut["channel"]["id"], shortcut["message"]
+        privately = _ResponseURL(AsyncWebhookClient(shortcut["response_url"], session=self._session), asked="")
+        thread = _Thread(client, channel, message.get("thread_ts") or message["ts"])
+        answer = Answer(thread, f"in {channel}", interval=EDIT_INTERVAL)
+        try:
+            await answer.show([placeholder()])
+        except DeliveryFailed as error:  # before the API is asked anything, so nothing is charged
+            log.info("could not answer a shortcut in %s (%s); telling its user privately", channel, error.reason)
+            await self._tell_through(privately, Reply(_cannot_post(error.reason), outcome=Outcome.REFUSED, private=True))
+            return
+        reply = await answer.reply(lambda progress: self._shortcut_reply(shortcut, client, context, progress))
+        if reply.private and reply.outcome != Outcome.DUPLICATE:
+            await answer.show([])  # the placeholder goes; the reply is for the person alone
+            await self._tell_through(privately, reply)
+        else:
+            await answer.finish(reply)
 
     async def _tell_through(self, response_url: _ResponseURL, reply: Reply) -> None:
         """A private reply through a shortcut's response_url: Slack shows it to that person alone, in any conversation."""
@@ -540,9 +553,11 @@ class SlackAdapter:
     # --- App Home ------------------------------------------------------------------------------------
 
     async def _on_home_opened(self, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
+        if event.get("tab") == "home":  # not the Messages tab, the DM with the bot
+            self.in_flight.start(self._publish_home(event, client, context), "publishing a Home tab")
+
+    async def _publish_home(self, event: Payload, client: AsyncWebClient, context: AsyncBoltContext) -> None:
         """Publish the person's Home tab each time they open it, so its figures are today's."""
-        if event.get("tab") != "home":  # the Messages tab: the DM with the bot
-            return
         figures = await home_figures(self.service, _person(context, event["user"]))
         try:
             await client.views_publish(user_id=event["user"], view=home_view(figures))
@@ -552,6 +567,9 @@ class SlackAdapter:
     # --- the AI app surface --------------------------------------------------------------------------
 
     async def _on_assistant_thread_started(self, body: Payload, event: Payload, client: AsyncWebClient) -> None:
+        self.in_flight.start(self._greet(body, event, client), "greeting an assistant thread")
+
+    async def _greet(self, body: Payload, event: Payload, client: AsyncWebClient) -> None:
         """Greet the person in their new thread and offer prompts; costs nothing, asks the API nothing."""
         thread = event.get("assistant_thread") or {}
         channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
@@ -567,7 +585,8 @@ class SlackAdapter:
 
     async def _on_assistant_context_changed(self, event: Payload) -> None:
         """The person looks at another channel beside the thread: that is the one `SUMMARIZE_CHANNEL` reads."""
-        await self._remember_viewed_channel(event.get("assistant_thread") or {})
+        thread = event.get("assistant_thread") or {}
+        self.in_flight.start(self._remember_viewed_channel(thread), "noting the channel beside an assistant thread")
 
     async def _remember_viewed_channel(self, thread: Payload) -> str | None:
         """Keep the channel an AI app chat is open beside (in the store, so every replica knows it); returns it."""

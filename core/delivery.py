@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
@@ -296,6 +296,19 @@ class InFlight:
             yield
         finally:
             self._tasks.discard(task)
+
+    def start(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
+        """Run `work` as an answer in flight in a task of its own, so that the code that received it can
+        return (and acknowledge) at once; a failure it did not handle is logged under `name`."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=error)
 
     async def close(self) -> None:
         """Give the answers in flight `grace` seconds, then cancel the rest (each tells its person).
