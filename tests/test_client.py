@@ -359,6 +359,13 @@ async def test_connection_failures_are_named_for_what_happened(client, emulator)
     assert "refused" in str(refused.value) and "hung up" not in str(refused.value) and "timed out" not in str(refused.value)
 
 
+async def test_tls_refused_by_the_server_is_a_connection_error_that_says_so(emulator):
+    """The emulator speaks plain HTTP: a TLS handshake with it fails."""
+    async with IOClient(emulator.base_url.replace("http://", "https://", 1), API_KEY, max_retries=0) as client:
+        with pytest.raises(APIConnectionError, match="TLS handshake failed"):
+            await client.chat(MODEL, USER)
+
+
 async def test_a_server_speaking_no_http_is_a_connection_error():
     async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -465,7 +472,7 @@ async def test_a_stream_that_stops_sending_is_stalled():
     ],
 )
 def test_each_aiohttp_failure_is_named_for_what_happened(failure, error, wording):
-    """aiohttp's connect timeout is also one of its read timeouts: it must still read as a connection failure."""
+    """aiohttp's connect timeout is a kind of its read timeout: it must still read as a connection failure."""
     named = _connection_error("POST /chat/completions", failure)
     assert type(named) is error and wording in str(named)
 
