@@ -371,7 +371,8 @@ class ChatStream:
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
     """The lines of a body as they arrive, each up to `MAX_STREAM_LINE` bytes.
 
-    aiohttp's own line reading refuses lines over 128 KiB, and one chunk of an answer may be longer.
+    aiohttp's own line reading refuses a line over twice its read buffer (512 KiB with aiohttp
+    3.14's defaults, less with earlier ones), and one chunk of an answer may be longer.
     A line ends at LF, CR LF or CR, as the SSE format says; a CR LF cut between two reads gives
     one extra empty line, which SSE ignores.
     """

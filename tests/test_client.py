@@ -399,18 +399,21 @@ async def test_a_stream_the_server_hangs_up_on_is_interrupted_not_stalled():
     assert received == ["Hel"]
 
 
-async def test_a_stream_line_of_200_kb_arrives_whole():
-    """One chunk of an answer may be far longer than aiohttp's own line limit (128 KiB)."""
-    long_text = "word " * 40_000  # 200 KB in one SSE line
+@pytest.mark.parametrize("size", [200_000, 1_000_000])
+async def test_a_long_stream_line_arrives_whole(size):
+    """One chunk of an answer may be longer than aiohttp's own line limit (twice its read buffer)."""
+    long_text = "word " * (size // 5)  # in one SSE line
 
     async def long_chunk(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         line = sse({"choices": [{"delta": {"content": long_text}}]})
-        for start in range(0, len(line), 30_000):  # the line arrives in pieces, one cut inside its CR LF
+        for start in range(0, len(line), 30_000):  # the line arrives in pieces
             await response.write(line[start : start + 30_000])
-        await response.write(sse({"choices": [{"delta": {}, "finish_reason": "stop"}]})[:-3])
-        await response.write(b"\n\r\ndata: [DONE]\r\n\r\n")
+        last = sse({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + b"data: [DONE]\r\n\r\n"
+        cut = last.index(b"\r\n") + 1  # between a CR and its LF
+        await response.write(last[:cut])
+        await response.write(last[cut:])
         return response
 
     async with (
