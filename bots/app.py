@@ -168,7 +168,7 @@ async def run(settings: Settings, *, emulator: bool) -> int:
     """
     import httpx
 
-    from core.client import aiohttp_transport
+    from core.http_transport import aiohttp_transport
     from core.images import ImageLimits
 
     from . import checks

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from core.client import IOClient, Message, data_url, parse_models, vision_message
+from core.client import MAX_STREAM_LINE, IOClient, Message, _connection_error, data_url, parse_models, vision_message
 from core.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -26,6 +29,7 @@ from core.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    UnexpectedResponseError,
     UnprocessableEntityError,
 )
 from core.workflows import Classification, CustomResult, Entities, Moderation, Reasoning, Sentiment, Summary, Translation
@@ -46,6 +50,24 @@ def png(width: int = 64, height: int = 48) -> bytes:
 
 def api_calls(emulator: Emulator, path: str) -> int:
     return sum(1 for request in emulator.requests if request.path == path)
+
+
+@asynccontextmanager
+async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A tiny HTTP server on 127.0.0.1 answering every request with `handler`; yields its root URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def sse(chunk: dict) -> bytes:
+    return b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n"
 
 
 # --- endpoints ------------------------------------------------------------------------------
@@ -330,11 +352,18 @@ async def test_connection_failures_are_named_for_what_happened(client, emulator)
     emulator.inject(Fault("drop", times=50))
     with pytest.raises(APIConnectionError) as dropped:
         await client.chat(MODEL, USER)
-    assert "RemoteProtocolError" in str(dropped.value) and "timed out" not in str(dropped.value)
+    assert "hung up" in str(dropped.value) and "refused" not in str(dropped.value) and "timed out" not in str(dropped.value)
     async with IOClient("http://127.0.0.1:9/api/v1", API_KEY, max_retries=0) as unreachable:
         with pytest.raises(APIConnectionError) as refused:
             await unreachable.chat(MODEL, USER)
-    assert "ConnectError" in str(refused.value) and "timed out" not in str(refused.value)
+    assert "refused" in str(refused.value) and "hung up" not in str(refused.value) and "timed out" not in str(refused.value)
+
+
+async def test_tls_refused_by_the_server_is_a_connection_error_that_says_so(emulator):
+    """The emulator speaks plain HTTP: a TLS handshake with it fails."""
+    async with IOClient(emulator.base_url.replace("http://", "https://", 1), API_KEY, max_retries=0) as client:
+        with pytest.raises(APIConnectionError, match="TLS handshake failed"):
+            await client.chat(MODEL, USER)
 
 
 async def test_a_server_speaking_no_http_is_a_connection_error():
@@ -370,29 +399,101 @@ async def test_a_stream_the_server_hangs_up_on_is_interrupted_not_stalled():
     assert received == ["Hel"]
 
 
+@pytest.mark.parametrize("size", [200_000, 1_000_000])
+async def test_a_long_stream_line_arrives_whole(size):
+    """One chunk of an answer may be longer than aiohttp's own line limit (twice its read buffer)."""
+    long_text = "word " * (size // 5)  # in one SSE line
+
+    async def long_chunk(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        line = sse({"choices": [{"delta": {"content": long_text}}]})
+        for start in range(0, len(line), 30_000):  # the line arrives in pieces
+            await response.write(line[start : start + 30_000])
+        last = sse({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + b"data: [DONE]\r\n\r\n"
+        cut = last.index(b"\r\n") + 1  # between a CR and its LF
+        await response.write(last[:cut])
+        await response.write(last[cut:])
+        return response
+
+    async with (
+        serving(long_chunk) as url,
+        IOClient(url + "/api/v1", API_KEY, max_retries=0) as client,
+        client.stream_chat(MODEL, USER) as stream,
+    ):
+        pieces = [piece async for piece in stream]
+    assert pieces == [long_text]
+    assert stream.result is not None and stream.result.content == long_text.strip()
+    assert stream.result.finish_reason == "stop"
+
+
+async def test_a_stream_line_past_the_cap_is_refused():
+    async def endless_line(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: " + b"x" * (MAX_STREAM_LINE + 1024))
+        return response
+
+    async with serving(endless_line) as url, IOClient(url + "/api/v1", API_KEY, max_retries=0) as client:
+        with pytest.raises(UnexpectedResponseError, match="stream line"):
+            async with client.stream_chat(MODEL, USER) as stream:
+                async for _ in stream:
+                    pass
+
+
+async def test_a_stream_that_stops_sending_is_stalled():
+    release = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 100000\r\n\r\n")
+        writer.write(sse({"choices": [{"delta": {"content": "Hel"}}]}))
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    received = []
+    async with server, IOClient(f"http://127.0.0.1:{port}/api/v1", API_KEY, timeout=0.3, max_retries=0) as client:
+        with pytest.raises(APITimeoutError, match="stream stalled"):
+            async with client.stream_chat(MODEL, USER) as stream:
+                async for piece in stream:
+                    received.append(piece)
+        release.set()
+    assert received == ["Hel"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "wording"),
+    [
+        (aiohttp.ConnectionTimeoutError("Connection timeout"), APIConnectionError, "connect timed out"),
+        (aiohttp.SocketTimeoutError("Timeout on reading data from socket"), APITimeoutError, "timeout"),
+        (TimeoutError(), APITimeoutError, "timeout"),
+        (aiohttp.ServerDisconnectedError(), APIConnectionError, "hung up"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), APIConnectionError, "hung up"),
+    ],
+)
+def test_each_aiohttp_failure_is_named_for_what_happened(failure, error, wording):
+    """aiohttp's connect timeout is a kind of its read timeout: it must still read as a connection failure."""
+    named = _connection_error("POST /chat/completions", failure)
+    assert type(named) is error and wording in str(named)
+
+
 async def test_a_proxy_set_in_the_environment_carries_the_calls(monkeypatch):
-    """Operators behind a proxy set HTTPS_PROXY / HTTP_PROXY, as for any httpx client."""
+    """Operators behind a proxy set HTTPS_PROXY / HTTP_PROXY, as for any HTTP client."""
     seen: list[str] = []
 
     async def proxy(request: web.Request) -> web.Response:
         seen.append(f"{request.method} {request.host}{request.path}")
         return web.json_response({"choices": [{"message": {"content": "via the proxy"}, "finish_reason": "stop"}]})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-    try:
+    async with serving(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
         async with IOClient("http://api.invalid/api/v1", API_KEY, max_retries=0) as client:
             assert (await client.chat(MODEL, USER)).content == "via the proxy"
-    finally:
-        await runner.cleanup()
     assert seen == ["POST api.invalid/api/v1/chat/completions"]
 
 
@@ -433,10 +534,10 @@ async def test_the_api_key_never_reaches_a_log_line_or_an_error(client, emulator
 
 
 async def test_a_key_echoed_by_the_server_is_scrubbed():
-    async def echo_key(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"detail": f"key {request.headers['authorization']} is revoked"})
+    async def echo_key(request: web.Request) -> web.Response:
+        return web.json_response({"detail": f"key {request.headers['Authorization']} is revoked"}, status=401)
 
-    async with IOClient("http://api.test/api/v1", API_KEY, transport=httpx.MockTransport(echo_key)) as client:
+    async with serving(echo_key) as base_url, IOClient(base_url, API_KEY) as client:
         with pytest.raises(AuthenticationError) as caught:
             await client.chat(MODEL, USER)
     assert API_KEY not in str(caught.value) and "***" in str(caught.value)

@@ -27,7 +27,8 @@ from PIL import ExifTags, Image, ImageStat
 
 from adapters.slack import SlackAdapter
 from core import images
-from core.client import IOClient, aiohttp_transport
+from core.client import IOClient
+from core.http_transport import aiohttp_transport
 from core.images import (
     ImageBudget,
     ImageError,

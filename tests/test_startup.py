@@ -53,6 +53,6 @@ async def test_admin_commands_load_no_server_chat_library_or_emulator(tmp_path: 
 
 
 def test_the_check_sees_what_run_loads(tmp_path: Path) -> None:
-    """The check above would pass vacuously if the names were wrong: `agents --emulator` loads some of them."""
-    report = run_and_report(tmp_path, "agents", "--emulator")
+    """The check above would pass vacuously if the names were wrong: `check --emulator` loads most of them."""
+    report = run_and_report(tmp_path, "check", "--emulator")
     assert report["code"] == 0 and {"aiohttp", "emulator", "httpx"} <= set(report["loaded"])
