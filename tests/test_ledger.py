@@ -218,9 +218,7 @@ async def test_a_failed_write_refuses_the_call_and_leaves_the_totals_as_they_wer
     assert await ledger.used_today(user=ANN) == 20
 
 
-async def test_while_another_process_holds_the_write_lock_the_loop_runs_on_and_the_write_lands_after(
-    open_ledger, tmp_path
-):
+async def test_while_another_process_holds_the_write_lock_the_loop_runs_on_and_the_write_lands_after(open_ledger, tmp_path):
     """A commit on the event loop never waits on another process's lock: that write goes to the writer thread."""
     ledger = await open_ledger()
     with closing(sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)) as other:
@@ -241,7 +239,7 @@ async def test_the_write_ahead_log_is_checkpointed_on_a_thread_and_stays_small(o
     ledger = await open_ledger()
     for _ in range(1_000):
         await spend(ledger, ANN, LLAMA, 10)
-    log_size = os.path.getsize(tmp_path / "ledger.sqlite3-wal")
+    log_size = (tmp_path / "ledger.sqlite3-wal").stat().st_size
     assert log_size < 512 * 1024  # 2,000 transactions of a few pages each would fill several MB unchecked
     assert await ledger.used_today(user=ANN) == 10_000
 
