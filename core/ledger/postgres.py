@@ -273,6 +273,20 @@ MIGRATIONS: tuple[str, ...] = (
                                  answers bigint NOT NULL, PRIMARY KEY (day, model, bound_ms));
     """
     + REFUSALS_MIGRATION,
+    """
+    -- Settle and count the answer's latency bucket (NULL: none) in one call, so one round trip.
+    CREATE FUNCTION iobot_settle_answer(
+        p_id bigint, p_person text, p_model text, p_day date, p_prompt bigint, p_completion bigint, p_estimated boolean,
+        p_bound_ms integer
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM iobot_settle(p_id, p_person, p_model, p_day, p_prompt, p_completion, p_estimated);
+        IF p_bound_ms IS NOT NULL THEN
+            INSERT INTO answer_latency AS counted (day, model, bound_ms, answers) VALUES (p_day, p_model, p_bound_ms, 1)
+            ON CONFLICT (day, model, bound_ms) DO UPDATE SET answers = counted.answers + 1;
+        END IF;
+    END $$;
+    """,
 )
 
 MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS iobot_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
@@ -281,11 +295,7 @@ SCHEMA_EXISTS = "SELECT to_regclass('iobot_migrations') IS NOT NULL"
 RESERVE = (
     "SELECT outcome, reservation_id, used, limit_tokens FROM iobot_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
-SETTLE = "SELECT iobot_settle($1, $2, $3, $4, $5, $6, $7)"
-COUNT_ANSWER = (
-    "INSERT INTO answer_latency AS counted (day, model, bound_ms, answers) VALUES ($1, $2, $3, 1)"
-    " ON CONFLICT (day, model, bound_ms) DO UPDATE SET answers = counted.answers + 1"
-)
+SETTLE = "SELECT iobot_settle_answer($1, $2, $3, $4, $5, $6, $7, $8)"
 # The dashboard's: a day's biggest users, with their budgets; a day's latency buckets.
 TOP_USERS = """
     SELECT top.person, top.tokens, COALESCE(user_limits.tokens, $1) FROM (
@@ -480,11 +490,8 @@ class PostgresLedger:
         estimated: bool,
         seconds: float | None = None,
     ) -> None:
-        """Charge the real use; a reservation that has expired meanwhile is still charged (the call ran).
-
-        The answer's time is counted after the charge, in a statement of its own: a latency lost to a failure
-        between the two costs a figure on the dashboard, never a token.
-        """
+        """Charge the real use, and count the answer's time; a reservation that has expired meanwhile is
+        still charged (the call ran)."""
         self._check_owner()
         if prompt_tokens < 0 or completion_tokens < 0:
             raise ValueError("token counts must not be negative")
@@ -497,9 +504,8 @@ class PostgresLedger:
             prompt_tokens,
             completion_tokens,
             estimated,
+            None if seconds is None else bucket_of(seconds),
         )
-        if seconds is not None:
-            await self._execute(COUNT_ANSWER, reservation.day, reservation.model, bucket_of(seconds))
 
     async def release(self, reservation: Reservation) -> None:
         self._check_owner()
