@@ -13,6 +13,7 @@ machine. Prints one JSON line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -99,6 +100,7 @@ async def measure(base_url: str, workdir: Path) -> dict:
             data = await response.json()
             return response.status == 200 and bool(data["choices"][0]["message"]["content"])
 
+    gc.freeze()  # as `iobot run` does once started (bots/app.py): the collector's full passes skip what start-up made
     rates: dict[str, list[float]] = {"service": [], "aiohttp": []}
     cpu: dict[str, list[float]] = {"service": [], "aiohttp": []}
     answered = {"service": 0, "aiohttp": 0}

@@ -271,8 +271,11 @@ class Service:
                 busy = busy_message(wait, per_minute)
                 return command.name, Reply(busy, outcome=Outcome.REFUSED, private=True, refusal=Refusal.RATE_LIMIT)
             try:
-                async with asyncio.timeout(self.config.queue_timeout):
-                    await self._slots.acquire()
+                if self._slots.locked():  # every slot taken: wait for one, a while
+                    async with asyncio.timeout(self.config.queue_timeout):
+                        await self._slots.acquire()
+                else:
+                    await self._slots.acquire()  # returns at once
             except TimeoutError:
                 return command.name, Reply(BUSY, outcome=Outcome.REFUSED, private=True, refusal=Refusal.BUSY)
             try:
