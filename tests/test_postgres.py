@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -217,6 +217,50 @@ async def test_a_replica_that_lost_its_liveness_connection_signs_in_again(
         await admin.close()
         await replica.close()
         await other.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> bool:
+    """Whether `check` comes true within `seconds` (a change announced by NOTIFY arrives a moment after its write)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def test_a_replica_remembers_settings_and_hears_of_every_change_another_makes(
+    replicas: tuple[PostgresLedger, PostgresLedger], postgres_url: str
+) -> None:
+    first, second = replicas
+    scope = "slack:T1:U1"
+    assert await second.store.setting(scope, "model") is None  # remembered by the second replica from now on
+    await first.store.set_setting(scope, "model", "Qwen/QwQ-32B")
+    assert await first.store.setting(scope, "model") == "Qwen/QwQ-32B"  # the writer at once
+    assert await eventually(lambda: _is(second.store.setting(scope, "model"), "Qwen/QwQ-32B"))
+    beside = await PostgresLedger.open(postgres_url, user_daily_tokens=50_000, owner=False)  # as an admin command would
+    try:
+        await beside.store.set_setting(scope, "model", None)
+        assert await eventually(lambda: _is(second.store.setting(scope, "model"), None))
+    finally:
+        await beside.close()
+
+    # Remembered: a change nobody announces (written behind iobot's back) is not seen ...
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("INSERT INTO settings (scope, name, value) VALUES ($1, 'model', 'unannounced')", scope)
+        assert await second.store.setting(scope, "model") is None
+        # ... until the replica stops hearing changes: then it forgets and reads the table.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1", second._instance
+        )
+        assert await eventually(lambda: _is(second.store.setting(scope, "model"), "unannounced"))
+    finally:
+        await admin.close()
+
+
+async def _is(value: Awaitable[str | None], expected: str | None) -> bool:
+    return await value == expected
 
 
 # --- opening ---

@@ -417,6 +417,7 @@ class PostgresLedger:
                 self._now().timestamp(),
             )
             await self._liveness.execute("SELECT pg_advisory_lock($1, $2)", INSTANCE_LOCKS, self._instance)
+        await self.store.listen(self._liveness)
 
     async def _recover_interrupted(self) -> None:
         """Charge the open reservations of dead replicas as interrupted calls (a transaction of its own).

@@ -9,10 +9,17 @@ Each operation is one statement (or one function call): one round trip, atomic w
 * Request rates are rows too, since a person's requests may reach any replica: `iobot_take_request`
   runs the generic cell rate algorithm of core/ratelimit.py on the person's one number (when their
   allowance is whole again) under the row's lock, on the wall clock all replicas share.
+* A replica that serves requests remembers the settings it read (every chat request reads two),
+  while it hears of every change: each write announces itself (`NOTIFY iobot_settings`) in its own
+  transaction, and the replica listens on the connection that marks it alive. Another replica's
+  change reaches it a few milliseconds after the write; a read that a change overtook is not
+  remembered; when that connection drops, the replica forgets them all and reads the table again
+  until it listens anew.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -91,10 +98,20 @@ FOLLOW = """
 FOLLOWS = "SELECT 1 FROM followed_threads WHERE thread = $1 AND followed_at > $2"
 TAKE_REQUEST = "SELECT iobot_take_request($1, $2, $3, $4, $5, $6)"
 SETTING = "SELECT value FROM settings WHERE scope = $1 AND name = $2"
-SET_SETTING = (
-    "INSERT INTO settings (scope, name, value) VALUES ($1, $2, $3) ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value"
-)
-REMOVE_SETTING = "DELETE FROM settings WHERE scope = $1 AND name = $2"
+SETTINGS_CHANNEL = "iobot_settings"  # each write's NOTIFY: its scope and name, SEPARATOR between
+SEPARATOR = "\x1f"
+SETTINGS_CACHED = 20_000  # settings (set or not) a serving replica remembers, the least recently read dropped first
+SET_SETTING = f"""
+    WITH written AS (
+        INSERT INTO settings (scope, name, value) VALUES ($1, $2, $3)
+        ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value RETURNING 1
+    )
+    SELECT pg_notify('{SETTINGS_CHANNEL}', $1 || chr(31) || $2)
+"""
+REMOVE_SETTING = f"""
+    WITH removed AS (DELETE FROM settings WHERE scope = $1 AND name = $2 RETURNING 1)
+    SELECT pg_notify('{SETTINGS_CHANNEL}', $1 || chr(31) || $2)
+"""
 COUNT_REFUSAL = (
     "INSERT INTO refusals AS counted (day, reason, requests) VALUES ($1, $2, 1)"
     " ON CONFLICT (day, reason) DO UPDATE SET requests = counted.requests + 1"
@@ -109,6 +126,25 @@ class PostgresStore:
         self._pool = pool
         self._clock = clock  # wall time: shared by the replicas, and claims and threads outlive them
         self._check_open = check_open
+        self._settings: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._listening = False
+        self._changes = 0  # changes heard of: a read during which one was heard is not remembered
+
+    async def listen(self, connection: asyncpg.Connection) -> None:
+        """Remember settings from now on, hearing of every change on `connection` until it closes."""
+        await connection.add_listener(SETTINGS_CHANNEL, self._changed)
+        connection.add_termination_listener(self._deaf)
+        self._listening = True
+
+    def _changed(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        scope, _, name = payload.partition(SEPARATOR)
+        self._changes += 1
+        self._settings.pop((scope, name), None)
+
+    def _deaf(self, connection: object) -> None:
+        self._listening = False
+        self._changes += 1
+        self._settings.clear()
 
     async def claim(self, key: str, *, ttl: float = CLAIM_SECONDS) -> bool:
         now = self._clock().timestamp()
@@ -127,9 +163,21 @@ class PostgresStore:
         return await self._fetchval(TAKE_REQUEST, person, per_minute, now, WINDOW_SECONDS, TOLERANCE, PRUNE_PER_WRITE)
 
     async def setting(self, scope: str, name: str) -> str | None:
-        return await self._fetchval(SETTING, scope, name)
+        self._check_open()
+        if (scope, name) in self._settings:
+            self._settings.move_to_end((scope, name))
+            return self._settings[scope, name]
+        changes = self._changes
+        value = await self._fetchval(SETTING, scope, name)
+        if self._listening and changes == self._changes:
+            self._settings[scope, name] = value
+            if len(self._settings) > SETTINGS_CACHED:
+                self._settings.popitem(last=False)
+        return value
 
     async def set_setting(self, scope: str, name: str, value: str | None) -> None:
+        self._changes += 1  # a read of it under way must not be remembered: it may have read the old value
+        self._settings.pop((scope, name), None)
         if value is None:
             await self._fetchval(REMOVE_SETTING, scope, name)
         else:
