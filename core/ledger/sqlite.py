@@ -74,6 +74,7 @@ from .protocol import (
 )
 from .sqlite_store import BUMP_VERSION, REFUSALS_MIGRATION, SQLiteStore
 from .sqlite_store import MIGRATION as STORE_MIGRATION
+from .usage_table import COLUMNS, UsageTable, header, widths
 
 log = logging.getLogger("iobot.ledger")
 
@@ -222,6 +223,23 @@ WITH_BUDGET = "COALESCE(user_limits.tokens, ?)"
 USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage LEFT JOIN user_limits USING (user)"
 JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
 USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
+# `iobot usage`'s table (usage_table.py), in three reads of the day's rows (then `OF_DAY` or `OF_DAY_AND_USER`):
+# - how many, their interrupted calls, and the longest text or largest number of each column between the day
+#   (one text for all) and the budget;
+# - the budget column's largest number: the largest override among the people shown, or the default budget if
+#   one of them has none. Read from user_limits' side (CROSS JOIN keeps it the outer loop), a look-up per
+#   override rather than per row;
+# - every line, written by one printf whose format (the first parameter) has the widths those make.
+TABLE_SIZES = (
+    "SELECT COUNT(*), COALESCE(SUM(interrupted_requests), 0), "
+    + ", ".join(f"MAX({column.key})" if column.numeric else f"MAX(LENGTH({column.key}))" for column in COLUMNS[1:-1])
+    + " FROM usage"
+)
+OVERRIDES_SHOWN = "SELECT COUNT(*), MAX(tokens) FROM user_limits CROSS JOIN usage USING (user)"
+TABLE_LINES = (
+    f"SELECT printf(?, {', '.join(column.key for column in COLUMNS[:-1])}, {WITH_BUDGET})"
+    " FROM usage LEFT JOIN user_limits USING (user)"
+)
 # A model's (the account's) spend includes interrupted calls; a person's does not.
 SPENT_BY_MODEL = "SELECT model, tokens FROM model_spend WHERE day = ?"
 SPENT_BY_MODEL_SINCE = "SELECT day, model, tokens FROM model_spend WHERE day >= ?"
@@ -685,6 +703,20 @@ class SQLiteLedger:
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by SQLite."""
         return [row for (row,) in await self._read_usage(USAGE_JSON, day, user)]
+
+    async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
+        day_text = (day or self._now().date()).isoformat()
+        rows_of, params = (OF_DAY, (day_text,)) if user is None else (OF_DAY_AND_USER, (day_text, user))
+        [(rows, interrupted, *longest)] = await self._read(TABLE_SIZES + rows_of, params)
+        if not rows:
+            return UsageTable("", [], 0)
+        [(overridden, largest_override)] = await self._read(OVERRIDES_SHOWN + rows_of, params)
+        largest_budget = max(largest_override or 0, self._default_budget if overridden < rows else 0)
+        column_widths = widths([len(day_text), *longest, largest_budget])
+        # printf's `!` counts a width in characters, as Python does, not in bytes
+        line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
+        lines = await self._read(TABLE_LINES + rows_of, (line, self._default_budget, *params))
+        return UsageTable(header(column_widths), [text for (text,) in lines], interrupted)
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
         day_text = (day or self._now().date()).isoformat()
