@@ -702,7 +702,10 @@ class SQLiteLedger:
 
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by SQLite."""
-        return [row for (row,) in await self._read_usage(USAGE_JSON, day, user)]
+        day_text = (day or self._now().date()).isoformat()
+        if user is None:
+            return await self._read_texts(USAGE_JSON + OF_DAY, (self._default_budget, day_text))
+        return await self._read_texts(USAGE_JSON + OF_DAY_AND_USER, (self._default_budget, day_text, user))
 
     async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
         day_text = (day or self._now().date()).isoformat()
@@ -715,8 +718,8 @@ class SQLiteLedger:
         column_widths = widths([len(day_text), *longest, largest_budget])
         # printf's `!` counts a width in characters, as Python does, not in bytes
         line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
-        lines = await self._read(TABLE_LINES + rows_of, (line, self._default_budget, *params))
-        return UsageTable(header(column_widths), [text for (text,) in lines], interrupted)
+        lines = await self._read_texts(TABLE_LINES + rows_of, (line, self._default_budget, *params))
+        return UsageTable(header(column_widths), lines, interrupted)
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
         day_text = (day or self._now().date()).isoformat()
@@ -802,6 +805,20 @@ class SQLiteLedger:
         self._check_open()
         async with self._db_lock:
             return list(await self._db.execute_fetchall(sql, tuple(params)))
+
+    async def _read_texts(self, sql: str, params: tuple[Any, ...]) -> list[str]:
+        """The one text of each row of `sql`, read on the writer thread (taking turns with the writes).
+
+        Each row's tuple is dropped as soon as it is read: fetched all at once, the hundreds of thousands
+        of rows of a busy day would be as many tuples for the garbage collector to walk again and again.
+        """
+
+        def read() -> list[str]:
+            return [text for (text,) in self._connection.execute(sql, params)]
+
+        self._check_open()
+        async with self._db_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, read)
 
     def _now(self) -> datetime:
         return as_utc(self._clock())
