@@ -162,7 +162,8 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
         if ledger is None:
             raise _no_ledger(settings)
         if args.json:
-            print("[" + ",\n".join(await ledger.usage_json(day=day, user=args.user)) + "]")
+            objects = await ledger.usage_json(day=day, user=args.user)
+            sys.stdout.writelines(["[", ",\n".join(objects), "]\n"])  # not one string: that would copy the rows twice more
             return
         table = await ledger.usage_table(day=day, user=args.user)
         if not table.lines:
