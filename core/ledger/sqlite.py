@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
@@ -77,6 +77,8 @@ from .sqlite_store import MIGRATION as STORE_MIGRATION
 from .usage_table import COLUMNS, UsageTable, header, widths
 
 log = logging.getLogger("iobot.ledger")
+
+T = TypeVar("T")
 
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 5000")
 KEY_RETENTION = timedelta(days=2)  # an idempotency key is remembered at least this long
@@ -702,23 +704,31 @@ class SQLiteLedger:
 
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by SQLite."""
-        day_text = (day or self._now().date()).isoformat()
-        if user is None:
-            return await self._read_texts(USAGE_JSON + OF_DAY, (self._default_budget, day_text))
-        return await self._read_texts(USAGE_JSON + OF_DAY_AND_USER, (self._default_budget, day_text, user))
+        rows_of, params = _rows_of((day or self._now().date()).isoformat(), user)
+        sql = USAGE_JSON + rows_of
+        return await self._on_writer_thread(lambda: _texts(self._connection, sql, (self._default_budget, *params)))
 
     async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
         day_text = (day or self._now().date()).isoformat()
-        rows_of, params = (OF_DAY, (day_text,)) if user is None else (OF_DAY_AND_USER, (day_text, user))
-        [(rows, interrupted, *longest)] = await self._read(TABLE_SIZES + rows_of, params)
-        if not rows:
-            return UsageTable("", [], 0)
-        [(overridden, largest_override)] = await self._read(OVERRIDES_SHOWN + rows_of, params)
-        largest_budget = max(largest_override or 0, self._default_budget if overridden < rows else 0)
-        column_widths = widths([len(day_text), *longest, largest_budget])
-        # printf's `!` counts a width in characters, as Python does, not in bytes
-        line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
-        lines = await self._read_texts(TABLE_LINES + rows_of, (line, self._default_budget, *params))
+        return await self._on_writer_thread(lambda: self._usage_table(day_text, user))
+
+    def _usage_table(self, day_text: str, user: str | None) -> UsageTable:
+        """TABLE_SIZES, OVERRIDES_SHOWN and TABLE_LINES in one read transaction, so that the widths fit the lines."""
+        rows_of, params = _rows_of(day_text, user)
+        db = self._connection
+        db.execute("BEGIN")
+        try:
+            [(rows, interrupted, *longest)] = db.execute(TABLE_SIZES + rows_of, params).fetchall()
+            if not rows:
+                return UsageTable("", [], 0)
+            [(overridden, largest_override)] = db.execute(OVERRIDES_SHOWN + rows_of, params).fetchall()
+            largest_budget = max(largest_override or 0, self._default_budget if overridden < rows else 0)
+            column_widths = widths([len(day_text), *longest, largest_budget])
+            # printf's `!` counts a width in characters, as Python does, not in bytes
+            line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
+            lines = _texts(db, TABLE_LINES + rows_of, (line, self._default_budget, *params))
+        finally:
+            db.execute("COMMIT")
         return UsageTable(header(column_widths), lines, interrupted)
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
@@ -806,16 +816,8 @@ class SQLiteLedger:
         async with self._db_lock:
             return list(await self._db.execute_fetchall(sql, tuple(params)))
 
-    async def _read_texts(self, sql: str, params: tuple[Any, ...]) -> list[str]:
-        """The one text of each row of `sql`, read on the writer thread (taking turns with the writes).
-
-        Each row's tuple is dropped as soon as it is read: fetched all at once, the hundreds of thousands
-        of rows of a busy day would be as many tuples for the garbage collector to walk again and again.
-        """
-
-        def read() -> list[str]:
-            return [text for (text,) in self._connection.execute(sql, params)]
-
+    async def _on_writer_thread(self, read: Callable[[], T]) -> T:
+        """`read` run on the writer thread, which uses the connection directly, taking turns with the writes."""
         self._check_open()
         async with self._db_lock:
             return await asyncio.get_running_loop().run_in_executor(self._writer, read)
@@ -912,6 +914,17 @@ def _refuse_hard_links(path: str, links: int) -> None:
             "beside the name a file is opened by, so a second name gets a second log and settled rows can be "
             f"lost. Keep one name: find the others with `find / -xdev -samefile {path}` and remove them."
         )
+
+
+def _rows_of(day_text: str, user: str | None) -> tuple[str, tuple[str, ...]]:
+    """The end of a usage read that picks the rows of a day, or of a day and a person; and its parameters."""
+    return (OF_DAY, (day_text,)) if user is None else (OF_DAY_AND_USER, (day_text, user))
+
+
+def _texts(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[str]:
+    """The one text of each row of `sql`, each row's tuple dropped as it is read: fetched all at once, the
+    hundreds of thousands of rows of a busy day would be as many tuples for the garbage collector to walk."""
+    return [text for (text,) in db.execute(sql, params)]
 
 
 async def _connect(path: str) -> tuple[aiosqlite.Connection, sqlite3.Connection]:
