@@ -696,10 +696,8 @@ class SQLiteLedger:
         return [UsageRow(day, *row[1:]) for row in rows]  # every row is of `day`
 
     async def usage_with_budgets(self, *, day: date | None = None, user: str | None = None) -> list[tuple[Any, ...]]:
-        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget.
-
-        One query and no objects per row, so that `iobot usage` answers at once over a day of 200,000 rows.
-        """
+        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget:
+        the cells of the table `iobot usage` draws on a terminal. One query, and no object per row but its tuple."""
         return await self._read_usage(USAGE_WITH_BUDGETS, day, user)
 
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
@@ -732,10 +730,8 @@ class SQLiteLedger:
         return UsageTable(header(column_widths), lines, interrupted)
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
-        day_text = (day or self._now().date()).isoformat()
-        if user is None:
-            return await self._read(select + OF_DAY, (self._default_budget, day_text))
-        return await self._read(select + OF_DAY_AND_USER, (self._default_budget, day_text, user))
+        rows_of, params = _rows_of((day or self._now().date()).isoformat(), user)
+        return await self._read(select + rows_of, (self._default_budget, *params))
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
         day_text = (day or self._now().date()).isoformat()
