@@ -74,7 +74,7 @@ from .protocol import (
 )
 from .sqlite_store import BUMP_VERSION, REFUSALS_MIGRATION, SQLiteStore
 from .sqlite_store import MIGRATION as STORE_MIGRATION
-from .usage_table import COLUMNS, Column, UsageTable, header, widths
+from .usage_table import COLUMNS, UsageTable, header, widths
 
 log = logging.getLogger("iobot.ledger")
 
@@ -226,18 +226,15 @@ USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage 
 JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
 USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
 # `iobot usage`'s table (usage_table.py), in three reads of the day's rows (then `OF_DAY` or `OF_DAY_AND_USER`):
-# - how many, their interrupted calls, the longest text or largest number of each column between the day (one
-#   text for all) and the budget, then whether each text column holds a character beyond ASCII (more bytes than
-#   characters);
+# - how many, their interrupted calls, and the longest text or largest number of each column between the day
+#   (one text for all) and the budget;
 # - the budget column's largest number: the largest override among the people shown, or the default budget if
 #   one of them has none. Read from user_limits' side (CROSS JOIN keeps it the outer loop), a look-up per
 #   override rather than per row;
 # - every line, written by one printf whose format (the first parameter) has the widths those make.
-TEXT_COLUMNS = [column for column in COLUMNS[1:-1] if not column.numeric]
 TABLE_SIZES = (
     "SELECT COUNT(*), COALESCE(SUM(interrupted_requests), 0), "
     + ", ".join(f"MAX({column.key})" if column.numeric else f"MAX(LENGTH({column.key}))" for column in COLUMNS[1:-1])
-    + "".join(f", MAX(LENGTH(CAST({column.key} AS BLOB)) > LENGTH({column.key}))" for column in TEXT_COLUMNS)
     + " FROM usage"
 )
 OVERRIDES_SHOWN = "SELECT COUNT(*), MAX(tokens) FROM user_limits CROSS JOIN usage USING (user)"
@@ -719,16 +716,14 @@ class SQLiteLedger:
         db = self._connection
         db.execute("BEGIN")
         try:
-            [(rows, interrupted, *sizes)] = db.execute(TABLE_SIZES + rows_of, params).fetchall()
-            longest, beyond_ascii = sizes[: len(COLUMNS) - 2], dict(zip(TEXT_COLUMNS, sizes[len(COLUMNS) - 2 :]))
+            [(rows, interrupted, *longest)] = db.execute(TABLE_SIZES + rows_of, params).fetchall()
             if not rows:
                 return UsageTable("", [], 0)
             [(overridden, largest_override)] = db.execute(OVERRIDES_SHOWN + rows_of, params).fetchall()
             largest_budget = max(largest_override or 0, self._default_budget if overridden < rows else 0)
             column_widths = widths([len(day_text), *longest, largest_budget])
-            line = "  ".join(
-                _printf_cell(column, width, beyond_ascii.get(column, False)) for column, width in zip(COLUMNS, column_widths)
-            )
+            # printf's `!` counts a width in characters, as Python does, not in bytes
+            line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
             lines = _texts(db, TABLE_LINES + rows_of, (line, self._default_budget, *params))
         finally:
             db.execute("COMMIT")
@@ -915,14 +910,6 @@ def _refuse_hard_links(path: str, links: int) -> None:
             "beside the name a file is opened by, so a second name gets a second log and settled rows can be "
             f"lost. Keep one name: find the others with `find / -xdev -samefile {path}` and remove them."
         )
-
-
-def _printf_cell(column: Column, width: int, beyond_ascii: bool) -> str:
-    """A column's cell in `iobot usage`'s printf format. printf pads text to a width in bytes unless told `!`
-    (characters, as Python does), which costs a quarter of the query: asked for a column with non-ASCII text only."""
-    if column.numeric:
-        return f"%,{width}d"
-    return f"%!-{width}s" if beyond_ascii else f"%-{width}s"
 
 
 def _rows_of(day_text: str, user: str | None) -> tuple[str, tuple[str, ...]]:
