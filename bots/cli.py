@@ -1,7 +1,9 @@
 """`iobot`: the command line. Subcommands: run, check, emulator, usage, limits, models, agents.
 
-The emulator is imported by the one command that serves it alone, and `bots.app` loads the heavy parts
-(aiohttp, the chat platforms' libraries) only when they are built, so `iobot usage` answers quickly.
+The emulator is imported by the one command that serves it alone, `core.render` by the commands that show
+models and agents, and `bots.app` loads the heavy parts (aiohttp, the chat platforms' libraries) only when
+they are built, so `iobot usage` and `iobot limits` answer quickly. Their tables of many rows are written by
+the ledger (core/ledger/usage_table.py) and printed in one write.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import os
 import sys
 from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime
-from operator import itemgetter
 from typing import Any
 
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError, LedgerWithStore
+from core.ledger.usage_table import COLUMNS, ROW_KEYS
 from core.quotas import QuotaFileError, QuotaTable, load_quota_table
-from core.render import render_agents, short_model_name, to_plain
 from core.settings import PERSON_ID, PERSON_ID_FORMS, Settings, SettingsError, load_settings, mask_passwords
 
 from . import app
@@ -162,58 +163,29 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
             raise _no_ledger(settings)
         if args.json:
             objects = await ledger.usage_json(day=day, user=args.user)
-        else:
+            sys.stdout.writelines(["[", ",\n".join(objects), "]\n"])  # not one string: that would copy the rows twice more
+            return
+        table = await ledger.usage_table(day=day, user=args.user)
+        if not table.lines:
+            print(f"No usage recorded on {day.isoformat()} (UTC).")
+            return
+        if drawn(len(table.lines)):  # a few rows on a terminal: drawn, from their values
             rows = await ledger.usage_with_budgets(day=day, user=args.user)
-    if args.json:
-        print("[" + ",\n".join(objects) + "]")
-        return
-    if not rows:
-        print(f"No usage recorded on {day.isoformat()} (UTC).")
-        return
-    if drawn(len(rows)):
-        columns = [Column(header, numeric) for header, _, numeric in USAGE_TABLE]
-        cells = [[f"{row[index]:,}" if numeric else str(row[index]) for _, index, numeric in USAGE_TABLE] for row in rows]
-        draw_table(f"Usage on {day.isoformat()} (UTC days)", columns, cells)
-    else:
-        print(_usage_table(rows))
-    interrupted = sum(row[9] for row in rows)
-    if interrupted:
+            indexes = [ROW_KEYS.index(column.key) for column in COLUMNS]
+            cells = [
+                [f"{row[index]:,}" if column.numeric else str(row[index]) for column, index in zip(COLUMNS, indexes)]
+                for row in rows
+            ]
+            draw_table(
+                f"Usage on {day.isoformat()} (UTC days)", [Column(column.header, column.numeric) for column in COLUMNS], cells
+            )
+        else:
+            print("\n".join([table.header, *table.lines]))
+    if table.interrupted_requests:
         print(
-            f"interrupted: {interrupted:,} call(s) cut off when iobot stopped without finishing them; their estimate "
-            "counts against the model's daily quota, not the person's budget."
+            f"interrupted: {table.interrupted_requests:,} call(s) cut off when iobot stopped without finishing them; their "
+            "estimate counts against the model's daily quota, not the person's budget."
         )
-
-
-# `iobot usage`'s columns: header, index in a `usage_with_budgets` row, and whether it is a number.
-USAGE_TABLE = (
-    ("day (UTC)", 0, False),
-    ("user", 1, False),
-    ("model", 2, False),
-    ("requests", 6, True),
-    ("tokens", 5, True),
-    ("estimated", 7, True),
-    ("interrupted", 8, True),
-    ("user limit/day", 10, True),
-)
-
-
-def _usage_table(rows: list[tuple[Any, ...]]) -> str:
-    """`text_table`'s layout (numbers right-aligned with thousands separators) in one format per row.
-
-    A day can hold hundreds of thousands of rows: the widths come from each column's longest text or
-    largest number (the counts are never negative), and every row is one `str.format`.
-    """
-    widths = []
-    for header, index, numeric in USAGE_TABLE:
-        column = map(itemgetter(index), rows)
-        longest = len(f"{max(column):,}") if numeric else max(map(len, column))
-        widths.append(max(len(header), longest))
-    line = "  ".join(
-        f"{{{index}:>{width},}}" if numeric else f"{{{index}:<{width}}}"
-        for (_, index, numeric), width in zip(USAGE_TABLE, widths)
-    )
-    header = "  ".join(header.ljust(width) for (header, _, _), width in zip(USAGE_TABLE, widths)).rstrip()
-    return "\n".join([header, *(line.format(*row) for row in rows)])
 
 
 async def _limits(args: argparse.Namespace, settings: Settings) -> int:
@@ -307,6 +279,8 @@ def _model_rows(quotas: QuotaTable, used: dict[str, int]) -> list[dict[str, Any]
 
 
 def _model_cells(model: dict[str, Any]) -> list[str]:
+    from core.render import short_model_name
+
     def number(value: int | None) -> str:
         return "n/a" if value is None else f"{value:,}"
 
@@ -321,6 +295,8 @@ def _model_cells(model: dict[str, Any]) -> list[str]:
 
 
 async def _agents(args: argparse.Namespace, settings: Settings) -> None:
+    from core.render import render_agents, to_plain
+
     quotas = load_quota_table(settings.quota_file)
     async with AsyncExitStack() as stack:
         client = await app.open_client(settings, quotas, stack, emulator=args.emulator)

@@ -1,9 +1,10 @@
 """How the admin commands show a table: drawn with rich on a terminal, aligned plain text in a pipe.
 
 Scripts read `--json` instead, which the commands print themselves. rich is imported only when a
-table is drawn, so that a command piped or run by a script starts as fast as before. A table of
-more than `MAX_DRAWN_ROWS` rows is printed plain on a terminal too: rich takes milliseconds a row to
-lay one out, and a table that long scrolls past anyway (it is for grep or a pager).
+table is drawn, and `core.render` only when one is laid out here, so that a command piped or run by a
+script starts as fast as before. A table of more than `MAX_DRAWN_ROWS` rows is printed plain on a
+terminal too: rich takes milliseconds a row to lay one out, and a table that long scrolls past anyway
+(it is for grep or a pager).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from core.render import text_table
 
 MAX_DRAWN_ROWS = 200
 
@@ -32,6 +31,8 @@ def drawn(rows: int) -> bool:
 
 def print_table(title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
     """A table of text cells under its title: rich on a terminal, `text_table`'s alignment in a pipe."""
+    from core.render import text_table
+
     if drawn(len(rows)):
         draw_table(title, columns, rows)
         return

@@ -24,6 +24,7 @@ import pytest
 
 from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, Reservation, SQLiteLedger
 from core.ledger import sqlite as ledger_module
+from core.ledger.usage_table import table_of
 from emulator import Emulator
 
 from .test_ledger_contract import ANN, BOB, LLAMA, QWQ, Clock, settled_total, spend
@@ -276,6 +277,37 @@ async def test_the_usage_views_for_the_cli_agree_with_usage_and_user_limit(open_
     bob = await cli.usage_with_budgets(day=clock.now.date() - timedelta(days=1), user=BOB)
     ann = await cli.usage_with_budgets(user=ANN)
     assert [(row[2], row[-1]) for row in bob + ann] == [(QWQ, 900), (LLAMA, 900), (QWQ, 70_000)]
+
+
+async def test_sqlite_writes_the_usage_table_as_python_lays_it_out(open_ledger, clock):
+    owner = await open_ledger(user_daily_tokens=50_000)
+    odd = 'console:Åsa"\\%s%d'  # padded by characters, not bytes; quotes and printf's own signs kept as text
+    long = "console:a-login-longer-than-the-others"
+    for user, model, tokens in ((ANN, LLAMA, 10), (BOB, "acme/100%-model", 3), (BOB, LLAMA, 1_234_567), (odd, QWQ, 40)):
+        await spend(owner, user, model, tokens)
+    await spend(owner, long, QWQ, 1)
+    await owner.set_user_limit(BOB, 9)
+    await owner.set_user_limit("console:absent", 10**15)  # no use today: its budget widens nothing
+    cli = await open_ledger(owner=False, user_daily_tokens=10**12)  # 1,000,000,000,000: wider than its header
+    for person in (None, ANN, BOB, odd, "console:nobody"):
+        table = await cli.usage_table(user=person)
+        assert table == table_of(await cli.usage_with_budgets(user=person))
+        assert len(table.lines) == len(await cli.usage(user=person))
+    table = await cli.usage_table()
+    assert table.header.split() == "day (UTC) user model requests tokens estimated interrupted user limit/day".split()
+    assert [line.split()[1:] for line in table.lines] == [
+        [long, QWQ, "1", "1", "0", "0", "1,000,000,000,000"],
+        [odd, QWQ, "1", "40", "0", "0", "1,000,000,000,000"],
+        [BOB, "acme/100%-model", "1", "3", "0", "0", "9"],
+        [BOB, LLAMA, "1", "1,234,567", "0", "0", "9"],
+        [ANN, LLAMA, "1", "10", "0", "0", "1,000,000,000,000"],
+    ]
+    assert {len(line) for line in table.lines} == {len(table.header) + len("1,000,000,000,000") - len("user limit/day")}
+    for person in (ANN, odd, long):  # now everyone shown has an override: the default budget no longer sets the width
+        await owner.set_user_limit(person, 5)
+    table = await cli.usage_table()
+    assert table == table_of(await cli.usage_with_budgets())
+    assert {len(line) for line in table.lines} == {len(table.header)}
 
 
 async def test_keys_survive_a_restart_and_are_forgotten_after_two_days(open_ledger, clock):
@@ -544,6 +576,10 @@ async def test_the_queries_use_indexes(ledger, tmp_path):
         ledger_module.USAGE_WITH_BUDGETS + ledger_module.OF_DAY_AND_USER,
         ledger_module.USAGE_JSON + ledger_module.OF_DAY,
         ledger_module.USAGE_JSON + ledger_module.OF_DAY_AND_USER,
+        ledger_module.TABLE_SIZES + ledger_module.OF_DAY,
+        ledger_module.TABLE_SIZES + ledger_module.OF_DAY_AND_USER,
+        ledger_module.TABLE_LINES + ledger_module.OF_DAY,
+        ledger_module.TABLE_LINES + ledger_module.OF_DAY_AND_USER,
         ledger_module.SPENT_BY_MODEL,
         ledger_module.SPENT_BY_MODEL_SINCE,
         ledger_module.SETTLED_BY_USER_SINCE,
@@ -558,6 +594,14 @@ async def test_the_queries_use_indexes(ledger, tmp_path):
         steps = query(tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))
         plan = " ".join(step[3] for step in steps)
         assert plan.startswith("SEARCH") and "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+
+
+async def test_the_usage_tables_budgets_are_looked_up_per_override_not_per_row(ledger, tmp_path):
+    steps = query(
+        tmp_path / "ledger.sqlite3", "EXPLAIN QUERY PLAN " + ledger_module.OVERRIDES_SHOWN + ledger_module.OF_DAY, ("x",)
+    )
+    plan = " ".join(step[3] for step in steps)
+    assert plan == "SCAN user_limits SEARCH usage USING PRIMARY KEY (day=? AND user=?)", plan
 
 
 async def test_the_days_top_users_are_read_through_the_primary_key_without_a_scan(ledger, tmp_path):

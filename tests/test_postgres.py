@@ -22,8 +22,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bots.http import HealthState, make_http_app
-from core.ledger import BudgetExceeded, DuplicateRequest, LedgerError, ModelQuotaExceeded, QuotaExceeded, Reservation, postgres
+from core.ledger import (
+    BudgetExceeded,
+    DuplicateRequest,
+    Ledger,
+    LedgerError,
+    ModelQuotaExceeded,
+    QuotaExceeded,
+    Reservation,
+    postgres,
+)
 from core.ledger.postgres import MIGRATIONS, PostgresLedger
+from core.ledger.sqlite import SQLiteLedger
 from core.quotas import load_quota_table
 
 LLAMA = "meta-llama/Llama-3.3-70B-Instruct"
@@ -49,7 +59,7 @@ async def replicas(postgres_url: str) -> AsyncIterator[tuple[PostgresLedger, Pos
     await second.close()
 
 
-async def spend(ledger: PostgresLedger, user: str, tokens: int) -> None:
+async def spend(ledger: Ledger, user: str, tokens: int) -> None:
     reservation = await ledger.reserve(user=user, model=LLAMA, tokens=0, model_limit=None)
     await ledger.settle(reservation, prompt_tokens=tokens, completion_tokens=0, estimated=False)
 
@@ -422,6 +432,23 @@ async def test_admin_commands_read_and_set_a_postgresql_ledger(postgres_url: str
     assert code == 0 and ANN in stdout and "1,234" in stdout
     code, stdout, _ = await iobot(postgres_url, tmp_path, "check", "--emulator")
     assert (code, stdout.splitlines()[-1]) == (0, "0 error(s), 0 warning(s)"), stdout
+
+
+async def test_postgresql_and_sqlite_lay_out_the_same_usage_table(postgres_url: str, tmp_path) -> None:
+    """PostgreSQL formats the rows in Python, SQLite with printf: the same use must print the same table."""
+    sqlite = await SQLiteLedger.open(str(tmp_path / "ledger.sqlite3"), user_daily_tokens=10**12)
+    pg = await PostgresLedger.open(postgres_url, user_daily_tokens=10**12)
+    try:
+        for ledger in (sqlite, pg):
+            for user, tokens in ((ANN, 1_234_567), (BOB, 3), ('console:Åsa"%s', 40)):
+                await spend(ledger, user, tokens)
+            await ledger.set_user_limit(BOB, 9)
+        for person in (None, ANN, "console:nobody"):
+            assert await pg.usage_table(user=person) == await sqlite.usage_table(user=person)
+        assert len((await pg.usage_table()).lines) == 3
+    finally:
+        await sqlite.close()
+        await pg.close()
 
 
 async def test_iobot_check_reports_an_unreachable_database_and_a_missing_ledger(postgres_url: str, tmp_path) -> None:

@@ -17,7 +17,19 @@ import pytest
 from core.ledger import SQLiteLedger
 
 # What takes most of a second to load and none of these commands needs.
-HEAVY = ["aiohttp", "discord", "slack_bolt", "slack_sdk", "emulator", "adapters", "httpx", "PIL", "asyncpg"]
+HEAVY = [
+    "aiohttp",
+    "discord",
+    "slack_bolt",
+    "slack_sdk",
+    "emulator",
+    "adapters",
+    "httpx",
+    "PIL",
+    "asyncpg",
+    "rich",
+    "prompt_toolkit",
+]
 RUN_AND_REPORT = """
 import json, sys
 from bots.cli import main

@@ -54,6 +54,7 @@ from .protocol import (
     UsageRow,
     as_utc,
 )
+from .usage_table import UsageTable, table_of
 
 log = logging.getLogger("iobot.ledger")
 
@@ -564,6 +565,10 @@ class PostgresLedger:
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by PostgreSQL."""
         return [row[0] for row in await self._read_usage(USAGE_JSON, day, user)]
+
+    async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
+        """Formatted in Python: asyncpg hands the rows over cheaply, unlike SQLite's module."""
+        return table_of(await self._read_usage(USAGE_WITH_BUDGETS, day, user))
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
         day = day or self._now().date()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ..errors import Refusal, UserError
 from .latency import Histogram
 from .store import Store
+from .usage_table import UsageTable
 
 
 class LedgerError(Exception):
@@ -235,6 +236,10 @@ class LedgerWithStore(Ledger, Protocol):
 
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", as JSON text."""
+        ...
+
+    async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
+        """The rows of `iobot usage` as the lines of its plain-text table (usage_table.py)."""
         ...
 
 

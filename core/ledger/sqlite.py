@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 
@@ -75,8 +75,11 @@ from .protocol import (
 )
 from .sqlite_store import BUMP_VERSION, REFUSALS_MIGRATION, SQLiteStore
 from .sqlite_store import MIGRATION as STORE_MIGRATION
+from .usage_table import COLUMNS, UsageTable, header, widths
 
 log = logging.getLogger("iobot.ledger")
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's write lock (on the writer thread)
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -226,6 +229,23 @@ WITH_BUDGET = "COALESCE(user_limits.tokens, ?)"
 USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage LEFT JOIN user_limits USING (user)"
 JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
 USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
+# `iobot usage`'s table (usage_table.py), in three reads of the day's rows (then `OF_DAY` or `OF_DAY_AND_USER`):
+# - how many, their interrupted calls, and the longest text or largest number of each column between the day
+#   (one text for all) and the budget;
+# - the budget column's largest number: the largest override among the people shown, or the default budget if
+#   one of them has none. Read from user_limits' side (CROSS JOIN keeps it the outer loop), a look-up per
+#   override rather than per row;
+# - every line, written by one printf whose format (the first parameter) has the widths those make.
+TABLE_SIZES = (
+    "SELECT COUNT(*), COALESCE(SUM(interrupted_requests), 0), "
+    + ", ".join(f"MAX({column.key})" if column.numeric else f"MAX(LENGTH({column.key}))" for column in COLUMNS[1:-1])
+    + " FROM usage"
+)
+OVERRIDES_SHOWN = "SELECT COUNT(*), MAX(tokens) FROM user_limits CROSS JOIN usage USING (user)"
+TABLE_LINES = (
+    f"SELECT printf(?, {', '.join(column.key for column in COLUMNS[:-1])}, {WITH_BUDGET})"
+    " FROM usage LEFT JOIN user_limits USING (user)"
+)
 # A model's (the account's) spend includes interrupted calls; a person's does not.
 SPENT_BY_MODEL = "SELECT model, tokens FROM model_spend WHERE day = ?"
 SPENT_BY_MODEL_SINCE = "SELECT day, model, tokens FROM model_spend WHERE day >= ?"
@@ -733,21 +753,42 @@ class SQLiteLedger:
         return [UsageRow(day, *row[1:]) for row in rows]  # every row is of `day`
 
     async def usage_with_budgets(self, *, day: date | None = None, user: str | None = None) -> list[tuple[Any, ...]]:
-        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget.
-
-        One query and no objects per row, so that `iobot usage` answers at once over a day of 200,000 rows.
-        """
+        """`usage()` as plain tuples (UsageRow's fields, the day as text), each followed by the person's daily budget:
+        the cells of the table `iobot usage` draws on a terminal. One query, and no object per row but its tuple."""
         return await self._read_usage(USAGE_WITH_BUDGETS, day, user)
 
     async def usage_json(self, *, day: date | None = None, user: str | None = None) -> list[str]:
         """The rows of `iobot usage --json`: each `UsageRow.as_json()` plus "user_limit", written by SQLite."""
-        return [row for (row,) in await self._read_usage(USAGE_JSON, day, user)]
+        rows_of, params = _rows_of((day or self._now().date()).isoformat(), user)
+        sql = USAGE_JSON + rows_of
+        return await self._on_writer_thread(lambda: _texts(self._connection, sql, (self._default_budget, *params)))
+
+    async def usage_table(self, *, day: date | None = None, user: str | None = None) -> UsageTable:
+        day_text = (day or self._now().date()).isoformat()
+        return await self._on_writer_thread(lambda: self._usage_table(day_text, user))
+
+    def _usage_table(self, day_text: str, user: str | None) -> UsageTable:
+        """TABLE_SIZES, OVERRIDES_SHOWN and TABLE_LINES in one read transaction, so that the widths fit the lines."""
+        rows_of, params = _rows_of(day_text, user)
+        db = self._connection
+        db.execute("BEGIN")
+        try:
+            [(rows, interrupted, *longest)] = db.execute(TABLE_SIZES + rows_of, params).fetchall()
+            if not rows:
+                return UsageTable("", [], 0)
+            [(overridden, largest_override)] = db.execute(OVERRIDES_SHOWN + rows_of, params).fetchall()
+            largest_budget = max(largest_override or 0, self._default_budget if overridden < rows else 0)
+            column_widths = widths([len(day_text), *longest, largest_budget])
+            # printf's `!` counts a width in characters, as Python does, not in bytes
+            line = "  ".join(f"%,{width}d" if column.numeric else f"%!-{width}s" for column, width in zip(COLUMNS, column_widths))
+            lines = _texts(db, TABLE_LINES + rows_of, (line, self._default_budget, *params))
+        finally:
+            db.execute("COMMIT")
+        return UsageTable(header(column_widths), lines, interrupted)
 
     async def _read_usage(self, select: str, day: date | None, user: str | None) -> list[Any]:
-        day_text = (day or self._now().date()).isoformat()
-        if user is None:
-            return await self._read(select + OF_DAY, (self._default_budget, day_text))
-        return await self._read(select + OF_DAY_AND_USER, (self._default_budget, day_text, user))
+        rows_of, params = _rows_of((day or self._now().date()).isoformat(), user)
+        return await self._read(select + rows_of, (self._default_budget, *params))
 
     async def model_totals(self, day: date | None = None) -> dict[str, int]:
         day_text = (day or self._now().date()).isoformat()
@@ -829,6 +870,12 @@ class SQLiteLedger:
         self._check_open()
         async with self._db_lock:
             return list(await self._db.execute_fetchall(sql, tuple(params)))
+
+    async def _on_writer_thread(self, read: Callable[[], T]) -> T:
+        """`read` run on the writer thread, which uses the connection directly, taking turns with the writes."""
+        self._check_open()
+        async with self._db_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, read)
 
     def _now(self) -> datetime:
         return as_utc(self._clock())
@@ -922,6 +969,17 @@ def _refuse_hard_links(path: str, links: int) -> None:
             "beside the name a file is opened by, so a second name gets a second log and settled rows can be "
             f"lost. Keep one name: find the others with `find / -xdev -samefile {path}` and remove them."
         )
+
+
+def _rows_of(day_text: str, user: str | None) -> tuple[str, tuple[str, ...]]:
+    """The end of a usage read that picks the rows of a day, or of a day and a person; and its parameters."""
+    return (OF_DAY, (day_text,)) if user is None else (OF_DAY_AND_USER, (day_text, user))
+
+
+def _texts(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[str]:
+    """The one text of each row of `sql`, each row's tuple dropped as it is read: fetched all at once, the
+    hundreds of thousands of rows of a busy day would be as many tuples for the garbage collector to walk."""
+    return [text for (text,) in db.execute(sql, params)]
 
 
 async def _connect(path: str) -> tuple[aiosqlite.Connection, sqlite3.Connection]:
