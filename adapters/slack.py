@@ -82,10 +82,12 @@ log = logging.getLogger("iobot.slack")
 
 Payload = dict[str, Any]  # a JSON object from Slack: a command, an event, a message, a file
 
-# Answers wait until no request is being acknowledged (up to this long), since Slack gives an
-# acknowledgement 3 seconds and an answer takes seconds anyway. Without it, a burst of commands has
-# every acknowledgement queue behind the answers already started (benchmarks/slack_ack.py).
+# Answers wait until no request is being acknowledged and none has come for ACK_QUIET seconds (up to
+# ACK_PRIORITY in all), since Slack gives an acknowledgement 3 seconds and an answer takes seconds
+# anyway. Without it, a burst of commands has acknowledgements queue behind the answers already
+# started, and those of a burst's last requests behind every answer it started (benchmarks/slack_ack.py).
 ACK_PRIORITY = 1.0
+ACK_QUIET = 0.005
 EDIT_INTERVAL = 1.0  # seconds between edits of a streaming answer (chat.update is rate limited)
 # Slack takes at most five posts to one response_url, and none with a file: a longer answer there is cut.
 RESPONSE_URL_POSTS = 5
@@ -199,15 +201,15 @@ class SlackAdapter:
         # slack_sdk applies its own timeout only to sessions it makes, so this one carries it.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=web_api_timeout))
         client = AsyncWebClient(
-            token=bot_token,
             base_url=api_url,
             session=self._session,
             retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
         )
-        # The token travels inside the client: Bolt warns when given both. No signing secret means
-        # Socket Mode, where Slack's own connection stands for the signature. `authorize` answers with
-        # the identity `start()` checked: left to itself, Bolt would call auth.test for every request
-        # that arrives before its first call returns, hundreds at once under a burst after a deploy.
+        # No signing secret means Socket Mode, where Slack's own connection stands for the signature.
+        # `authorize` answers with the identity `start()` checked, its token included (Bolt gives it to
+        # each request's client; it would warn of a token in the client itself): left to itself, Bolt
+        # would call auth.test for every request that arrives before its first call returns, hundreds
+        # at once under a burst after a deploy.
         self._identity: AuthorizeResult | None = None
 
         async def authorize() -> AuthorizeResult:  # Bolt passes arguments by name: a method would be given `self`
@@ -238,6 +240,7 @@ class SlackAdapter:
         self._acknowledging = 0  # HTTP requests Bolt is still answering
         self._acknowledged = asyncio.Event()  # set while that count is zero
         self._acknowledged.set()
+        self._last_request = 0.0  # the event loop's time when the last request arrived
         self._socket: AsyncSocketModeHandler | None = None
         self._stopped = asyncio.Event()
 
@@ -251,7 +254,7 @@ class SlackAdapter:
     async def start(self) -> None:
         """Check the bot token (`auth.test`), then connect over Socket Mode if that is the way in."""
         try:
-            checked = await self.bolt.client.auth_test()
+            checked = await self.bolt.client.auth_test(token=self._bot_token)
         except SlackApiError as exc:
             raise AdapterError(f"Slack refused SLACK_BOT_TOKEN ({exc.response.get('error')})") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -263,7 +266,7 @@ class SlackAdapter:
 
     async def _authorize(self) -> AuthorizeResult:
         if self._identity is None:  # only a request served before start(), as tests do
-            checked = await self.bolt.client.auth_test()
+            checked = await self.bolt.client.auth_test(token=self._bot_token)
             self._identity = AuthorizeResult.from_auth_test_response(bot_token=self._bot_token, auth_test_response=checked)
         return self._identity
 
@@ -293,6 +296,7 @@ class SlackAdapter:
         """
         self._acknowledging += 1
         self._acknowledged.clear()
+        self._last_request = asyncio.get_running_loop().time()
         try:
             raw = await _read_at_most(request, MAX_REQUEST_BYTES)
             if raw is None:
@@ -312,10 +316,16 @@ class SlackAdapter:
                 self._acknowledged.set()
 
     async def _after_acknowledgements(self) -> None:
-        """Let every acknowledgement under way go out first (this request's own included)."""
+        """Let every acknowledgement under way go out first (this request's own included), and a burst's rest."""
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ACK_PRIORITY):
-                await self._acknowledged.wait()
+                while True:
+                    await self._acknowledged.wait()
+                    quiet_for = loop.time() - self._last_request
+                    if quiet_for >= ACK_QUIET:
+                        return
+                    await asyncio.sleep(ACK_QUIET - quiet_for)
 
     # --- the slash command -----------------------------------------------------------------------
 
