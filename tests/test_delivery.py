@@ -339,6 +339,31 @@ async def test_closing_lets_an_answer_that_finishes_within_the_grace_be_posted(c
     assert chat.shown == ["in time"]
 
 
+async def test_work_started_in_flight_runs_on_its_own_is_waited_for_and_its_failure_logged(chat, answer, caplog):
+    in_flight = InFlight(grace=5)
+    release = asyncio.Event()
+
+    async def work() -> None:
+        await release.wait()
+        await answer.finish(Reply("posted after its starter returned"))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in an answer")
+
+    posting = in_flight.start(work(), "posting")
+    failing = in_flight.start(broken(), "answering a mention")
+    assert in_flight.busy and not posting.done()  # the code that started them has moved on
+    with caplog.at_level(logging.ERROR, logger="iobot.delivery"):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        release.set()
+        await in_flight.close()
+    assert posting.done() and "".join(chat.shown) == "posted after its starter returned"
+    assert failing.done() and not in_flight.busy
+    [record] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert record.getMessage() == "answering a mention failed" and record.exc_info is not None
+
+
 async def test_each_event_is_taken_once_by_any_of_its_keys():
     store = MemoryStore()
     assert await first_delivery(store, "slack:Ev1", "slack:C1:1.0")

@@ -104,8 +104,7 @@ class SQLiteStore:
         self._check_open = check_open
         self._refresh = refresh  # the ledger's look at what other processes changed: may call `forget_settings`
         self._rates: dict[int, RateLimit] = {}  # per_minute -> the owner's windows, on the monotonic clock
-        # Only the owner writes settings (other processes read usage and set limits), so what it last
-        # read or wrote is the file's value: every chat request reads two, here without a thread hop.
+        # The owner's memory of settings (see the module docstring): every chat request reads two.
         self._settings: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     async def claim(self, key: str, *, ttl: float = CLAIM_SECONDS) -> bool:
