@@ -20,7 +20,7 @@ from typing import Any
 from core.adapter import AdapterError
 from core.errors import IOIntelligenceError
 from core.ledger import LedgerError, LedgerWithStore
-from core.ledger.usage_table import COLUMNS, ROW_KEYS
+from core.ledger.usage_table import COLUMN_INDEXES, COLUMNS
 from core.quotas import QuotaFileError, QuotaTable, load_quota_table
 from core.settings import PERSON_ID, PERSON_ID_FORMS, Settings, SettingsError, load_settings, mask_passwords
 
@@ -171,9 +171,8 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> None:
             return
         if drawn(len(table.lines)):  # a few rows on a terminal: drawn, from their values
             rows = await ledger.usage_with_budgets(day=day, user=args.user)
-            indexes = [ROW_KEYS.index(column.key) for column in COLUMNS]
             cells = [
-                [f"{row[index]:,}" if column.numeric else str(row[index]) for column, index in zip(COLUMNS, indexes)]
+                [f"{row[index]:,}" if column.numeric else str(row[index]) for column, index in zip(COLUMNS, COLUMN_INDEXES)]
                 for row in rows
             ]
             draw_table(

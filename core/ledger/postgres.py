@@ -45,6 +45,7 @@ from .latency import Histogram, bucket_of
 from .postgres_store import MIGRATION as STORE_MIGRATION
 from .postgres_store import REFUSALS_MIGRATION, PostgresStore
 from .protocol import (
+    USAGE_FIELDS,
     BudgetExceeded,
     DuplicateRequest,
     LedgerError,
@@ -307,19 +308,8 @@ TOP_USERS = """
 ANSWER_LATENCIES = "SELECT model, bound_ms, answers FROM answer_latency WHERE day = $1 ORDER BY model, bound_ms"
 RELEASE = "SELECT iobot_release($1)"
 
-USAGE_KEYS = (  # UsageRow's fields, in order, as the columns that hold them
-    "day",
-    "person",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "requests",
-    "estimated_tokens",
-    "interrupted_tokens",
-    "interrupted_requests",
-)
 JSON_NAMES = {"person": "user"}  # the one column named otherwise than its key in `iobot usage --json`
+USAGE_KEYS = tuple("person" if key == "user" else key for key in USAGE_FIELDS)  # UsageRow's fields, as columns
 OF_DAY = " WHERE day = $2 ORDER BY person, model"
 OF_DAY_AND_USER = " WHERE day = $2 AND person = $3 ORDER BY model"
 USAGE_COLUMNS = ", ".join(USAGE_KEYS)

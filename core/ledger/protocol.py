@@ -11,14 +11,16 @@ every implementation passes tests/test_ledger_contract.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Refusal, UserError
 from .latency import Histogram
 from .store import Store
-from .usage_table import UsageTable
+
+if TYPE_CHECKING:
+    from .usage_table import UsageTable
 
 
 class LedgerError(Exception):
@@ -120,6 +122,9 @@ class UsageRow:
             "interrupted_tokens": self.interrupted_tokens,
             "interrupted_requests": self.interrupted_requests,
         }
+
+
+USAGE_FIELDS = tuple(field.name for field in fields(UsageRow))  # in order: the columns of a usage row
 
 
 @dataclass(frozen=True)

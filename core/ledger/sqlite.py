@@ -64,6 +64,7 @@ import aiosqlite
 
 from .latency import Histogram, bucket_of
 from .protocol import (
+    USAGE_FIELDS,
     BudgetExceeded,
     DuplicateRequest,
     LedgerError,
@@ -206,28 +207,16 @@ FORGET_KEYS = (
 )
 
 # The reads, named so that a test can check with EXPLAIN QUERY PLAN that they use the indexes.
-USAGE_KEYS = (  # UsageRow's fields, in order
-    "day",
-    "user",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "requests",
-    "estimated_tokens",
-    "interrupted_tokens",
-    "interrupted_requests",
-)
 OF_DAY = " WHERE day = ? ORDER BY user, model"
 OF_DAY_AND_USER = " WHERE day = ? AND user = ? ORDER BY model"
-USAGE_COLUMNS = f"SELECT {', '.join(USAGE_KEYS)} FROM usage"
+USAGE_COLUMNS = f"SELECT {', '.join(USAGE_FIELDS)} FROM usage"
 USAGE_ROWS = USAGE_COLUMNS + OF_DAY
 USAGE_ROWS_OF_USER = USAGE_COLUMNS + OF_DAY_AND_USER
 # `iobot usage` at any size: each row joined with the person's daily budget (an override, else the
 # default, the first parameter), in one query; for --json, each row written as its JSON object by SQLite.
 WITH_BUDGET = "COALESCE(user_limits.tokens, ?)"
-USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_KEYS)}, {WITH_BUDGET} FROM usage LEFT JOIN user_limits USING (user)"
-JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_KEYS)
+USAGE_WITH_BUDGETS = f"SELECT {', '.join(USAGE_FIELDS)}, {WITH_BUDGET} FROM usage LEFT JOIN user_limits USING (user)"
+JSON_PAIRS = ", ".join(f"'{key}', {key}" for key in USAGE_FIELDS)
 USAGE_JSON = f"SELECT json_object({JSON_PAIRS}, 'user_limit', {WITH_BUDGET}) FROM usage LEFT JOIN user_limits USING (user)"
 # `iobot usage`'s table (usage_table.py), in three reads of the day's rows (then `OF_DAY` or `OF_DAY_AND_USER`):
 # - how many, their interrupted calls, and the longest text or largest number of each column between the day

@@ -13,20 +13,10 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from .protocol import USAGE_FIELDS
+
 # UsageRow's fields, in order, then the person's daily budget: a `usage_with_budgets` row.
-ROW_KEYS = (
-    "day",
-    "user",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "requests",
-    "estimated_tokens",
-    "interrupted_tokens",
-    "interrupted_requests",
-    "user_limit",
-)
+ROW_KEYS = (*USAGE_FIELDS, "user_limit")
 
 
 @dataclass(frozen=True)
@@ -46,6 +36,7 @@ COLUMNS = (
     Column("interrupted", "interrupted_tokens", numeric=True),
     Column("user limit/day", "user_limit", numeric=True),
 )
+COLUMN_INDEXES = tuple(ROW_KEYS.index(column.key) for column in COLUMNS)  # where each column's cell is in a row
 
 
 @dataclass(frozen=True)
@@ -68,15 +59,14 @@ def table_of(rows: Sequence[Sequence[Any]]) -> UsageTable:
     """The table of `usage_with_budgets` rows, formatted in Python: for a ledger whose driver hands rows over cheaply."""
     if not rows:
         return UsageTable("", [], 0)
-    indexes = [ROW_KEYS.index(column.key) for column in COLUMNS]
     longest = [
         max(map(itemgetter(index), rows)) if column.numeric else max(len(row[index]) for row in rows)
-        for column, index in zip(COLUMNS, indexes)
+        for column, index in zip(COLUMNS, COLUMN_INDEXES)
     ]
     column_widths = widths(longest)
     line = "  ".join(
         f"{{{index}:>{width},}}" if column.numeric else f"{{{index}:<{width}}}"
-        for column, index, width in zip(COLUMNS, indexes, column_widths)
+        for column, index, width in zip(COLUMNS, COLUMN_INDEXES, column_widths)
     )
     interrupted = sum(map(itemgetter(ROW_KEYS.index("interrupted_requests")), rows))
     return UsageTable(header(column_widths), [line.format(*row) for row in rows], interrupted)
