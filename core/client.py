@@ -266,16 +266,12 @@ class IOClient:
         raise AssertionError("unreachable: the last attempt raises")
 
     def _open_session(self) -> aiohttp.ClientSession:
-        """The one session of this client, honouring a proxy set in the environment (HTTPS_PROXY, NO_PROXY, ...).
-
-        aiohttp looks the proxy up again on every request when it trusts the environment, so it is
-        asked to only when a proxy is set.
-        """
+        """The one session of this client, honouring a proxy set in the environment."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections),
             headers=self._headers,
             timeout=self._timeout,
-            trust_env=bool(urllib.request.getproxies()),
+            trust_env=proxy_in_environment(),
         )
         return self._session
 
@@ -291,6 +287,15 @@ class IOClient:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+def proxy_in_environment() -> bool:
+    """Whether a proxy is set in the environment (HTTPS_PROXY, NO_PROXY, ...), for aiohttp's `trust_env`.
+
+    httpx honours one by default; aiohttp looks it up again on every request when it trusts the
+    environment, so it is asked to only when a proxy is set.
+    """
+    return bool(urllib.request.getproxies())
 
 
 def _connection_error(call: str, exc: aiohttp.ClientError | TimeoutError) -> IOIntelligenceError:

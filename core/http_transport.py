@@ -7,12 +7,13 @@ its error names) over aiohttp's pool.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from .client import proxy_in_environment
 
 
 def aiohttp_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:
@@ -35,15 +36,11 @@ class _AiohttpTransport(AiohttpTransport):
     """
 
     def get_client(self) -> aiohttp.ClientSession:
-        """The session, honouring a proxy set in the environment (HTTPS_PROXY, NO_PROXY, ...) as httpx does.
-
-        aiohttp looks the proxy up again on every request when it trusts the environment, so it is
-        asked to only when a proxy is set.
-        """
+        """The session, honouring a proxy set in the environment as httpx does."""
         connector = aiohttp.TCPConnector(
             limit=self.limits.max_connections or 0, keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=bool(urllib.request.getproxies()))
+        return aiohttp.ClientSession(connector=connector, trust_env=proxy_in_environment())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
