@@ -415,6 +415,7 @@ class Service:
         return request, replace(command, text=text), notes
 
     def _context(self, model: str) -> int:
+        """The model's context in tokens, as the quota table gives it."""
         row = self.quotas.get(model)
         return row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
 
@@ -481,8 +482,7 @@ class Service:
         """
         limits = self.config.image_limits
         model = self.config.vision_model
-        row = self.quotas.get(model)
-        context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
+        context = self._context(model)
         text = estimate_message_tokens([*system, vision_message(question, [])])
         room = context - self.config.max_tokens - text
         side = min(limits.target_side, image_side_within(room // max(count, 1)))
@@ -589,7 +589,7 @@ class Service:
         Returns the reservation, what to send, and the limit that set its size.
         """
         row = self.quotas.get(model)
-        room, limited_by = (row.context_tokens if row else DEFAULT_CONTEXT_LENGTH), CONTEXT
+        room, limited_by = self._context(model), CONTEXT
         min_answer = min(MIN_ANSWER_TOKENS, self.config.max_tokens)
         refusal: QuotaExceeded | None = None
         for _ in range(RESERVE_ATTEMPTS):
@@ -769,7 +769,7 @@ class Service:
         row = self.quotas.get(model)
         prompt = estimate_text_tokens(command.text) + WORKFLOW_PROMPT_OVERHEAD
         answer_room = task.answer_tokens(command)
-        context = row.context_tokens if row else DEFAULT_CONTEXT_LENGTH
+        context = self._context(model)
         if prompt + answer_room > context:
             no_room = NoRoom(needed=prompt + answer_room, room=context, message_tokens=estimate_text_tokens(command.text))
             raise InputTooLong(short_model_name(model), no_room)
