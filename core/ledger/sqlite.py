@@ -26,8 +26,9 @@ How `SQLiteLedger` stays exact and fast:
 * Writes are group-committed: every write queued while the previous transaction was being committed
   goes into the next one, and a transaction is one call (begin, look up the keys, write, commit), not
   a round trip per statement. A small one runs on the event loop, a large one on the ledger's writer
-  thread; the write-ahead log is checkpointed on a thread, so the loop never waits for the disk. Reads, limits and the store go through
-  aiosqlite; both threads use the one SQLite connection, taking turns under `_db_lock`.
+  thread; the write-ahead log is checkpointed on the writer thread, so the loop never waits for the
+  disk. Reads, limits and the store go through aiosqlite; the threads and the loop use the one SQLite
+  connection, taking turns under `_db_lock`.
   `benchmarks/ledger.py` compares this with plain sqlite3 running the same statements in the same
   batches. A failed transaction fails every caller in it, and each undoes its change to the totals.
 * Idempotency keys stay in the file, never all in memory: the owner remembers the keys of the last
@@ -245,7 +246,6 @@ SPENT_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM model_spend WHERE day = ?"
 RESERVED_SUM = "SELECT COALESCE(SUM(tokens), 0) FROM reservations WHERE day = ?"
 # Bumped by every change to the limits, and by a setting written beside the owner (sqlite_store.py).
 LIMITS_VERSION = "SELECT version FROM limits_version"
-CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 USER_LIMITS = "SELECT user, tokens FROM user_limits"
 # The dashboard's: a day's biggest users (through the primary key, one day's rows in person order), with their
 # budgets; a day's latency buckets.
@@ -663,7 +663,7 @@ class SQLiteLedger:
             log.warning("could not checkpoint the ledger's write-ahead log: %s", exc)
 
     def _run_checkpoint(self) -> None:
-        self._connection.execute(CHECKPOINT).fetchall()
+        self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _commit(self, batch: _Batch, key_cutoff: float) -> None:
         """One transaction with the whole batch, run on the writer thread: a single hop from the event loop."""
