@@ -353,22 +353,27 @@ class SlackStandIn:
         self.messages.setdefault(args["channel"], []).append(message)
         return {"channel": args["channel"], "ts": message["ts"]}
 
-    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _streaming(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The stream `args` name (channel and ts), or the error Slack answers when there is none."""
         message = self._find(args["channel"], args["ts"])
         if message is None:
             return {"error": "message_not_found"}
         if not message.get("streaming"):
             return {"error": "message_not_in_streaming_state"}
+        return message
+
+    def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        if "error" in message:
+            return message
         message["text"] += args.get("markdown_text", "")
         return {"channel": args["channel"], "ts": args["ts"]}
 
     def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
         """The last text joins the message, which then shows it as a markdown block, with `blocks` after it."""
-        message = self._find(args["channel"], args["ts"])
-        if message is None:
-            return {"error": "message_not_found"}
-        if not message.get("streaming"):
-            return {"error": "message_not_in_streaming_state"}
+        message = self._streaming(args)
+        if "error" in message:
+            return message
         message["text"] += args.get("markdown_text", "")
         message["blocks"] = [{"type": "markdown", "text": message["text"]}, *args.get("blocks", [])]
         message["streaming"] = False
